@@ -1,0 +1,146 @@
+"""The backend registry of ``disentangled_attention``.
+
+A backend is an object with
+
+- ``name``: the string users pass as ``backend=``;
+- ``not_supported_reasons(call) -> list[str]``: empty when it can serve the call, else why not;
+- ``forward(call) -> Tensor``: the attention output ``[B, H, N, D]`` (differentiable).
+
+Backends are registered explicitly. Those whose modules need optional dependencies (Triton, the compiled
+CUDA extension) are registered by module path and imported on first use, so importing deberta_fast never
+imports Triton or touches CUDA.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Protocol
+
+import torch
+
+from .call import AttentionCall
+
+__all__ = [
+    "AttentionCall",
+    "Backend",
+    "BACKEND_ENV",
+    "available_backends",
+    "backend_names",
+    "get_backend",
+    "register_backend",
+    "select_backend",
+]
+
+BACKEND_ENV = "DEBERTA_FAST_BACKEND"
+
+
+class Backend(Protocol):
+    name: str
+
+    def not_supported_reasons(self, call: AttentionCall) -> list[str]: ...
+
+    def forward(self, call: AttentionCall) -> torch.Tensor: ...
+
+
+class _Unloadable:
+    """Stands in for a backend whose module failed to import; it serves nothing and says why."""
+
+    def __init__(self, name: str, error: BaseException):
+        self.name = name
+        self.error = error
+
+    def not_supported_reasons(self, call: AttentionCall | None = None) -> list[str]:
+        return [f"the {self.name} backend could not be loaded: {type(self.error).__name__}: {self.error}"]
+
+    def forward(self, call: AttentionCall) -> torch.Tensor:  # pragma: no cover - guarded by reasons
+        raise RuntimeError(self.not_supported_reasons(call)[0])
+
+
+# name -> backend object, or module path whose import registers it (lazy).
+_REGISTRY: dict[str, object] = {}
+# Preference on CUDA tensors; other devices use "torch" only.
+_CUDA_ORDER = ("cuda", "triton", "torch")
+
+
+def register_backend(backend: Backend | str, name: str | None = None) -> None:
+    """Register a backend object, or (with ``name``) a module path imported on first use."""
+    if isinstance(backend, str):
+        if name is None:
+            raise ValueError("register_backend(module_path, name=...) needs the backend's name")
+        _REGISTRY.setdefault(name, backend)
+    else:
+        _REGISTRY[backend.name] = backend
+
+
+def backend_names() -> list[str]:
+    """All registered backend names, loaded or not."""
+    return list(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered as ``name`` (importing its module if needed). ValueError if unknown."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; registered backends: {', '.join(_REGISTRY)} (or 'auto')")
+    entry = _REGISTRY[name]
+    if isinstance(entry, str):
+        try:
+            importlib.import_module(entry)
+        except Exception as exc:  # an optional dependency is missing or broken
+            _REGISTRY[name] = _Unloadable(name, exc)
+        else:
+            if isinstance(_REGISTRY[name], str):
+                _REGISTRY[name] = _Unloadable(name, RuntimeError(f"{entry} did not register a backend"))
+        entry = _REGISTRY[name]
+    return entry  # type: ignore[return-value]
+
+
+def available_backends(call: AttentionCall | None = None) -> dict[str, list[str]]:
+    """Each backend name mapped to the reasons it cannot serve ``call`` (empty list = available).
+
+    Without a call, reports whether each backend can be used at all on this machine.
+    """
+    out = {}
+    for name in _REGISTRY:
+        backend = get_backend(name)
+        if call is None:
+            probe = getattr(backend, "availability_reasons", None)
+            out[name] = list(probe()) if probe is not None else []
+            if isinstance(backend, _Unloadable):
+                out[name] = backend.not_supported_reasons()
+        else:
+            out[name] = list(backend.not_supported_reasons(call))
+    return out
+
+
+def select_backend(call: AttentionCall, requested: str = "auto") -> Backend:
+    """The backend that serves ``call``.
+
+    An explicit name must be able to serve the call, else ValueError with its reasons (no silent
+    fallback). ``"auto"`` (overridden by the environment variable DEBERTA_FAST_BACKEND) takes the first
+    backend able to serve it, in the order cuda -> triton -> torch on CUDA tensors, torch elsewhere.
+    """
+    if requested == "auto":
+        requested = os.environ.get(BACKEND_ENV, "auto") or "auto"
+    if requested != "auto":
+        backend = get_backend(requested)
+        reasons = backend.not_supported_reasons(call)
+        if reasons:
+            raise ValueError(f"backend {requested!r} cannot serve this call: " + "; ".join(reasons))
+        return backend
+    order = _CUDA_ORDER if call.query.device.type == "cuda" else ("torch",)
+    tried = []
+    for name in order:
+        if name not in _REGISTRY:
+            continue
+        backend = get_backend(name)
+        reasons = backend.not_supported_reasons(call)
+        if not reasons:
+            return backend
+        tried.append(f"{name}: " + "; ".join(reasons))
+    raise ValueError("no backend can serve this call: " + " | ".join(tried))
+
+
+from . import torch_backend as _torch_backend  # noqa: E402  (registers "torch")
+
+register_backend(_torch_backend.TorchBackend())
