@@ -144,3 +144,4 @@ def select_backend(call: AttentionCall, requested: str = "auto") -> Backend:
 from . import torch_backend as _torch_backend  # noqa: E402  (registers "torch")
 
 register_backend(_torch_backend.TorchBackend())
+register_backend("deberta_fast.backends.triton_backend", name="triton")

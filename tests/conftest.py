@@ -1,0 +1,20 @@
+import os
+import random
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    """Every test starts from the same RNG state."""
+    random.seed(0)
+    torch.manual_seed(0)
+    return 0
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running test (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device")
+    # Keep CPU runs on the machine's cores without oversubscription.
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))

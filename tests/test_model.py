@@ -1,0 +1,118 @@
+"""Model behaviour beyond parity: input checks, backends, masked rows, dropout, checkpointing, compile."""
+
+import pytest
+import torch
+
+import deberta_fast as df
+
+from model_cases import BASE, CONFIGS, make_batch
+
+CFG = dict(BASE, **CONFIGS["v3-like"])
+
+
+def _model(cls=df.DebertaV2Model, **over):
+    torch.manual_seed(0)
+    return cls(df.DebertaV2Config(**{**CFG, **over}))
+
+
+def test_input_errors():
+    model = _model()
+    ids, mask, _ = make_batch(CFG)
+    with pytest.raises(ValueError, match="either input_ids or inputs_embeds"):
+        model()
+    with pytest.raises(ValueError, match="both input_ids and inputs_embeds"):
+        model(ids, inputs_embeds=torch.randn(3, 24, 32))
+    with pytest.raises(ValueError, match=r"\[B, N\] = \(3, 24\) padding mask"):
+        model(ids, attention_mask=mask[:, None, None, :])
+    with pytest.raises(ValueError, match=r"input_ids must be \[B, N\]"):
+        model(ids[0])
+    absolute = _model(position_biased_input=True)
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings 64"):
+        absolute(torch.ones(1, 65, dtype=torch.long))
+    with pytest.raises(TypeError, match="config must be a DebertaV2Config"):
+        df.DebertaV2Model({"hidden_size": 32})
+
+
+def test_accepts_a_transformers_config():
+    tf = pytest.importorskip("transformers")
+    model = df.DebertaV2Model(tf.DebertaV2Config(**CFG))
+    assert isinstance(model.config, df.DebertaV2Config) and model.config.position_buckets == 8
+
+
+def test_inputs_embeds_equals_input_ids():
+    model = _model().eval()
+    ids, mask, _ = make_batch(CFG)
+    a = model(ids, attention_mask=mask).last_hidden_state
+    b = model(inputs_embeds=model.embeddings.word_embeddings(ids), attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(a, b)
+
+
+def test_output_attentions_needs_the_torch_backend():
+    model = _model(attn_backend="triton")
+    ids, mask, _ = make_batch(CFG)
+    with pytest.raises(ValueError, match="output_attentions=True needs the torch backend"):
+        model(ids, attention_mask=mask, output_attentions=True)
+    model.set_attn_backend("torch")
+    out = model(ids, attention_mask=mask, output_attentions=True)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (3, 4, 24, 24)
+
+
+def test_unusable_backend_is_an_error_not_a_fallback():
+    model = _model(attn_backend="cuda" if "cuda" in df.backends.backend_names() else "triton")
+    ids, mask, _ = make_batch(CFG)
+    reasons = df.available_backends()[model.config.attn_backend]
+    if reasons:  # on a machine where it cannot run, the call must fail and say why
+        with pytest.raises(ValueError, match="cannot serve this call"):
+            model(ids, attention_mask=mask)
+
+
+def test_masked_rows_zero_changes_only_padding_rows():
+    ids, mask, _ = make_batch(CFG)
+    mask[2] = 0  # one sequence entirely padding
+    uniform = _model().eval()(ids, attention_mask=mask).last_hidden_state
+    zero = _model(masked_rows="zero").eval()(ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    torch.testing.assert_close(zero[real], uniform[real], rtol=0, atol=0)
+
+
+def test_dropout_is_active_in_train_mode_only():
+    model = _model(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    ids, mask, _ = make_batch(CFG)
+    model.eval()
+    a, b = model(ids, attention_mask=mask)[0], model(ids, attention_mask=mask)[0]
+    assert torch.equal(a, b)
+    model.train()
+    c = model(ids, attention_mask=mask)[0]
+    assert not torch.allclose(a, c)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ids, mask, _ = make_batch(CFG)
+    grads = []
+    for enable in (False, True):
+        model = _model(df.DebertaV2ForMaskedLM).train()
+        if enable:
+            model.gradient_checkpointing_enable()
+        model(ids, attention_mask=mask, labels=ids).loss.backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], msg=k)
+
+
+def test_low_precision_model_runs_on_cpu():
+    ids, mask, _ = make_batch(CFG)
+    ref = _model().eval()(ids, attention_mask=mask).last_hidden_state
+    low = _model().to(torch.bfloat16).eval()(ids, attention_mask=mask).last_hidden_state
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref).abs().max().item() < 0.1
+
+
+def test_torch_compile_fullgraph_no_graph_breaks():
+    model = _model(df.DebertaV2ForMaskedLM, attn_backend="torch").train()
+    ids, mask, _ = make_batch(CFG)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(ids, attention_mask=mask, labels=ids)
+    out.loss.backward()
+    ref = model(ids, attention_mask=mask, labels=ids)
+    torch.testing.assert_close(out.logits, ref.logits)
