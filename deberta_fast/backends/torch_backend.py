@@ -27,7 +27,9 @@ def _block_rows(call: AttentionCall, block_rows: int | None) -> int:
         return max(1, min(N, block_rows))
     if call.requires_grad:
         return N
-    return max(1, min(N, NO_GRAD_BLOCK_ELEMENTS // (B * H * N)))
+    max_rows = max(1, min(N, NO_GRAD_BLOCK_ELEMENTS // (B * H * N)))
+    blocks = -(-N // max_rows)
+    return -(-N // blocks)  # equal blocks, no small remainder
 
 
 def torch_attention(
@@ -61,31 +63,39 @@ def torch_attention(
     # Scale folded into the small operands: every score term comes out already scaled.
     q_scaled = q * call.scale
     k_t = k.transpose(-1, -2)
-    c2p = torch.matmul(q_scaled, call.pos_key.transpose(-1, -2)) if has_c2p else None  # [B, H, N, 2S]
+    pos_key_t = call.pos_key.transpose(-1, -2) if has_c2p else None  # [H, D, 2S]
     p2c_t = torch.matmul(call.pos_query * call.scale, k_t) if has_p2c else None  # [B, H, 2S, N]
     if has_c2p or has_p2c:
         table = relative_index_table(N, call.position_buckets, call.max_relative_positions, q.device).long()
         positions = torch.arange(N, device=q.device)
+    if mask is not None:
+        key_padding = ~mask[:, None, None, :]  # [B, 1, 1, N]
+        query_padding = ~mask[:, None, :, None]  # [B, 1, N, 1]
+    # Under autograd, softmax saves its output: ops after it must not write into it.
+    inplace_after_softmax = not call.requires_grad
 
     step = _block_rows(call, block_rows)
     outputs, probs = [], []
     for i0 in range(0, N, step):
         i1 = min(N, i0 + step)
         rows = i1 - i0
-        scores = torch.matmul(q_scaled[:, :, i0:i1], k_t)  # [B, H, rows, N]
+        q_block = q_scaled[:, :, i0:i1]
+        scores = torch.matmul(q_block, k_t)  # [B, H, rows, N], a fresh tensor: updated in place below
         if has_c2p or has_p2c:
-            index = table[positions[i0:i1, None] - positions[None, :] + (N - 1)]  # [rows, N]
+            index = table[positions[i0:i1, None] - positions[None, :] + (N - 1)]  # [rows, N]: d(i, j)
             index = index.expand(B, H, rows, N)
-            if has_c2p:  # q_i . pos_key[d(i, j)]
-                scores = scores + torch.gather(c2p[:, :, i0:i1], -1, index)
+            if has_c2p:  # q_i . pos_key[d(i, j)]; gathered from a contiguous [B, H, rows, 2S] block
+                scores.add_(torch.gather(torch.matmul(q_block, pos_key_t), -1, index))
             if has_p2c:  # k_j . pos_query[d(i, j)]
-                scores = scores + torch.gather(p2c_t, -2, index)
-        if mask is not None:
-            pair = mask[:, None, i0:i1, None] & mask[:, None, None, :]  # [B, 1, rows, N]
-            scores = scores.masked_fill(~pair, min_value)
+                scores.add_(torch.gather(p2c_t, -2, index))
+        if mask is not None:  # a pair is masked when the key or the query is padding (transformers' fill value)
+            scores.masked_fill_(key_padding, min_value)
+            scores.masked_fill_(query_padding[:, :, i0:i1], min_value)
         p = torch.softmax(scores, dim=-1)
+        del scores
         if mask is not None and call.masked_rows == "zero":
-            p = p.masked_fill(~mask[:, None, i0:i1, None], 0.0)
+            fill = query_padding[:, :, i0:i1]
+            p = p.masked_fill_(fill, 0.0) if inplace_after_softmax else p.masked_fill(fill, 0.0)
         if call.dropout_p > 0.0:
             if dropout_mask is not None:
                 p = p * dropout_mask[:, :, i0:i1].to(p.dtype) * (1.0 / (1.0 - call.dropout_p))
@@ -94,6 +104,7 @@ def torch_attention(
         outputs.append(torch.matmul(p, v))
         if need_probs:
             probs.append(p)
+        del p
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
     if not need_probs:
         return out, None

@@ -1,0 +1,178 @@
+"""CPU model benchmark: deberta_fast (torch backend) against transformers' eager DeBERTa-v2, forward, no_grad.
+
+Both models load the same random-init checkpoint (written once by transformers) and run the same inputs.
+Each provider runs in its own subprocess so its peak memory can be read from the kernel: the child
+resets its peak RSS (/proc/self/clear_refs) after loading, runs warm-up and timed forwards, and reports
+VmHWM - VmRSS(before) as the forward's peak memory. Outputs are compared before any time is reported.
+
+Writes JSON (environment, raw timings, medians, peak memory, ratio) and prints a table:
+
+    python bench/cpu_model.py                       # base-size v3 config, batch 2, sequence 512
+    python bench/cpu_model.py --layers 2 --repeats 3 --out /tmp/quick.json   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import environment, write_json  # noqa: E402
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def run_child(args: argparse.Namespace) -> None:
+    """Load one provider, time its forward, print one JSON line."""
+    import torch
+
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.provider == "transformers":
+        from transformers import DebertaV2Model
+
+        model = DebertaV2Model.from_pretrained(args.model_dir, dtype=torch.float32)
+    else:
+        from deberta_fast import DebertaV2Model
+
+        model = DebertaV2Model.from_pretrained(args.model_dir, attn_backend="torch")
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, args.vocab, (args.batch, args.seq), generator=g)
+    mask = torch.ones(args.batch, args.seq, dtype=torch.long)
+    if args.padded:
+        mask[0, args.seq * 3 // 4 :] = 0
+    times = []
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask).last_hidden_state  # warm-up, also the checked output
+        torch.save(out, args.output_file)
+        del out
+        rss_before = _status_kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak-RSS counter
+        for _ in range(args.warmup):
+            model(input_ids=ids, attention_mask=mask)
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask)
+            times.append(time.perf_counter() - t0)
+        peak = _status_kb("VmHWM")
+    print(json.dumps({"provider": args.provider, "times_s": times, "peak_rss_increase_mib": (peak - rss_before) / 1024,
+                      "threads": torch.get_num_threads()}))
+
+
+def make_checkpoint(args: argparse.Namespace, directory: Path) -> None:
+    import torch
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    torch.manual_seed(0)
+    config = DebertaV2Config(
+        vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        intermediate_size=4 * args.hidden, max_position_embeddings=512, relative_attention=True,
+        position_buckets=256, max_relative_positions=512, pos_att_type="p2c|c2p", share_att_key=True,
+        norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7,
+    )
+    DebertaV2Model(config).save_pretrained(directory)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--vocab", type=int, default=128100)
+    p.add_argument("--padded", action="store_true", help="pad the first sequence to 3/4 of its length")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--out", default=str(HERE / "results" / "cpu_model.json"))
+    p.add_argument("--provider", help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--output-file", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.provider:
+        run_child(args)
+        return 0
+
+    import torch
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        print(f"writing a random-init checkpoint ({args.layers} layers, hidden {args.hidden}, vocab {args.vocab}) ...",
+              flush=True)
+        make_checkpoint(args, tmp / "model")
+        outputs = {}
+        for provider in ("transformers", "deberta_fast"):
+            print(f"timing {provider} ...", flush=True)
+            out_file = tmp / f"{provider}.pt"
+            cmd = [sys.executable, __file__, "--provider", provider, "--model-dir", str(tmp / "model"),
+                   "--output-file", str(out_file)]
+            for name in ("batch", "seq", "vocab", "repeats", "warmup", "threads"):
+                cmd += [f"--{name}", str(getattr(args, name))]
+            if args.padded:
+                cmd.append("--padded")
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            if proc.returncode != 0:
+                print(proc.stderr, file=sys.stderr)
+                raise SystemExit(f"{provider} failed")
+            results[provider] = json.loads(proc.stdout.strip().splitlines()[-1])
+            outputs[provider] = torch.load(out_file)
+        err = (outputs["deberta_fast"] - outputs["transformers"]).abs().max().item()
+        ref_scale = outputs["transformers"].abs().max().item()
+    if not err <= 1e-4 * max(1.0, ref_scale):
+        raise SystemExit(f"outputs disagree: max abs difference {err:.3e}; not reporting timings")
+
+    rows = []
+    for provider, r in results.items():
+        t = sorted(r["times_s"])
+        rows.append({
+            "provider": provider, "median_s": statistics.median(t),
+            "p20_s": t[int(0.2 * (len(t) - 1))], "p80_s": t[int(0.8 * (len(t) - 1))],
+            "times_s": r["times_s"], "peak_rss_increase_mib": r["peak_rss_increase_mib"], "threads": r["threads"],
+        })
+    by = {r["provider"]: r for r in rows}
+    speedup = by["transformers"]["median_s"] / by["deberta_fast"]["median_s"]
+    memory_ratio = by["deberta_fast"]["peak_rss_increase_mib"] / max(by["transformers"]["peak_rss_increase_mib"], 1e-9)
+    record = {
+        "benchmark": "cpu_model_forward",
+        "env": environment(),
+        "settings": {k: getattr(args, k) for k in ("batch", "seq", "layers", "hidden", "heads", "vocab", "padded",
+                                                     "repeats", "warmup", "threads")}
+        | {"dtype": "float32", "mode": "no_grad forward", "position_buckets": 256, "max_relative_positions": 512,
+           "pos_att_type": "p2c|c2p", "share_att_key": True, "norm_rel_ebd": "layer_norm"},
+        "max_abs_output_difference": err,
+        "rows": rows,
+        "speedup_vs_transformers": speedup,
+        "peak_memory_ratio_vs_transformers": memory_ratio,
+    }
+    write_json(Path(args.out), record)
+    print(f"\n{'provider':<14} {'median ms':>10} {'p20 ms':>9} {'p80 ms':>9} {'peak MiB':>9}")
+    for r in rows:
+        print(f"{r['provider']:<14} {1e3 * r['median_s']:>10.1f} {1e3 * r['p20_s']:>9.1f} {1e3 * r['p80_s']:>9.1f} "
+              f"{r['peak_rss_increase_mib']:>9.1f}")
+    print(f"\ndeberta_fast is {speedup:.2f}x transformers' speed, with {memory_ratio:.2f}x its peak forward memory "
+          f"(max |difference| {err:.1e}); written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""The ``deberta-fast`` command: ``info`` (versions, device, backends) and ``parity`` (numerical checks).
+
+    deberta-fast info
+    deberta-fast parity                 # on the CPU
+    deberta-fast parity --device cuda   # every backend that can run on the GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import platform
+import sys
+from dataclasses import dataclass
+
+__all__ = ["main"]
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    import deberta_fast
+    from deberta_fast.backends import available_backends
+
+    print(f"deberta_fast   {deberta_fast.__version__}")
+    print(f"python         {platform.python_version()} ({platform.machine()})")
+    print(f"torch          {torch.__version__} (built for CUDA {torch.version.cuda or 'none'})")
+    for package in ("triton", "transformers", "sentencepiece", "safetensors"):
+        print(f"{package:<14} {_version(package)}")
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        print(f"device         cuda: {props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB)")
+    else:
+        print(f"device         cpu ({torch.get_num_threads()} threads); no CUDA device")
+    print("backends:")
+    for name, reasons in available_backends().items():
+        print(f"  {name:<8} " + ("available" if not reasons else "unavailable: " + "; ".join(reasons)))
+    return 0
+
+
+@dataclass
+class Row:
+    check: str
+    backend: str
+    dtype: str
+    error: float
+    bound: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error <= self.bound
+
+
+def _op_rows(device: str) -> list[Row]:
+    """Forward and all gradients of every backend able to serve the call, against the float64 torch backend,
+    with the rule err <= 2 * err(torch backend in the same dtype) + floor."""
+    import torch
+
+    from deberta_fast.backends import available_backends, get_backend
+    from deberta_fast.backends.call import make_call
+    from deberta_fast.backends.torch_backend import torch_attention
+
+    g = torch.Generator().manual_seed(0)
+    B, H, N, D, S = 2, 3, 97, 48, 16
+    base = [torch.randn(B, N, H, D, generator=g, dtype=torch.float64).transpose(1, 2) for _ in range(3)]
+    base += [torch.randn(H, 2 * S, D, generator=g, dtype=torch.float64) for _ in range(2)]
+    mask = torch.ones(B, N, dtype=torch.bool)
+    mask[1, 60:] = False
+    grad_out = torch.randn(B, H, N, D, generator=g, dtype=torch.float64)
+    opts = dict(position_buckets=S, max_relative_positions=64)
+
+    def run(fn, dtype):
+        leaves = [t.detach().to(device=device, dtype=dtype, copy=True).requires_grad_(True) for t in base]
+        out = fn(leaves)
+        out.backward(grad_out.to(device=device, dtype=dtype))
+        return [out.detach()] + [t.grad for t in leaves]
+
+    def with_torch(leaves):
+        return torch_attention(make_call(*leaves, mask.to(device), **opts))[0]
+
+    ref = run(with_torch, torch.float64)
+    names = ["out", "dq", "dk", "dv", "dpos_key", "dpos_query"]
+    dtypes = [torch.float32] + ([torch.bfloat16, torch.float16] if device == "cuda" else [torch.bfloat16])
+    probe = make_call(*[t.to(device=device, dtype=torch.float32) for t in base], mask.to(device), **opts)
+    rows = []
+    for name, reasons in available_backends(probe).items():
+        if reasons:
+            continue
+        backend = get_backend(name)
+        for dtype in dtypes:
+            low = run(with_torch, dtype)
+            got = low if name == "torch" else run(
+                lambda leaves: backend.forward(make_call(*leaves, mask.to(device), **opts)), dtype)
+            for label, a, lo, r in zip(names, got, low, ref):
+                err = (a.double() - r).abs().max().item()
+                base_err = (lo.double() - r).abs().max().item()
+                floor = 1e-5 if dtype == torch.float32 else 1e-2
+                bound = 2 * base_err + floor if name != "torch" else (1e-4 if dtype == torch.float32 else 0.1)
+                rows.append(Row(f"op {label}", name, str(dtype).removeprefix("torch."), err, bound))
+    return rows
+
+
+def _model_rows(device: str) -> list[Row]:
+    """A random-init model on each backend against the torch backend, and against transformers when installed."""
+    import tempfile
+
+    import torch
+
+    import deberta_fast as df
+    from deberta_fast.backends import available_backends
+    from deberta_fast.backends.call import make_call
+
+    cfg = dict(vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, relative_attention=True,
+               pos_att_type="p2c|c2p", position_buckets=16, max_relative_positions=64, share_att_key=True,
+               norm_rel_ebd="layer_norm", position_biased_input=False, conv_kernel_size=3)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 211, (2, 80), generator=g)
+    mask = torch.ones(2, 80, dtype=torch.long)
+    mask[0, 50:] = 0
+    torch.manual_seed(0)
+    model = df.DebertaV2ForMaskedLM(df.DebertaV2Config(**cfg, attn_backend="torch")).eval()
+    rows = []
+    with torch.no_grad():
+        ref = model.double()(ids, attention_mask=mask).logits
+        model.float()
+        scale = ref.abs().max().item()
+        try:
+            import transformers
+        except ImportError:
+            transformers = None
+        if transformers is not None:
+            transformers.utils.logging.disable_progress_bar()
+            with tempfile.TemporaryDirectory() as tmp:
+                model.save_pretrained(tmp)
+                hf = transformers.DebertaV2ForMaskedLM.from_pretrained(tmp).eval()
+                hf_logits = hf(ids, attention_mask=mask).logits
+            rows.append(Row("model vs transformers", "torch", "float32",
+                            (hf_logits.double() - ref).abs().max().item(), 1e-5 * scale + 1e-6))
+        model.to(device)
+        low = model(ids.to(device), attention_mask=mask.to(device)).logits.double().cpu()
+        base_err = (low - ref).abs().max().item()
+        probe = make_call(*[torch.zeros(1, 4, 8, 16, device=device)] * 3, position_buckets=16,
+                          max_relative_positions=64)
+        for name, reasons in available_backends(probe).items():
+            if reasons:
+                continue
+            model.set_attn_backend(name)
+            got = model(ids.to(device), attention_mask=mask.to(device)).logits.double().cpu()
+            err = (got - ref).abs().max().item()
+            bound = 2 * base_err + 1e-5 * scale if name != "torch" else 1e-4 * scale
+            rows.append(Row("model vs float64", name, "float32", err, bound))
+    return rows
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    import torch
+
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda, but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    rows = _op_rows(device) + _model_rows(device)
+    print(f"parity on {device}: error = max |x - float64 reference|; bound: a fixed tolerance for the torch "
+          "backend, 2 x the torch backend's error in the same dtype + a floor for the others")
+    print(f"{'check':<22} {'backend':<8} {'dtype':<9} {'error':>10} {'bound':>10}  result")
+    for r in rows:
+        print(f"{r.check:<22} {r.backend:<8} {r.dtype:<9} {r.error:>10.2e} {r.bound:>10.2e}  {'ok' if r.ok else 'FAIL'}")
+    failed = [r for r in rows if not r.ok]
+    print(f"{len(rows) - len(failed)} of {len(rows)} checks passed")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="deberta-fast", description="deberta_fast: fused DeBERTa-v2/v3 for PyTorch")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, device, and which attention backends can run here (and why not)")
+    p = sub.add_parser("parity", help="check every available backend and the model against the float64 reference")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    args = parser.parse_args(argv)
+    return {"info": cmd_info, "parity": cmd_parity}[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
