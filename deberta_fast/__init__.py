@@ -16,6 +16,7 @@ from .modeling import (
     DebertaV2PreTrainedModel,
 )
 from .positions import log_bucket_position, relative_position_index
+from .tokenizer import DebertaV2Tokenizer
 from .version import __version__
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "DebertaV2ForQuestionAnswering",
     "DebertaV2ForSequenceClassification",
     "DebertaV2ForTokenClassification",
+    "DebertaV2Tokenizer",
 ]
