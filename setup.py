@@ -24,7 +24,9 @@ setup(
     description="A drop-in, faster DeBERTa-v2/v3 for PyTorch: fused disentangled attention",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["deberta_fast", "deberta_fast.*"]),
+    # kernels/ (the Triton kernels) ships as the subpackage deberta_fast.kernels.
+    packages=find_packages(include=["deberta_fast", "deberta_fast.*"]) + ["deberta_fast.kernels"],
+    package_dir={"deberta_fast.kernels": "kernels"},
     python_requires=">=3.10",
     install_requires=["torch>=2.11", "numpy", "sentencepiece", "safetensors"],
     extras_require={"test": ["pytest", "transformers>=4.40"]},

@@ -1,0 +1,526 @@
+"""Backward of fused disentangled attention.
+
+1. ``_delta_kernel``: Delta_i = rowsum(dO_i * O_i) (fp32).
+2. ``_dkdv_kernel``: one program owns BLOCK_N keys of one (batch, head) and walks the query tiles
+   (saturated-low, band, saturated-high runs, as the forward): recomputes P from the stored LSE and the
+   regenerated dropout mask, accumulates dV = P~^T dO and dK = scale dS^T Q, and the p2c part of dS:
+   per key column, the sums of dS over the saturated pairs (rows 0 and 2S - 1 of pos_query; added to dK
+   in the kernel), and, on band pairs, dS stored at its distance: ``band_k[j, i - j + r_lo - 1]``.
+3. ``_dq_kernel``: one program owns BLOCK_M queries and walks the key tiles: dQ = scale dS K, the c2p
+   part of dS as per-row saturated sums (added to dQ in the kernel) and ``band_q[i, i - j + r_lo - 1]``.
+4. Band distances -> position rows by GEMMs (torch): with E_k = pos_query[band_index] ([H, W, D]),
+   dK += scale band_k E_k and dpos_query = scale M (band_k^T K) with M the [2S, W] one-hot of
+   band_index; the same for dQ / dpos_key; the saturated sums add to rows 0 and 2S - 1.
+
+Band buffers are plain stores (each pair's distance slot is written once: no atomics, deterministic).
+Their width W = r_lo + r_hi - 1 is the band of distances where the index is not clamped (1017 for
+DeBERTa-v3), so memory is O(N * W): no N x N tensor exists at any point. Batches whose position buffers
+exceed common.CHUNK_BYTES run in slices of whole sequences (steps 2-4 per slice).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import (
+    BAND, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
+    autotuned, batch_slices, block_d, dot, key_regions, launch, load_rows, load_vector, mask_scores, position_bias,
+    position_geometry, position_scores, query_regions, seq_bucket, store_rows, upcast_dots,
+)
+from .dropout import dropout_keep
+
+__all__ = ["attention_backward"]
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). dK/dV owns BLOCK_N keys, dQ owns BLOCK_M queries; the first
+# config surviving the prune filter is the default (D <= 64: 32 x 128 / 128 x 32; D 128: 16 x 64 / 64 x 32,
+# the fewest ptxas spills for sm_90).
+_DKDV_SHAPES = [
+    (32, 128, 8, 2), (16, 64, 8, 2), (64, 64, 8, 3), (32, 64, 4, 3), (32, 64, 8, 2), (64, 128, 8, 2), (16, 16, 4, 2),
+]
+_DQ_SHAPES = [
+    (128, 32, 8, 2), (64, 32, 8, 2), (64, 64, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2), (64, 16, 4, 2), (16, 16, 4, 2),
+]
+
+
+@triton.jit
+def _delta_kernel(
+    O, DO, DELTA,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_db, stride_dh, stride_dn, stride_dd,
+    H, N,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    n_blocks = tl.cdiv(N, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = pid // n_blocks
+    offs_m = (pid % n_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    o = load_rows(O + b * stride_ob + h * stride_oh, offs_m, stride_on, stride_od, N, HEAD_DIM, BLOCK_D, True)
+    do = load_rows(DO + b * stride_db + h * stride_dh, offs_m, stride_dn, stride_dd, N, HEAD_DIM, BLOCK_D, True)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh.to(tl.int64) * N + offs_m, delta, mask=offs_m < N)
+
+
+# ----------------------------------------------------------------------------------------------------
+# dK, dV (and the p2c part of dS): programs over key tiles.
+
+
+@triton.jit
+def _dkdv_tiles(
+    dk, dv, t_hi, t_lo, k, v, col_ok, p2c_sat, j0, offs_n, start, end,
+    Q, DO, LSE, DELTA, C2P, C2P_ROW, P2C, TABLE, MASK_B, BAND_K, seed, offset, bh,
+    stride_qn, stride_qd, stride_dn, stride_dd, stride_mn,
+    N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
+    MODE: tl.constexpr, CHECK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Accumulate over the query tiles [start, end) of one kind (MODE); scores are transposed [keys, queries]."""
+    col_in = offs_n < N
+    for start_m in range(start, end, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_in = offs_m < N
+        q = load_rows(Q, offs_m, stride_qn, stride_qd, N, HEAD_DIM, BLOCK_D, CHECK_M)
+        do = load_rows(DO, offs_m, stride_dn, stride_dd, N, HEAD_DIM, BLOCK_D, CHECK_M)
+        lse2 = tl.load(LSE + offs_m, mask=row_in, other=float("inf")) * K_LOG2E
+        delta = tl.load(DELTA + offs_m, mask=row_in, other=0.0)
+        s = dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), PREC, UPCAST)
+        if MODE != PLAIN:
+            c2p_sat = 0.0
+            if HAS_C2P:
+                if MODE != BAND:
+                    c2p_sat = tl.load(C2P_ROW + offs_m * two_s, mask=row_in, other=0.0).to(tl.float32)[None, :]
+            valid = col_in[:, None] & row_in[None, :]
+            s += position_bias(offs_m[None, :], offs_n[:, None], valid, C2P, P2C, TABLE, two_s, N,
+                               c2p_sat, p2c_sat, MODE, HAS_C2P, HAS_P2C)
+        s = s * qk_scale
+        row_ok = row_in
+        if HAS_MASK:
+            row_ok = tl.load(MASK_B + offs_m * stride_mn, mask=row_in, other=1) != 0
+        s = mask_scores(s, row_ok[None, :], col_ok[:, None], col_in[:, None], HAS_MASK, MASKED_ZERO, False)
+        p = tl.math.exp2(s - lse2[None, :])  # 0 on rows past N and fully padded rows under MASKED_ZERO
+        dp = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), PREC, UPCAST)
+        if DROPOUT:
+            keep = tl.trans(dropout_keep(seed, offset, bh, start_m, j0, dropout_p, BLOCK_M, BLOCK_N))
+            rescale = 1.0 / (1.0 - dropout_p)
+            dv = dot(tl.where(keep, p * rescale, 0.0).to(do.dtype), do, dv, PREC, UPCAST)
+            dp = tl.where(keep, dp * rescale, 0.0)
+        else:
+            dv = dot(p.to(do.dtype), do, dv, PREC, UPCAST)
+        ds = p * (dp - delta[None, :])
+        if HAS_MASK:
+            ds = tl.where(row_ok[None, :] & col_ok[:, None], ds, 0.0)
+        dk = dot(ds.to(q.dtype), q, dk, PREC, UPCAST)
+        if HAS_P2C:
+            if MODE == SAT_HI:
+                t_hi += tl.sum(ds, 1)
+            elif MODE == SAT_LO:
+                t_lo += tl.sum(ds, 1)
+            else:
+                r = offs_m[None, :] - offs_n[:, None]
+                t_hi += tl.sum(tl.where(r >= R_HI, ds, 0.0), 1)
+                t_lo += tl.sum(tl.where(r <= -R_LO, ds, 0.0), 1)
+                in_band = (r > -R_LO) & (r < R_HI) & valid
+                tl.store(BAND_K + offs_n[:, None] * W + (r + (R_LO - 1)), ds, mask=in_band)
+    return dk, dv, t_hi, t_lo
+
+
+@autotuned(_DKDV_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_N")
+@triton.jit
+def _dkdv_kernel(
+    Q, K, V, DO, C2P, P2C, TABLE, MASK, PHILOX, LSE, DELTA, POS_Q, DK, DV, BAND_K, SAT_K,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    stride_ph, stride_pn, stride_pd,
+    stride_mb, stride_mn,
+    B, H, N, BH0, R_HI, R_LO, two_s, W, scale, qk_scale, dropout_p, SEQ_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    n_blocks = tl.cdiv(N, BLOCK_N)
+    pid = tl.program_id(0)
+    bh = pid // n_blocks
+    j0 = (pid % n_blocks) * BLOCK_N
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    bh64 = bh.to(tl.int64)
+
+    Q += b * stride_qb + h * stride_qh
+    DO += b * stride_dob + h * stride_doh
+    C2P += bh64 * N * two_s
+    P2C += bh64 * N * two_s
+    LSE += bh64 * N
+    DELTA += bh64 * N
+    MASK += b * stride_mb
+    BAND_K += (h * B + b) * N * W
+
+    offs_n = j0 + tl.arange(0, BLOCK_N)
+    col_in = offs_n < N
+    k = load_rows(K + b * stride_kb + h * stride_kh, offs_n, stride_kn, stride_kd, N, HEAD_DIM, BLOCK_D, True)
+    v = load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vn, stride_vd, N, HEAD_DIM, BLOCK_D, True)
+    col_ok = col_in
+    if HAS_MASK:
+        col_ok = tl.load(MASK + offs_n * stride_mn, mask=col_in, other=0) != 0
+    seed = 0
+    offset = 0
+    if DROPOUT:
+        seed = tl.load(PHILOX)
+        offset = tl.load(PHILOX + 1)
+    global_bh = bh + BH0  # B, H and bh count this slice of the batch; dropout counts globally
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    t_hi = tl.zeros([BLOCK_N], dtype=tl.float32)
+    t_lo = tl.zeros([BLOCK_N], dtype=tl.float32)
+
+    if HAS_C2P or HAS_P2C:
+        lo_end, hi_start = query_regions(j0, N, R_HI, R_LO, BLOCK_M, BLOCK_N)
+        p2c_hi = 0.0
+        p2c_lo = 0.0
+        if HAS_P2C:
+            p2c_hi = tl.load(P2C + offs_n * two_s + (two_s - 1), mask=col_in, other=0.0).to(tl.float32)[:, None]
+            p2c_lo = tl.load(P2C + offs_n * two_s, mask=col_in, other=0.0).to(tl.float32)[:, None]
+        dk, dv, t_hi, t_lo = _dkdv_tiles(
+            dk, dv, t_hi, t_lo, k, v, col_ok, p2c_lo, j0, offs_n, 0, lo_end,
+            Q, DO, LSE, DELTA, C2P, C2P, P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
+            stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
+            N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
+            SAT_LO, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+        dk, dv, t_hi, t_lo = _dkdv_tiles(
+            dk, dv, t_hi, t_lo, k, v, col_ok, 0.0, j0, offs_n, lo_end, hi_start,
+            Q, DO, LSE, DELTA, C2P, C2P, P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
+            stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
+            N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
+            BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+        dk, dv, t_hi, t_lo = _dkdv_tiles(
+            dk, dv, t_hi, t_lo, k, v, col_ok, p2c_hi, j0, offs_n, hi_start, N,
+            Q, DO, LSE, DELTA, C2P, C2P + (two_s - 1), P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
+            stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
+            N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
+            SAT_HI, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+    else:
+        dk, dv, t_hi, t_lo = _dkdv_tiles(
+            dk, dv, t_hi, t_lo, k, v, col_ok, 0.0, j0, offs_n, 0, N,
+            Q, DO, LSE, DELTA, C2P, C2P, P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
+            stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
+            N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
+            PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+
+    dk = dk * scale
+    if HAS_P2C:  # saturated pairs: their p2c gradient flows through pos_query rows 0 and 2S - 1
+        POS_Q += h * stride_ph
+        pq_hi = load_vector(POS_Q + (two_s - 1) * stride_pn, stride_pd, HEAD_DIM, BLOCK_D)
+        pq_lo = load_vector(POS_Q, stride_pd, HEAD_DIM, BLOCK_D)
+        dk += scale * (t_hi[:, None] * pq_hi[None, :] + t_lo[:, None] * pq_lo[None, :])
+        tl.store(SAT_K + bh64 * N + offs_n, t_lo, mask=col_in)
+        tl.store(SAT_K + (B * H + bh64) * N + offs_n, t_hi, mask=col_in)
+    store_rows(DK + b * stride_dkb + h * stride_dkh, dk, offs_n, stride_dkn, stride_dkd, N, HEAD_DIM, BLOCK_D)
+    store_rows(DV + b * stride_dvb + h * stride_dvh, dv, offs_n, stride_dvn, stride_dvd, N, HEAD_DIM, BLOCK_D)
+
+
+# ----------------------------------------------------------------------------------------------------
+# dQ (and the c2p part of dS): programs over query tiles.
+
+
+@triton.jit
+def _dq_tiles(
+    dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_sat, i0, offs_m, start, end,
+    K, V, C2P, P2C, P2C_COL, TABLE, MASK_B, BAND_Q, seed, offset, bh,
+    stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+    N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
+    MODE: tl.constexpr, CHECK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Accumulate over the key tiles [start, end) of one kind (MODE)."""
+    row_in = offs_m < N
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        col_in = offs_n < N
+        k = load_rows(K, offs_n, stride_kn, stride_kd, N, HEAD_DIM, BLOCK_D, CHECK_N)
+        v = load_rows(V, offs_n, stride_vn, stride_vd, N, HEAD_DIM, BLOCK_D, CHECK_N)
+        s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
+        valid = row_in[:, None] & col_in[None, :]
+        if MODE != PLAIN:
+            p2c_sat = 0.0
+            if HAS_P2C:
+                if MODE != BAND:
+                    p2c_sat = tl.load(P2C_COL + offs_n * two_s, mask=col_in, other=0.0).to(tl.float32)[None, :]
+            s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, two_s, N,
+                               c2p_sat, p2c_sat, MODE, HAS_C2P, HAS_P2C)
+        s = s * qk_scale
+        col_ok = col_in
+        if HAS_MASK:
+            col_ok = tl.load(MASK_B + offs_n * stride_mn, mask=col_in, other=0) != 0
+        s = mask_scores(s, row_ok[:, None], col_ok[None, :], col_in[None, :], HAS_MASK, MASKED_ZERO, CHECK_N)
+        p = tl.math.exp2(s - lse2[:, None])
+        dp = dot(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
+        if DROPOUT:
+            keep = dropout_keep(seed, offset, bh, i0, start_n, dropout_p, BLOCK_M, BLOCK_N)
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+        ds = p * (dp - delta[:, None])
+        if HAS_MASK:
+            ds = tl.where(row_ok[:, None] & col_ok[None, :], ds, 0.0)
+        dq = dot(ds.to(k.dtype), k, dq, PREC, UPCAST)
+        if HAS_C2P:
+            if MODE == SAT_HI:
+                s_hi += tl.sum(ds, 1)
+            elif MODE == SAT_LO:
+                s_lo += tl.sum(ds, 1)
+            else:
+                r = offs_m[:, None] - offs_n[None, :]
+                s_hi += tl.sum(tl.where(r >= R_HI, ds, 0.0), 1)
+                s_lo += tl.sum(tl.where(r <= -R_LO, ds, 0.0), 1)
+                in_band = (r > -R_LO) & (r < R_HI) & valid
+                tl.store(BAND_Q + offs_m[:, None] * W + (r + (R_LO - 1)), ds, mask=in_band)
+    return dq, s_hi, s_lo
+
+
+@autotuned(_DQ_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M")
+@triton.jit
+def _dq_kernel(
+    Q, K, V, DO, C2P, P2C, TABLE, MASK, PHILOX, LSE, DELTA, POS_K, DQ, BAND_Q, SAT_Q,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_dqb, stride_dqh, stride_dqn, stride_dqd,
+    stride_ph, stride_pn, stride_pd,
+    stride_mb, stride_mn,
+    B, H, N, BH0, R_HI, R_LO, two_s, W, scale, qk_scale, dropout_p, SEQ_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    n_blocks = tl.cdiv(N, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = pid // n_blocks
+    i0 = (pid % n_blocks) * BLOCK_M
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    bh64 = bh.to(tl.int64)
+
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    C2P += bh64 * N * two_s
+    P2C += bh64 * N * two_s
+    MASK += b * stride_mb
+    BAND_Q += (h * B + b) * N * W
+
+    offs_m = i0 + tl.arange(0, BLOCK_M)
+    row_in = offs_m < N
+    q = load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qn, stride_qd, N, HEAD_DIM, BLOCK_D, True)
+    do = load_rows(DO + b * stride_dob + h * stride_doh, offs_m, stride_don, stride_dod, N, HEAD_DIM, BLOCK_D, True)
+    lse2 = tl.load(LSE + bh64 * N + offs_m, mask=row_in, other=float("inf")) * K_LOG2E
+    delta = tl.load(DELTA + bh64 * N + offs_m, mask=row_in, other=0.0)
+    row_ok = row_in
+    if HAS_MASK:
+        row_ok = tl.load(MASK + offs_m * stride_mn, mask=row_in, other=1) != 0
+    seed = 0
+    offset = 0
+    if DROPOUT:
+        seed = tl.load(PHILOX)
+        offset = tl.load(PHILOX + 1)
+    global_bh = bh + BH0  # B, H and bh count this slice of the batch; dropout counts globally
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    s_hi = tl.zeros([BLOCK_M], dtype=tl.float32)
+    s_lo = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    if HAS_C2P or HAS_P2C:
+        hi_end, lo_start = key_regions(i0, N, R_HI, R_LO, BLOCK_M, BLOCK_N)
+        c2p_hi = 0.0
+        c2p_lo = 0.0
+        if HAS_C2P:
+            c2p_hi = tl.load(C2P + offs_m * two_s + (two_s - 1), mask=row_in, other=0.0).to(tl.float32)[:, None]
+            c2p_lo = tl.load(C2P + offs_m * two_s, mask=row_in, other=0.0).to(tl.float32)[:, None]
+        dq, s_hi, s_lo = _dq_tiles(
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_hi, i0, offs_m, 0, hi_end,
+            K, V, C2P, P2C, P2C + (two_s - 1), TABLE, MASK, BAND_Q, seed, offset, global_bh,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+            N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
+            SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+        dq, s_hi, s_lo = _dq_tiles(
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, i0, offs_m, hi_end, lo_start,
+            K, V, C2P, P2C, P2C, TABLE, MASK, BAND_Q, seed, offset, global_bh,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+            N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
+            BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+        dq, s_hi, s_lo = _dq_tiles(
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_lo, i0, offs_m, lo_start, N,
+            K, V, C2P, P2C, P2C, TABLE, MASK, BAND_Q, seed, offset, global_bh,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+            N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
+            SAT_LO, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+    else:
+        dq, s_hi, s_lo = _dq_tiles(
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, i0, offs_m, 0, N,
+            K, V, C2P, P2C, P2C, TABLE, MASK, BAND_Q, seed, offset, global_bh,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+            N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
+            PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+
+    dq = dq * scale
+    if HAS_C2P:  # saturated pairs: their c2p gradient flows through pos_key rows 0 and 2S - 1
+        POS_K += h * stride_ph
+        pk_hi = load_vector(POS_K + (two_s - 1) * stride_pn, stride_pd, HEAD_DIM, BLOCK_D)
+        pk_lo = load_vector(POS_K, stride_pd, HEAD_DIM, BLOCK_D)
+        dq += scale * (s_hi[:, None] * pk_hi[None, :] + s_lo[:, None] * pk_lo[None, :])
+        tl.store(SAT_Q + bh64 * N + offs_m, s_lo, mask=row_in)
+        tl.store(SAT_Q + (B * H + bh64) * N + offs_m, s_hi, mask=row_in)
+    store_rows(DQ + b * stride_dqb + h * stride_dqh, dq, offs_m, stride_dqn, stride_dqd, N, HEAD_DIM, BLOCK_D)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Host side.
+
+
+_DELTA_BLOCK = 64
+
+
+def _grad_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialized [B, H, N, D] gradient laid out as [B, N, H, D] (what the model's views want)."""
+    B, H, N, D = x.shape
+    return torch.empty(B, N, H, D, dtype=dtype, device=x.device).transpose(1, 2)
+
+
+def _position_grad(band, sat, x, pos, geometry, scale, dx, dpos) -> None:
+    """Fold one position term's gradient into ``dx`` (fp32 [B, H, N, D] when ``band`` is given) and ``dpos``
+    (fp32 [H, 2S, D]), in place.
+
+    ``band`` [H, B, N, W] (or None): dS by distance; ``sat`` [2, B, H, N]: dS summed over the pairs using
+    row 0 / row 2S - 1 (the kernels already added their part of ``dx``); ``x`` the content side of the
+    term (q for c2p, k for p2c), ``pos`` its position table.
+    """
+    H, two_s, D = pos.shape
+    B, _, N, _ = x.shape
+    x32 = x.float()
+    dpos[:, 0] += scale * torch.einsum("bhn,bhnd->hd", sat[0], x32)
+    dpos[:, two_s - 1] += scale * torch.einsum("bhn,bhnd->hd", sat[1], x32)
+    if band is None:
+        return
+    index = geometry.band_index  # [W]: the position row of each band distance
+    width = index.numel()
+    band = band.view(H, B * N, width)
+    extra = torch.bmm(band, pos.float().index_select(1, index))  # [H, B * N, D]
+    dx.add_(extra.view(H, B, N, D).transpose(0, 1), alpha=scale)
+    per_distance = torch.bmm(band.transpose(1, 2), x32.transpose(0, 1).reshape(H, B * N, D))  # [H, W, D]
+    onehot = torch.zeros(two_s, width, dtype=torch.float32, device=x.device)
+    onehot[index, torch.arange(width, device=x.device)] = 1.0
+    dpos.add_(torch.matmul(onehot, per_distance), alpha=scale)
+
+
+def attention_backward(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    pos_key: torch.Tensor | None, pos_query: torch.Tensor | None,
+    mask: torch.Tensor | None, philox: torch.Tensor | None, out: torch.Tensor, lse: torch.Tensor,
+    *, position_buckets: int, max_relative_positions: int, scale: float, dropout_p: float,
+    masked_zero: bool, precision: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of :func:`attention_forward` (same arguments, plus dO ``dout`` and the forward's O and LSE).
+
+    Returns:
+        (dq, dk, dv ``[B, H, N, D]`` laid out as ``[B, N, H, D]``; dpos_key, dpos_query ``[H, 2S, D]`` or None),
+        in the inputs' dtype.
+    """
+    B, H, N, D = q.shape
+    dev = q.device
+    f32 = torch.float32
+    has_c2p, has_p2c = pos_key is not None, pos_query is not None
+    pos = pos_key if has_c2p else pos_query
+    geometry = position_geometry(N, position_buckets, max_relative_positions, dev) if pos is not None else None
+    width = geometry.width if geometry is not None else 0
+    two_s = pos.shape[1] if pos is not None else 1
+    r_hi = geometry.r_hi if geometry is not None else N
+    r_lo = geometry.r_lo if geometry is not None else N
+    dummy = torch.empty(1, dtype=f32, device=dev)
+    dropout = dropout_p > 0.0
+    BD = block_d(D)
+
+    delta = torch.empty(B, H, N, dtype=f32, device=dev)
+    _delta_kernel[(triton.cdiv(N, _DELTA_BLOCK) * B * H,)](
+        out, dout, delta, *out.stride(), *dout.stride(), H, N, HEAD_DIM=D, BLOCK_D=BD, BLOCK_M=_DELTA_BLOCK,
+    )
+
+    band_c2p = has_c2p and width > 0
+    band_p2c = has_p2c and width > 0
+    dq = _grad_like(q, f32 if band_c2p else q.dtype)
+    dk = _grad_like(k, f32 if band_p2c else k.dtype)
+    dv = _grad_like(v, v.dtype)
+    dpos_key = torch.zeros(pos_key.shape, dtype=f32, device=dev) if has_c2p else None
+    dpos_query = torch.zeros(pos_query.shape, dtype=f32, device=dev) if has_p2c else None
+
+    table = geometry.table if geometry is not None else dummy
+    flags = dict(
+        HEAD_DIM=D, BLOCK_D=BD, HAS_C2P=has_c2p, HAS_P2C=has_p2c, HAS_MASK=mask is not None,
+        MASKED_ZERO=bool(masked_zero), DROPOUT=dropout, PREC=precision, UPCAST=upcast_dots(q.dtype),
+    )
+    mask_strides = mask.stride() if mask is not None else (0, 0)
+    per_sequence = (has_c2p + has_p2c) * H * N * (two_s * q.element_size() + width * 4)
+    for part in batch_slices(B, per_sequence):
+        nb = part.stop - part.start
+        qs, ks, vs, dos = q[part], k[part], v[part], dout[part]
+        c2p, p2c = position_scores(qs, ks, pos_key, pos_query)
+        band_q = torch.zeros(H, nb, N, width, dtype=f32, device=dev) if band_c2p else None
+        band_k = torch.zeros(H, nb, N, width, dtype=f32, device=dev) if band_p2c else None
+        sat_q = torch.empty(2, nb, H, N, dtype=f32, device=dev) if has_c2p else dummy
+        sat_k = torch.empty(2, nb, H, N, dtype=f32, device=dev) if has_p2c else dummy
+        dqs, dks, dvs = dq[part], dk[part], dv[part]
+        shared = (
+            c2p if c2p is not None else dummy, p2c if p2c is not None else dummy, table,
+            mask[part].view(torch.uint8) if mask is not None else dummy, philox if dropout else dummy,
+            lse[part], delta[part],
+        )
+        common = (nb, H, N, part.start * H, r_hi, r_lo, two_s, max(width, 1), scale, scale * LOG2E,
+                  float(dropout_p), seq_bucket(N))
+        launch(
+            _dkdv_kernel, lambda meta, nb=nb: (triton.cdiv(N, meta["BLOCK_N"]) * nb * H,),
+            qs, ks, vs, dos, *shared, pos_query if has_p2c else dummy, dks, dvs,
+            band_k if band_k is not None else dummy, sat_k,
+            *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dks.stride(), *dvs.stride(),
+            *(pos_query.stride() if has_p2c else (0, 0, 0)), *mask_strides,
+            *common, **flags,
+        )
+        launch(
+            _dq_kernel, lambda meta, nb=nb: (triton.cdiv(N, meta["BLOCK_M"]) * nb * H,),
+            qs, ks, vs, dos, *shared, pos_key if has_c2p else dummy, dqs,
+            band_q if band_q is not None else dummy, sat_q,
+            *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dqs.stride(),
+            *(pos_key.stride() if has_c2p else (0, 0, 0)), *mask_strides,
+            *common, **flags,
+        )
+        if has_c2p:
+            _position_grad(band_q, sat_q, qs, pos_key, geometry, scale, dqs, dpos_key)
+        if has_p2c:
+            _position_grad(band_k, sat_k, ks, pos_query, geometry, scale, dks, dpos_query)
+        del c2p, p2c, band_q, band_k  # free this slice's buffers before the next
+
+    if band_c2p:
+        dq = dq.to(q.dtype)
+    if band_p2c:
+        dk = dk.to(k.dtype)
+    if has_c2p:
+        dpos_key = dpos_key.to(pos_key.dtype)
+    if has_p2c:
+        dpos_query = dpos_query.to(pos_query.dtype)
+    return dq, dk, dv, dpos_key, dpos_query

@@ -1,0 +1,226 @@
+"""Forward of fused disentangled attention: FlashAttention-2 loop with the c2p / p2c position terms.
+
+One program owns BLOCK_M query rows of one (batch, head) and walks the key tiles with an online softmax
+in fp32 (exp2, scores in log2 units). The key range splits into three runs (common.key_regions):
+saturated-high tiles (every pair has i - j >= r_hi, position row 2S - 1), band tiles (gathers through
+the index table) and saturated-low tiles (row 0). Saturated tiles add a per-row c2p vector and a
+per-column p2c vector, loaded once per program / per tile, instead of gathering: at long sequences
+most tiles are saturated and cost about a plain attention tile. Stores O and the row log-sum-exp
+(natural log; +inf for a fully padded row under masked_rows="zero", whose output is 0).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import (
+    BAND, K_LN2, LOG2E, PLAIN, SAT_HI, SAT_LO,
+    autotuned, batch_slices, block_d, dot, key_regions, launch, load_rows, mask_scores, position_bias,
+    position_geometry, position_scores, seq_bucket, store_rows, upcast_dots,
+)
+from .dropout import dropout_keep
+
+__all__ = ["attention_forward"]
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) for H100/H200-class GPUs, pruned per call (common.prune_configs);
+# the first that survives the prune filter is the default when autotuning is off. ptxas (sm_90, bf16,
+# D 64, all features): 128 x 64 spills 12 bytes under 8 warps, 864 under 4.
+_FWD_SHAPES = [
+    (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 64, 8, 3), (128, 32, 8, 3),
+    (64, 32, 4, 3), (32, 32, 4, 2), (16, 16, 4, 2),
+]
+
+
+@triton.jit
+def _fwd_tiles(
+    acc, l_i, m_i, q, row_ok, c2p_sat, i0, offs_m, start, end,
+    K, V, C2P, P2C, P2C_COL, TABLE, MASK_B, seed, offset, bh,
+    stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+    N, two_s, qk_scale, dropout_p,
+    MODE: tl.constexpr, CHECK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Online-softmax update of (acc, l_i, m_i) over the key tiles [start, end) of one kind (MODE)."""
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        col_in = offs_n < N
+        k = load_rows(K, offs_n, stride_kn, stride_kd, N, HEAD_DIM, BLOCK_D, CHECK_N)
+        v = load_rows(V, offs_n, stride_vn, stride_vd, N, HEAD_DIM, BLOCK_D, CHECK_N)
+        s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
+        if MODE != PLAIN:
+            p2c_sat = 0.0
+            if HAS_P2C:
+                if MODE != BAND:
+                    p2c_sat = tl.load(P2C_COL + offs_n * two_s, mask=col_in, other=0.0).to(tl.float32)[None, :]
+            valid = (offs_m[:, None] < N) & col_in[None, :]
+            s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, two_s, N,
+                               c2p_sat, p2c_sat, MODE, HAS_C2P, HAS_P2C)
+        s = s * qk_scale
+        col_ok = col_in
+        if HAS_MASK:
+            col_ok = tl.load(MASK_B + offs_n * stride_mn, mask=col_in, other=0) != 0
+        s = mask_scores(s, row_ok[:, None], col_ok[None, :], col_in[None, :], HAS_MASK, MASKED_ZERO, CHECK_N)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key seen yet
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:
+            keep = dropout_keep(seed, offset, bh, i0, start_n, dropout_p, BLOCK_M, BLOCK_N)
+            p = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)
+        acc = dot(p.to(v.dtype), v, acc * alpha[:, None], PREC, UPCAST)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@autotuned(_FWD_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M", wide_owned=128)
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, C2P, P2C, TABLE, MASK, PHILOX, O, LSE,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_mb, stride_mn,
+    H, N, BH0, R_HI, R_LO, two_s, qk_scale, dropout_p, SEQ_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # One program: BLOCK_M queries of one (batch, head) of this slice of the batch; BH0 is the slice's
+    # first global batch * H + head (the dropout counter uses global indices).
+    n_blocks = tl.cdiv(N, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = pid // n_blocks
+    i0 = (pid % n_blocks) * BLOCK_M
+    b = bh // H
+    h = bh % H
+    bh64 = bh.to(tl.int64)
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+
+    Q += b64 * stride_qb + h64 * stride_qh
+    K += b64 * stride_kb + h64 * stride_kh
+    V += b64 * stride_vb + h64 * stride_vh
+    O += b64 * stride_ob + h64 * stride_oh
+    C2P += bh64 * N * two_s
+    P2C += bh64 * N * two_s
+    MASK += b64 * stride_mb
+
+    offs_m = i0 + tl.arange(0, BLOCK_M)
+    row_in = offs_m < N
+    q = load_rows(Q, offs_m, stride_qn, stride_qd, N, HEAD_DIM, BLOCK_D, True)
+    row_ok = row_in
+    if HAS_MASK:
+        row_ok = tl.load(MASK + offs_m * stride_mn, mask=row_in, other=1) != 0
+    seed = 0
+    offset = 0
+    if DROPOUT:
+        seed = tl.load(PHILOX)
+        offset = tl.load(PHILOX + 1)
+    global_bh = bh + BH0
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+
+    if HAS_C2P or HAS_P2C:
+        hi_end, lo_start = key_regions(i0, N, R_HI, R_LO, BLOCK_M, BLOCK_N)
+        c2p_hi = 0.0
+        c2p_lo = 0.0
+        if HAS_C2P:
+            c2p_hi = tl.load(C2P + offs_m * two_s + (two_s - 1), mask=row_in, other=0.0).to(tl.float32)[:, None]
+            c2p_lo = tl.load(C2P + offs_m * two_s, mask=row_in, other=0.0).to(tl.float32)[:, None]
+        acc, l_i, m_i = _fwd_tiles(
+            acc, l_i, m_i, q, row_ok, c2p_hi, i0, offs_m, 0, hi_end,
+            K, V, C2P, P2C, P2C + (two_s - 1), TABLE, MASK, seed, offset, global_bh,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, qk_scale, dropout_p,
+            SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+        acc, l_i, m_i = _fwd_tiles(
+            acc, l_i, m_i, q, row_ok, 0.0, i0, offs_m, hi_end, lo_start,
+            K, V, C2P, P2C, P2C, TABLE, MASK, seed, offset, global_bh,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, qk_scale, dropout_p,
+            BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+        acc, l_i, m_i = _fwd_tiles(
+            acc, l_i, m_i, q, row_ok, c2p_lo, i0, offs_m, lo_start, N,
+            K, V, C2P, P2C, P2C, TABLE, MASK, seed, offset, global_bh,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, qk_scale, dropout_p,
+            SAT_LO, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+    else:
+        acc, l_i, m_i = _fwd_tiles(
+            acc, l_i, m_i, q, row_ok, 0.0, i0, offs_m, 0, N,
+            K, V, C2P, P2C, P2C, TABLE, MASK, seed, offset, global_bh,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, qk_scale, dropout_p,
+            PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+
+    # l_i == 0 only on fully padded rows under MASKED_ZERO: output 0, LSE +inf (probabilities 0).
+    seen = l_i > 0.0
+    l_safe = tl.where(seen, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * K_LN2, float("inf"))
+    store_rows(O, out, offs_m, stride_on, stride_od, N, HEAD_DIM, BLOCK_D)
+    tl.store(LSE + bh64 * N + offs_m, lse, mask=row_in)
+
+
+def attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    pos_key: torch.Tensor | None, pos_query: torch.Tensor | None,
+    mask: torch.Tensor | None, philox: torch.Tensor | None,
+    *, position_buckets: int, max_relative_positions: int, scale: float, dropout_p: float,
+    masked_zero: bool, precision: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused disentangled attention forward.
+
+    Args:
+        q, k, v: ``[B, H, N, D]``, any strides, float16 / bfloat16 / float32, D <= 128.
+        pos_key, pos_query: ``[H, 2S, D]`` (c2p / p2c terms) or None.
+        mask: bool ``[B, N]`` (True = token) or None. philox: int64 ``[2]`` (seed, offset) when dropout_p > 0.
+        scale: score scale. masked_zero: fully padded query rows output 0 (else attend uniformly).
+        precision: tl.dot input precision of fp32 operands, "ieee" (exact) or "tf32".
+
+    Returns:
+        (O ``[B, H, N, D]`` in q's dtype, laid out as ``[B, N, H, D]``; LSE ``[B, H, N]`` float32, natural log).
+    """
+    B, H, N, D = q.shape
+    out = torch.empty(B, N, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
+    lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
+    pos = pos_key if pos_key is not None else pos_query
+    geometry = None
+    if pos is not None:
+        geometry = position_geometry(N, position_buckets, max_relative_positions, q.device)
+    two_s = pos.shape[1] if pos is not None else 1
+    n_terms = (pos_key is not None) + (pos_query is not None)
+    dropout = dropout_p > 0.0
+    flags = dict(
+        HEAD_DIM=D, BLOCK_D=block_d(D), HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None,
+        HAS_MASK=mask is not None, MASKED_ZERO=bool(masked_zero), DROPOUT=dropout, PREC=precision,
+        UPCAST=upcast_dots(q.dtype),
+    )
+    for part in batch_slices(B, n_terms * H * N * two_s * q.element_size()):
+        c2p, p2c = position_scores(q[part], k[part], pos_key, pos_query)
+        part_mask = mask[part] if mask is not None else None
+        heads = (part.stop - part.start) * H
+        launch(
+            _attn_fwd_kernel, lambda meta, heads=heads: (triton.cdiv(N, meta["BLOCK_M"]) * heads,),
+            q[part], k[part], v[part], _or(c2p, lse), _or(p2c, lse), geometry.table if geometry else lse,
+            part_mask.view(torch.uint8) if mask is not None else lse, philox if dropout else lse,
+            out[part], lse[part],
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *(mask.stride() if mask is not None else (0, 0)),
+            H, N, part.start * H, geometry.r_hi if geometry else N, geometry.r_lo if geometry else N,
+            two_s, scale * LOG2E, float(dropout_p), seq_bucket(N),
+            **flags,
+        )
+    return out, lse
+
+
+def _or(t: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
+    return t if t is not None else dummy

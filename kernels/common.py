@@ -1,0 +1,315 @@
+"""What the disentangled-attention kernels share: tile helpers, the position geometry, autotune configs.
+
+Position geometry. For the pair (query i, key j) the kernels use the row d(i, j) = table[i - j + N - 1] of
+the projected position tables (``deberta_fast.positions.relative_index_table``, bit-identical to
+transformers). Far from the diagonal the index clamps: d = 2S - 1 for every i - j >= r_hi and d = 0 for
+every i - j <= -r_lo (r_hi, r_lo read off the table once per setting and device). A tile whose pairs all
+lie beyond one of these distances is *saturated*: its c2p term is one value per query row and its p2c
+term one value per key column, so it skips the gathers and costs about what a plain attention tile
+costs. Only *band* tiles, crossing -r_lo < i - j < r_hi, gather through the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..positions import attention_span, relative_index_table
+
+# Decided when the kernels are defined, as triton.jit decides: TRITON_INTERPRET=1 runs them on the CPU.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Tile kinds (tl.constexpr MODE of the inner loops).
+PLAIN = tl.constexpr(0)  # no position terms
+BAND = tl.constexpr(1)  # gather c2p / p2c through the table
+SAT_HI = tl.constexpr(2)  # every pair has i - j >= r_hi: row 2S - 1
+SAT_LO = tl.constexpr(3)  # every pair has i - j <= -r_lo: row 0
+
+LOG2E = 1.4426950408889634  # host side (scale * LOG2E)
+K_LOG2E = tl.constexpr(LOG2E)  # the same inside kernels (jit globals must be constexpr)
+K_LN2 = tl.constexpr(0.6931471805599453)
+
+# Saturation distances are a property of (buckets, max_rel, device): one host read each, then cached.
+_SATURATION: dict[tuple, tuple[int, int]] = {}
+_MIN_TABLE = 1 << 16  # the index is guaranteed bit-identical to transformers for |i - j| < 65536
+
+
+@dataclass(frozen=True)
+class PositionGeometry:
+    """The relative-position index of one sequence length as the kernels read it.
+
+    ``table``: int32 ``[2N - 1]``, ``table[i - j + N - 1] = d(i, j)``. Pairs with ``i - j >= r_hi`` use row
+    2S - 1, pairs with ``i - j <= -r_lo`` row 0 (both clamped to N, so r_hi = N means "never"). The band
+    ``-r_lo < i - j < r_hi`` has ``width = r_hi + r_lo - 1`` distances; column ``c`` of a band buffer holds
+    the distance ``i - j = c - (r_lo - 1)``, whose row is ``band_index[c]``.
+    """
+
+    table: torch.Tensor
+    r_hi: int
+    r_lo: int
+
+    @property
+    def width(self) -> int:
+        return self.r_hi + self.r_lo - 1
+
+    @property
+    def band_index(self) -> torch.Tensor:
+        n = (self.table.numel() + 1) // 2
+        return self.table[n - self.r_lo : n - 1 + self.r_hi].long()
+
+
+def _saturation(position_buckets: int, max_relative_positions: int, device: torch.device, length: int):
+    key = (position_buckets, max_relative_positions, device, length)
+    if key not in _SATURATION:
+        top = 2 * attention_span(position_buckets, max_relative_positions) - 1
+        table = relative_index_table(length, position_buckets, max_relative_positions, device)
+        after = torch.arange(1, length + 1, device=device)  # x + 1 for the distance x = 0 .. length - 1
+        pos = table[length - 1 :]  # d(x)
+        neg = table[:length].flip(0)  # d(-x)
+        r_hi = torch.where(pos != top, after, 0).max()
+        r_lo = torch.where(neg != 0, after, 0).max()
+        # The one host read, cached. A side that never clamps within the table gets r = length >= N.
+        _SATURATION[key] = tuple(torch.stack([r_hi, r_lo]).tolist())
+    return _SATURATION[key]
+
+
+def position_geometry(seq_len: int, position_buckets: int, max_relative_positions: int, device) -> PositionGeometry:
+    """The :class:`PositionGeometry` of ``seq_len`` tokens on ``device`` (tables cached per device)."""
+    device = torch.device(device)
+    length = max(_MIN_TABLE, 1 << (seq_len - 1).bit_length())
+    r_hi, r_lo = _saturation(position_buckets, max_relative_positions, device, length)
+    table = relative_index_table(seq_len, position_buckets, max_relative_positions, device)
+    return PositionGeometry(table, min(r_hi, seq_len), min(r_lo, seq_len))
+
+
+# The O(N) position buffers (C2P / P2C in the input dtype, the backward's fp32 band buffers) are built for
+# at most this many bytes at a time: larger batches run in slices of whole sequences.
+CHUNK_BYTES = 1 << 30
+
+
+def batch_slices(batch: int, bytes_per_sequence: int) -> list[slice]:
+    """Slices of the batch whose position buffers fit in CHUNK_BYTES (at least one sequence each)."""
+    step = batch if bytes_per_sequence <= 0 else max(1, min(batch, CHUNK_BYTES // bytes_per_sequence))
+    return [slice(b, min(batch, b + step)) for b in range(0, batch, step)]
+
+
+def position_scores(q, k, pos_key, pos_query):
+    """C2P = q . pos_key^T and P2C = k . pos_query^T, contiguous ``[B, H, N, 2S]`` in the input dtype
+    (unscaled; None for an absent term). O(N * S) memory, recomputed by the backward."""
+    c2p = torch.matmul(q, pos_key.transpose(-1, -2)).contiguous() if pos_key is not None else None
+    p2c = torch.matmul(k, pos_query.transpose(-1, -2)).contiguous() if pos_query is not None else None
+    return c2p, p2c
+
+
+def block_d(head_dim: int) -> int:
+    """Head dims are padded to a power of two (at least 16, the smallest tl.dot) inside the kernels."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def upcast_dots(dtype: torch.dtype) -> bool:
+    """Triton's interpreter computes bf16 tl.dot wrongly: there, bf16 dots run on fp32 upcasts."""
+    return INTERPRET and dtype == torch.bfloat16
+
+
+# ----------------------------------------------------------------------------------------------------
+# Autotuning: configs from a small generator, a prune filter, keys on a sequence-length bucket.
+
+
+# The autotuner also keys on every tensor argument's dtype.
+AUTOTUNE_KEY = ["SEQ_BUCKET", "HEAD_DIM", "HAS_C2P", "HAS_P2C", "HAS_MASK", "MASKED_ZERO", "DROPOUT", "PREC"]
+
+
+def seq_bucket(n: int) -> int:
+    """Autotune key for the sequence length: the next power of two, at least 16, at most 16384."""
+    return min(16384, max(16, 1 << (n - 1).bit_length()))
+
+
+def make_configs(shapes, interpret_blocks: tuple[int, int]) -> list[triton.Config]:
+    """``triton.Config`` per (BLOCK_M, BLOCK_N, num_warps, num_stages); one small config under the interpreter.
+
+    BLOCK_M is the query tile, BLOCK_N the key tile, whichever of them a kernel owns.
+    """
+    if INTERPRET:  # one config: the autotuner then never benchmarks (it cannot on the CPU)
+        m, n = interpret_blocks
+        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=1, num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+
+
+# Budget of one tile: BLOCK_M * BLOCK_N * BLOCK_D * element size (bytes); 128 x 64 x 128 in bf16 fits.
+_TILE_BUDGET = 128 * 64 * 128 * 2
+
+
+def prune_configs(configs, named_args, owned="BLOCK_M", wide_owned=64, **kwargs):
+    """Drop tiles longer than the sequence (beyond the 16 minimum) or too large for the head dim / dtype.
+
+    ``owned`` names the block a program owns (BLOCK_M: queries; BLOCK_N: keys); above head dim 64 it
+    may hold at most ``wide_owned`` rows (their fp32 accumulators live in registers). The first config
+    left is the default when autotuning is off, so config lists are ordered best-guess first (guided by
+    ptxas register / spill reports for sm_90; to be confirmed by measurements).
+    """
+    args = {**named_args, **kwargs}
+    limit = max(16, 1 << (args["N"] - 1).bit_length())
+    head = triton.next_power_of_2(args["HEAD_DIM"])
+    work = head * args["Q"].element_size()
+
+    def fits(c):
+        m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        wide_ok = head <= 64 or c.kwargs[owned] <= wide_owned
+        return m <= limit and n <= limit and m * n * work <= _TILE_BUDGET and wide_ok
+
+    kept = [c for c in configs if fits(c)]
+    if not kept:  # very short sequences: the smallest tile
+        kept = [min(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_warps))]
+    return kept
+
+
+AUTOTUNE_ENV = "DEBERTA_FAST_TRITON_AUTOTUNE"
+
+
+def autotune_enabled() -> bool:
+    """Autotuning is on unless DEBERTA_FAST_TRITON_AUTOTUNE=0 (then: the first config the prune filter keeps)."""
+    return os.environ.get(AUTOTUNE_ENV, "1") != "0"
+
+
+def autotuned(shapes, interpret_blocks: tuple[int, int], owned: str, wide_owned: int = 64):
+    """``triton.autotune`` over ``make_configs(shapes)`` keyed on AUTOTUNE_KEY, with the prune filter."""
+    prune = functools.partial(prune_configs, owned=owned, wide_owned=wide_owned)
+    return triton.autotune(
+        configs=make_configs(shapes, interpret_blocks),
+        key=AUTOTUNE_KEY,
+        prune_configs_by={"early_config_prune": prune},
+    )
+
+
+# kernel -> triton.Config that ``launch`` must use (tests check every config this way).
+_FORCED: dict = {}
+
+
+@contextlib.contextmanager
+def forced_config(kernel, config):
+    """Within the block, ``launch(kernel, ...)`` runs ``config`` (no autotuning, no pruning)."""
+    _FORCED[kernel] = config
+    try:
+        yield
+    finally:
+        _FORCED.pop(kernel, None)
+
+
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """Run an ``autotuned`` kernel; with autotuning off, its default config without benchmarking."""
+    config = _FORCED.get(kernel)
+    if config is None:
+        if INTERPRET or autotune_enabled():
+            kernel[grid](*args, **kwargs)
+            return
+        config = kernel.early_config_prune(kernel.configs, dict(zip(kernel.arg_names, args)), **kwargs)[0]
+    kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tile helpers.
+
+
+@triton.jit
+def dot(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ b in fp32. UPCAST (interpreter only) computes bf16 operands in fp32, which the
+    interpreter's bf16 dot gets wrong."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PREC)
+
+
+@triton.jit
+def load_rows(ptr, rows, stride_n, stride_d, N, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CHECK_N: tl.constexpr):
+    """Rows ``rows`` of a [N, HEAD_DIM] matrix as a [len(rows), BLOCK_D] tile; zero padding."""
+    offs_d = tl.arange(0, BLOCK_D)
+    ptrs = ptr + rows[:, None] * stride_n + offs_d[None, :] * stride_d
+    if CHECK_N:
+        if BLOCK_D == HEAD_DIM:
+            x = tl.load(ptrs, mask=rows[:, None] < N, other=0.0)
+        else:
+            x = tl.load(ptrs, mask=(rows[:, None] < N) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    else:
+        if BLOCK_D == HEAD_DIM:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    return x
+
+
+@triton.jit
+def store_rows(ptr, x, rows, stride_n, stride_d, N, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Store a [len(rows), BLOCK_D] tile into rows ``rows`` (< N) of a [N, HEAD_DIM] matrix."""
+    offs_d = tl.arange(0, BLOCK_D)
+    ptrs = ptr + rows[:, None] * stride_n + offs_d[None, :] * stride_d
+    if BLOCK_D == HEAD_DIM:
+        tl.store(ptrs, x.to(ptr.dtype.element_ty), mask=rows[:, None] < N)
+    else:
+        tl.store(ptrs, x.to(ptr.dtype.element_ty), mask=(rows[:, None] < N) & (offs_d[None, :] < HEAD_DIM))
+
+
+@triton.jit
+def load_vector(ptr, stride_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A [HEAD_DIM] vector as [BLOCK_D] fp32, zero padded."""
+    offs_d = tl.arange(0, BLOCK_D)
+    return tl.load(ptr + offs_d * stride_d, mask=offs_d < HEAD_DIM, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def key_regions(i0, N, R_HI, R_LO, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """For queries [i0, i0 + BLOCK_M): key tiles [0, hi_end) are SAT_HI (all full), [hi_end, lo_start)
+    BAND and [lo_start, N) SAT_LO. Tiles start at multiples of BLOCK_N."""
+    hi_end = (tl.maximum(i0 - R_HI + 1, 0) // BLOCK_N) * BLOCK_N
+    lo_start = tl.minimum((i0 + BLOCK_M - 1 + R_LO + BLOCK_N - 1) // BLOCK_N * BLOCK_N, N)
+    return hi_end, lo_start
+
+
+@triton.jit
+def query_regions(j0, N, R_HI, R_LO, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """For keys [j0, j0 + BLOCK_N): query tiles [0, lo_end) are SAT_LO (all full), [lo_end, hi_start)
+    BAND and [hi_start, N) SAT_HI. Tiles start at multiples of BLOCK_M."""
+    lo_end = (tl.maximum(j0 - R_LO + 1, 0) // BLOCK_M) * BLOCK_M
+    hi_start = tl.minimum((j0 + BLOCK_N - 1 + R_HI + BLOCK_M - 1) // BLOCK_M * BLOCK_M, N)
+    return lo_end, hi_start
+
+
+@triton.jit
+def position_bias(i, j, valid, C2P, P2C, TABLE, two_s, N, c2p_sat, p2c_sat,
+                  MODE: tl.constexpr, HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr):
+    """Unscaled q_i . pos_key[d] + k_j . pos_query[d] for the pairs (i, j) of a tile (i, j broadcast).
+
+    BAND tiles gather d from the table and the terms from the [N, 2S] matrices C2P = Q pos_key^T and
+    P2C = K pos_query^T; saturated tiles add the per-row ``c2p_sat`` and per-column ``p2c_sat`` vectors
+    the caller loaded (0.0 for an absent term).
+    """
+    if MODE == BAND:
+        d = tl.load(TABLE + (i - j + N - 1), mask=valid, other=0)
+        if HAS_C2P:
+            bias = tl.load(C2P + i * two_s + d, mask=valid, other=0.0).to(tl.float32)
+            if HAS_P2C:
+                bias += tl.load(P2C + j * two_s + d, mask=valid, other=0.0).to(tl.float32)
+        else:
+            bias = tl.load(P2C + j * two_s + d, mask=valid, other=0.0).to(tl.float32)
+    else:
+        bias = c2p_sat + p2c_sat
+    return bias
+
+
+@triton.jit
+def mask_scores(s, row_ok, col_ok, col_in, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr, CHECK_COL: tl.constexpr):
+    """-inf where the pair is padding (query or key), 0 on fully padded query rows unless MASKED_ZERO
+    (they attend uniformly to all N keys, as transformers fills them with one constant), -inf beyond N."""
+    if HAS_MASK:
+        s = tl.where(row_ok & col_ok, s, float("-inf"))
+        if not MASKED_ZERO:
+            s = tl.where(row_ok, s, 0.0)
+    if CHECK_COL:
+        s = tl.where(col_in, s, float("-inf"))
+    return s

@@ -1,0 +1,121 @@
+"""Compile the attention kernels for a GPU target without a GPU, and report ptxas registers and spills.
+
+The interpreter runs the kernels' Python on the CPU but never compiles them, so errors that only the
+compiler sees (non-constexpr globals, layouts, types) would reach the first GPU run. This module builds
+each kernel family for a target (default sm_90) with the ptxas bundled in Triton's wheel::
+
+    python -m deberta_fast.kernels.compile_check            # default configs, representative flags
+    python -m deberta_fast.kernels.compile_check --all      # every config of the autotune lists
+
+Run it with TRITON_INTERPRET unset (the kernels must be defined as compiled, not interpreted, kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import attention_bwd, attention_fwd
+from .common import INTERPRET, block_d
+
+_PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
+_FLOATS = ("scale", "qk_scale", "dropout_p")
+
+
+def _pointer_types(kernel_name: str, dtype: torch.dtype) -> dict[str, str]:
+    io = _PTR[dtype]
+    common = dict(Q=io, K=io, V=io, C2P=io, P2C=io, TABLE="*i32", MASK="*u8", PHILOX="*i64", LSE="*fp32")
+    if kernel_name == "fwd":
+        return dict(common, O=io)
+    common.update(DO=io, DELTA="*fp32")
+    if kernel_name == "dkdv":
+        return dict(common, POS_Q=io, DK="*fp32", DV=io, BAND_K="*fp32", SAT_K="*fp32")
+    return dict(common, POS_K=io, DQ="*fp32", BAND_Q="*fp32", SAT_Q="*fp32")
+
+
+KERNELS = {
+    "fwd": attention_fwd._attn_fwd_kernel,
+    "dkdv": attention_bwd._dkdv_kernel,
+    "dq": attention_bwd._dq_kernel,
+}
+
+
+def default_config(name: str, dtype: torch.dtype, head_dim: int, seq_len: int = 4096) -> triton.Config:
+    """The config ``launch`` uses for kernel ``name`` when autotuning is off."""
+    kernel = KERNELS[name]
+    args = {"N": seq_len, "Q": torch.empty(0, dtype=dtype)}
+    return kernel.early_config_prune(kernel.configs, args, HEAD_DIM=head_dim)[0]
+
+
+def compile_kernel(name: str, config: triton.Config, *, dtype=torch.bfloat16, head_dim=64, arch=90, **flags):
+    """Compile kernel ``name`` ("fwd", "dkdv", "dq") with ``config`` and feature ``flags`` for sm_``arch``."""
+    jit = KERNELS[name].fn
+    constexprs = dict(
+        HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim), HAS_C2P=True, HAS_P2C=True, HAS_MASK=True,
+        MASKED_ZERO=False, DROPOUT=False, PREC="ieee", UPCAST=False,
+    )
+    constexprs.update(flags)
+    constexprs.update(config.kwargs)
+    pointers = _pointer_types(name, dtype)
+    signature = {}
+    for arg in jit.arg_names:
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+        elif arg in pointers:
+            signature[arg] = pointers[arg]
+        else:
+            signature[arg] = "fp32" if arg in _FLOATS else "i32"
+    source = ASTSource(jit, signature, constexprs=constexprs)
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def ptxas_report(compiled, arch=90) -> dict:
+    """Registers per thread and spill bytes of a compiled kernel, from Triton's bundled ptxas."""
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(compiled.asm["ptx"])
+    try:
+        suffix = "a" if arch >= 90 else ""
+        log = subprocess.run([ptxas, f"-arch=sm_{arch}{suffix}", "-v", f.name, "-o", os.devnull],
+                             capture_output=True, text=True, check=True).stderr
+    finally:
+        os.unlink(f.name)
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores", log)
+    return {"registers": int(regs.group(1)) if regs else None, "spill_stores": int(spills.group(1)) if spills else 0,
+            "shared": compiled.metadata.shared}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--all", action="store_true", help="every config of the autotune lists")
+    args = parser.parse_args(argv)
+    if INTERPRET:
+        raise SystemExit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
+    variants = [
+        dict(dtype=torch.bfloat16, head_dim=64),
+        dict(dtype=torch.float16, head_dim=128, DROPOUT=True, MASKED_ZERO=True),
+        dict(dtype=torch.float32, head_dim=48, HAS_P2C=False, PREC="tf32"),
+        dict(dtype=torch.bfloat16, head_dim=64, HAS_C2P=False, HAS_P2C=False, HAS_MASK=False),
+    ]
+    for name, kernel in KERNELS.items():
+        for variant in variants:
+            configs = kernel.configs if args.all else [default_config(name, variant["dtype"], variant["head_dim"])]
+            for config in configs:
+                report = ptxas_report(compile_kernel(name, config, arch=args.arch, **variant), args.arch)
+                shown = {k: (str(v).removeprefix("torch.") if k == "dtype" else v) for k, v in variant.items()}
+                print(name, config, shown, report, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""The triton backend on a GPU: realistic sizes, every autotune config, dropout, memory, the model.
+
+Skips without CUDA. Tolerance rule (DESIGN.md): err(triton) <= 2 err(torch backend, same dtype) + floor,
+both against the torch backend in float64 on the same GPU. Correctness runs use each kernel's default
+config (DEBERTA_FAST_TRITON_AUTOTUNE=0, so no minutes of benchmarking); one test runs the autotuner and
+one runs every config of every kernel. Run alone: ``pytest -q tests/test_gpu_triton.py``.
+"""
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA device", allow_module_level=True)
+pytest.importorskip("triton")
+
+import deberta_fast  # noqa: E402
+from deberta_fast import disentangled_attention  # noqa: E402
+from deberta_fast.backends import triton_backend  # noqa: E402
+from deberta_fast.kernels import attention_bwd, attention_fwd  # noqa: E402
+from deberta_fast.kernels import common as kernel_common  # noqa: E402
+
+from attention_cases import Case, assert_within_rule, call_kwargs, make_inputs, max_err, reference  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+DEVICE = "cuda"
+GRADS = ["dq", "dk", "dv", "dpos_key", "dpos_query"]
+FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+V3 = dict(buckets=256, max_rel=512)
+
+
+@pytest.fixture(autouse=True)
+def default_configs(monkeypatch):
+    monkeypatch.setenv(kernel_common.AUTOTUNE_ENV, "0")
+
+
+def check(case, dtype, *, dropout_p=0.0, keep=None, seed=1234):
+    """Forward and the five gradients of the triton backend against the float64 reference on the GPU."""
+    tensors, mask = make_inputs(case, device=DEVICE, strided=True)
+    grad_out = torch.randn(case.B, case.H, case.N, case.D, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    leaves = [t.detach().to(dtype).requires_grad_(True) if t is not None else None for t in tensors]
+    torch.manual_seed(seed)
+    out = disentangled_attention(*leaves, mask, dropout_p=dropout_p, backend="triton", **call_kwargs(case))
+    out.backward(grad_out.to(dtype))
+    grads = [t.grad if t is not None else None for t in leaves]
+    ref, ref_grads = reference(case, tensors, mask, dropout_p=dropout_p, dropout_mask=keep, grad_out=grad_out)
+    low, low_grads = reference(case, [t.to(dtype) if t is not None else None for t in tensors], mask,
+                               dropout_p=dropout_p, dropout_mask=keep, grad_out=grad_out)
+    floor = FLOOR[dtype]
+    assert_within_rule("out", out, low, ref, floor * max(1.0, ref.abs().max().item()))
+    for name, g, g_low, g_ref in zip(GRADS, grads, low_grads, ref_grads):
+        if g_ref is None:
+            assert g is None, name
+            continue
+        assert_within_rule(name, g, g_low, g_ref, floor * max(1.0, g_ref.abs().max().item()))
+
+
+# --- realistic sizes, v3 settings --------------------------------------------------------------
+
+REALISTIC = [
+    (Case(B=2, H=4, N=512, D=64, mask="right", **V3), torch.bfloat16),
+    (Case(B=2, H=2, N=512, D=128, mask="all_pad", masked_rows="zero", **V3), torch.float16),
+    (Case(B=2, H=2, N=2048, D=64, mask="left", **V3), torch.bfloat16),
+    (Case(B=1, H=2, N=2048, D=128, mask="right", **V3), torch.bfloat16),
+    (Case(B=1, H=4, N=2048, D=64, **V3), torch.float16),
+    (Case(B=2, H=2, N=1531, D=80, mask="all_pad", **V3), torch.bfloat16),
+    (Case(B=1, H=2, N=8192, D=64, mask="right", **V3), torch.bfloat16),
+    (Case(B=1, H=1, N=8192, D=128, mask="right", **V3), torch.float16),
+]
+
+
+@pytest.mark.parametrize("case,dtype", REALISTIC, ids=str)
+def test_realistic_sizes(case, dtype):
+    check(case, dtype)
+
+
+FEATURES = [
+    Case(B=2, H=2, N=2048, D=64, p2c=False, mask="right", **V3),
+    Case(B=2, H=2, N=2048, D=64, c2p=False, mask="left", **V3),
+    Case(B=2, H=2, N=2048, D=64, c2p=False, p2c=False, mask="right", **V3),
+    Case(B=2, H=2, N=2048, D=64, buckets=-1, max_rel=512, mask="mixed"),
+    Case(B=2, H=2, N=1025, D=48, buckets=-1, max_rel=24, mask="all_pad", masked_rows="zero"),
+    Case(B=2, H=2, N=300, D=32, buckets=8, max_rel=32, mask="right"),
+]
+
+
+@pytest.mark.parametrize("case", FEATURES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_features(case, dtype):
+    check(case, dtype)
+
+
+@pytest.mark.parametrize(
+    "case", [Case(B=2, H=2, N=1024, D=64, mask="right", **V3), Case(N=97, D=48, mask="left")], ids=str,
+)
+def test_fp32_exact(case):
+    check(case, torch.float32)
+
+
+def test_fp32_tf32_switch():
+    previous = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        case = Case(B=1, H=2, N=1024, D=64, mask="right", **V3)
+        tensors, mask = make_inputs(case, device=DEVICE)
+        out = disentangled_attention(*(t.float() for t in tensors), mask, backend="triton", **call_kwargs(case))
+        ref = reference(case, tensors, mask)[0]
+        assert max_err(out, ref) < 1e-2
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = previous
+
+
+# --- configs ----------------------------------------------------------------------------------
+
+KERNELS = {"fwd": attention_fwd._attn_fwd_kernel, "dkdv": attention_bwd._dkdv_kernel, "dq": attention_bwd._dq_kernel}
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_every_config_is_correct(kernel, head_dim):
+    """Each config the autotuner may pick (after the prune filter for this head dim) gives correct results."""
+    tuned = KERNELS[kernel]
+    case = Case(B=1, H=2, N=1000, D=head_dim, mask="right", **V3)
+    args = {"N": case.N, "Q": torch.empty(1, dtype=torch.bfloat16)}
+    configs = tuned.early_config_prune(tuned.configs, args, HEAD_DIM=head_dim)
+    for config in configs:
+        with kernel_common.forced_config(tuned, config):
+            try:
+                check(case, torch.bfloat16)
+            except Exception as exc:
+                raise AssertionError(f"{kernel} config {config}: {exc}") from exc
+
+
+def test_autotuned_launch(monkeypatch):
+    monkeypatch.setenv(kernel_common.AUTOTUNE_ENV, "1")
+    check(Case(B=2, H=4, N=2048, D=64, mask="right", **V3), torch.bfloat16)
+
+
+# --- dropout ----------------------------------------------------------------------------------
+
+
+def test_dropout_matches_torch_given_the_kernel_mask():
+    case = Case(B=2, H=2, N=1024, D=64, mask="right", **V3)
+    torch.manual_seed(99)
+    philox = triton_backend.draw_philox(DEVICE)
+    keep = triton_backend.dropout_keep_mask(philox, case.B, case.H, case.N, 0.1)
+    check(case, torch.bfloat16, dropout_p=0.1, keep=keep, seed=99)
+
+
+def test_dropout_keep_rate_and_reproducibility():
+    philox = torch.tensor([31337, 7], dtype=torch.int64, device=DEVICE)
+    keep = triton_backend.dropout_keep_mask(philox, 2, 4, 2048, 0.1).double()
+    sigma = (0.1 * 0.9 / keep.numel()) ** 0.5
+    assert abs(keep.mean().item() - 0.9) < 6 * sigma
+    assert torch.equal(keep, triton_backend.dropout_keep_mask(philox, 2, 4, 2048, 0.1).double())
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+def _peak_bytes(n):
+    case = Case(B=1, H=12, N=n, D=64, **V3)
+    tensors, _ = make_inputs(case, dtype=torch.bfloat16, device=DEVICE, strided=True)
+    leaves = [t.requires_grad_(True) for t in tensors]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = disentangled_attention(*leaves, backend="triton", **call_kwargs(case))
+    out.backward(torch.ones_like(out))
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def test_memory_is_linear_in_sequence_length():
+    _peak_bytes(1024)  # warm up (tables, compiled kernels)
+    small, large = _peak_bytes(4096), _peak_bytes(8192)
+    assert large < 2.5 * small, (small, large)  # O(N^2) would be ~4x
+    # below the float32 scores alone: B H N^2 * 4 bytes = 3.2 GB at N = 8192
+    assert large < 12 * 8192 * 8192 * 4
+
+
+# --- the model --------------------------------------------------------------------------------
+
+
+def _model_config(**over):
+    cfg = dict(
+        vocab_size=1000, hidden_size=384, num_hidden_layers=2, num_attention_heads=6, intermediate_size=768,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=512,
+        relative_attention=True, pos_att_type="p2c|c2p", position_buckets=256, max_relative_positions=-1,
+        share_att_key=True, position_biased_input=False, norm_rel_ebd="layer_norm", type_vocab_size=0,
+        layer_norm_eps=1e-7, hidden_act="gelu",
+    )
+    cfg.update(over)
+    return deberta_fast.DebertaV2Config(**cfg)
+
+
+def _batch(B=2, N=1100):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 1000, (B, N), generator=g)
+    mask = torch.ones(B, N, dtype=torch.long)
+    mask[0, N - 300 :] = 0
+    return ids.to(DEVICE), mask.to(DEVICE)
+
+
+def _run_model(backend, dtype, ids, mask):
+    torch.manual_seed(0)
+    model = deberta_fast.DebertaV2Model(_model_config(), attn_backend=backend).to(DEVICE, dtype).train()
+    out = model(ids, attention_mask=mask).last_hidden_state
+    # a random projection of the real tokens' outputs (padded rows are near-constant after LayerNorm and
+    # would amplify rounding by 1/sqrt(eps) into their gradients)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype) * mask[..., None]
+    (out * weights).sum().backward()
+    return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_model_end_to_end_against_torch_backend():
+    """bf16 model on the triton backend vs the torch backend in bf16, both against the fp64 model."""
+    ids, mask = _batch()
+    ref, ref_grads = _run_model("torch", torch.float64, ids, mask)
+    low, low_grads = _run_model("torch", torch.bfloat16, ids, mask)
+    got, grads = _run_model("triton", torch.bfloat16, ids, mask)
+    assert_within_rule("last_hidden_state", got, low, ref, 1e-2 * max(1.0, ref.abs().max().item()))
+    for name, g in grads.items():
+        floor = 1e-2 * max(1.0, ref_grads[name].abs().max().item())
+        assert_within_rule(name, g, low_grads[name], ref_grads[name], floor)
+    # fp32: the two backends agree closely
+    a, a_grads = _run_model("torch", torch.float32, ids, mask)
+    b, b_grads = _run_model("triton", torch.float32, ids, mask)
+    assert max_err(a, b) < 1e-3
+
+
+def test_model_compiles_fullgraph_with_triton():
+    torch._dynamo.reset()
+    ids, mask = _batch(B=2, N=600)
+    torch.manual_seed(0)
+    model = deberta_fast.DebertaV2Model(_model_config(), attn_backend="triton").to(DEVICE, torch.bfloat16).train()
+    compiled = torch.compile(model, fullgraph=True)
+    out = compiled(ids, attention_mask=mask).last_hidden_state
+    out.float().sum().backward()
+    ref = model(ids, attention_mask=mask).last_hidden_state
+    assert max_err(out, ref) < 5e-2
