@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from .activations import get_activation
 from .attention import disentangled_attention
+from .backends import prepare_backends
 from .backends.call import make_call
 from .backends.torch_backend import torch_attention
 from .checkpoint import (
@@ -375,6 +376,7 @@ class DebertaV2PreTrainedModel(nn.Module):
                 raise TypeError(f"config must be a DebertaV2Config, got {type(config).__name__}")
         if attn_backend is not None:
             config.attn_backend = attn_backend
+        prepare_backends(config.attn_backend)
         self.config = config
 
     # init and tying
@@ -415,6 +417,7 @@ class DebertaV2PreTrainedModel(nn.Module):
 
     def set_attn_backend(self, name: str) -> None:
         """Use backend ``name`` ("auto", "torch", "triton", "cuda") for every attention layer."""
+        prepare_backends(name)
         self.config.attn_backend = name
 
     def gradient_checkpointing_enable(self) -> None:

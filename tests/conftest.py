@@ -4,6 +4,10 @@ import random
 import pytest
 import torch
 
+# Without a GPU, the Triton kernels run under Triton's interpreter (it must be set before triton is imported).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture(autouse=True)
 def seed():

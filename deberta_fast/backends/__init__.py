@@ -28,6 +28,7 @@ __all__ = [
     "available_backends",
     "backend_names",
     "get_backend",
+    "prepare_backends",
     "register_backend",
     "select_backend",
 ]
@@ -85,7 +86,8 @@ def get_backend(name: str) -> Backend:
     entry = _REGISTRY[name]
     if isinstance(entry, str):
         try:
-            importlib.import_module(entry)
+            with torch.device("cpu"):  # a model built under torch.device("meta") may trigger this import
+                importlib.import_module(entry)
         except Exception as exc:  # an optional dependency is missing or broken
             _REGISTRY[name] = _Unloadable(name, exc)
         else:
@@ -93,6 +95,21 @@ def get_backend(name: str) -> Backend:
                 _REGISTRY[name] = _Unloadable(name, RuntimeError(f"{entry} did not register a backend"))
         entry = _REGISTRY[name]
     return entry  # type: ignore[return-value]
+
+
+def prepare_backends(requested: str = "auto") -> None:
+    """Import the backend modules that calls with ``backend=requested`` may dispatch to.
+
+    Models call this when they are built or switched, so the first forward inside ``torch.compile`` finds
+    every backend loaded (dynamo cannot trace an import). Unknown names raise ValueError here already.
+    """
+    names = {requested, os.environ.get(BACKEND_ENV, "auto") or "auto"}
+    if "auto" in names:
+        names.discard("auto")
+        if torch.cuda.is_available():  # "auto" uses the fused backends on CUDA tensors only
+            names.update(n for n in _CUDA_ORDER if n in _REGISTRY)
+    for name in sorted(names):
+        get_backend(name)
 
 
 def available_backends(call: AttentionCall | None = None) -> dict[str, list[str]]:
