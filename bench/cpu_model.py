@@ -1,9 +1,14 @@
 """CPU model benchmark: deberta_fast (torch backend) against transformers' eager DeBERTa-v2, forward, no_grad.
 
 Both models load the same random-init checkpoint (written once by transformers) and run the same inputs.
-Each provider runs in its own subprocess so its peak memory can be read from the kernel: the child
-resets its peak RSS (/proc/self/clear_refs) after loading, runs warm-up and timed forwards, and reports
-VmHWM - VmRSS(before) as the forward's peak memory. Outputs are compared before any time is reported.
+
+- Memory: each provider runs in its own subprocess, so its peak can be read from the kernel: the child
+  resets its peak RSS (/proc/self/clear_refs) after loading and a warm-up, runs one forward, and reports
+  VmHWM - VmRSS(before) as the forward's peak memory.
+- Time: both models in one process, their forwards interleaved (A, B, A, B, ...), so that the noise of a
+  shared machine falls on both alike. Reported: each provider's median and quantiles, and the median of the
+  per-pair ratios (transformers time / deberta_fast time of adjacent runs).
+Outputs are compared before any time is reported.
 
 Writes JSON (environment, raw timings, medians, peak memory, ratio) and prints a table:
 
@@ -37,28 +42,18 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+PROVIDERS = ("transformers", "deberta_fast")
+
+
 def run_child(args: argparse.Namespace) -> None:
-    """Load one provider, time its forward, print one JSON line."""
+    """Load one provider, measure its forward's peak memory, save its output, print one JSON line."""
     import torch
 
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.provider == "transformers":
-        from transformers import DebertaV2Model
-
-        model = DebertaV2Model.from_pretrained(args.model_dir, dtype=torch.float32)
-    else:
-        from deberta_fast import DebertaV2Model
-
-        model = DebertaV2Model.from_pretrained(args.model_dir, attn_backend="torch")
-    model.eval()
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(5, args.vocab, (args.batch, args.seq), generator=g)
-    mask = torch.ones(args.batch, args.seq, dtype=torch.long)
-    if args.padded:
-        mask[0, args.seq * 3 // 4 :] = 0
-    times = []
+    model = load(args.provider, args.model_dir)
+    ids, mask = inputs(args)
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask).last_hidden_state  # warm-up, also the checked output
         torch.save(out, args.output_file)
@@ -66,15 +61,54 @@ def run_child(args: argparse.Namespace) -> None:
         rss_before = _status_kb("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak-RSS counter
-        for _ in range(args.warmup):
-            model(input_ids=ids, attention_mask=mask)
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            model(input_ids=ids, attention_mask=mask)
-            times.append(time.perf_counter() - t0)
+        model(input_ids=ids, attention_mask=mask)
         peak = _status_kb("VmHWM")
-    print(json.dumps({"provider": args.provider, "times_s": times, "peak_rss_increase_mib": (peak - rss_before) / 1024,
-                      "threads": torch.get_num_threads()}))
+    print(json.dumps({"provider": args.provider, "peak_rss_increase_mib": (peak - rss_before) / 1024}))
+
+
+def load(provider: str, model_dir: str):
+    import torch
+
+    if provider == "transformers":
+        from transformers import DebertaV2Model
+
+        return DebertaV2Model.from_pretrained(model_dir, dtype=torch.float32).eval()
+    from deberta_fast import DebertaV2Model
+
+    return DebertaV2Model.from_pretrained(model_dir, attn_backend="torch").eval()
+
+
+def inputs(args: argparse.Namespace):
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, args.vocab, (args.batch, args.seq), generator=g)
+    mask = torch.ones(args.batch, args.seq, dtype=torch.long)
+    if args.padded:
+        mask[0, args.seq * 3 // 4 :] = 0
+    return ids, mask
+
+
+def time_interleaved(args: argparse.Namespace, model_dir: str) -> dict[str, list[float]]:
+    """Alternate the providers' forwards; per-provider wall times in seconds."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = {p: load(p, model_dir) for p in PROVIDERS}
+    ids, mask = inputs(args)
+    times = {p: [] for p in PROVIDERS}
+    with torch.no_grad():
+        for _ in range(args.warmup):
+            for m in models.values():
+                m(input_ids=ids, attention_mask=mask)
+        for i in range(args.repeats):
+            order = PROVIDERS if i % 2 == 0 else PROVIDERS[::-1]
+            for p in order:
+                t0 = time.perf_counter()
+                models[p](input_ids=ids, attention_mask=mask)
+                times[p].append(time.perf_counter() - t0)
+    return times
 
 
 def make_checkpoint(args: argparse.Namespace, directory: Path) -> None:
@@ -100,7 +134,7 @@ def main() -> int:
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--vocab", type=int, default=128100)
     p.add_argument("--padded", action="store_true", help="pad the first sequence to 3/4 of its length")
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--out", default=str(HERE / "results" / "cpu_model.json"))
@@ -121,12 +155,12 @@ def main() -> int:
               flush=True)
         make_checkpoint(args, tmp / "model")
         outputs = {}
-        for provider in ("transformers", "deberta_fast"):
-            print(f"timing {provider} ...", flush=True)
+        for provider in PROVIDERS:
+            print(f"peak memory of {provider} ...", flush=True)
             out_file = tmp / f"{provider}.pt"
             cmd = [sys.executable, __file__, "--provider", provider, "--model-dir", str(tmp / "model"),
                    "--output-file", str(out_file)]
-            for name in ("batch", "seq", "vocab", "repeats", "warmup", "threads"):
+            for name in ("batch", "seq", "vocab", "threads"):
                 cmd += [f"--{name}", str(getattr(args, name))]
             if args.padded:
                 cmd.append("--padded")
@@ -138,19 +172,22 @@ def main() -> int:
             outputs[provider] = torch.load(out_file)
         err = (outputs["deberta_fast"] - outputs["transformers"]).abs().max().item()
         ref_scale = outputs["transformers"].abs().max().item()
-    if not err <= 1e-4 * max(1.0, ref_scale):
-        raise SystemExit(f"outputs disagree: max abs difference {err:.3e}; not reporting timings")
+        if not err <= 1e-4 * max(1.0, ref_scale):
+            raise SystemExit(f"outputs disagree: max abs difference {err:.3e}; not reporting timings")
+        print(f"timing both, interleaved, {args.repeats} runs each ...", flush=True)
+        times = time_interleaved(args, str(tmp / "model"))
 
     rows = []
     for provider, r in results.items():
-        t = sorted(r["times_s"])
+        t = sorted(times[provider])
         rows.append({
             "provider": provider, "median_s": statistics.median(t),
             "p20_s": t[int(0.2 * (len(t) - 1))], "p80_s": t[int(0.8 * (len(t) - 1))],
-            "times_s": r["times_s"], "peak_rss_increase_mib": r["peak_rss_increase_mib"], "threads": r["threads"],
+            "times_s": times[provider], "peak_rss_increase_mib": r["peak_rss_increase_mib"],
         })
     by = {r["provider"]: r for r in rows}
-    speedup = by["transformers"]["median_s"] / by["deberta_fast"]["median_s"]
+    pair_ratios = [a / b for a, b in zip(times["transformers"], times["deberta_fast"])]
+    speedup = statistics.median(pair_ratios)
     memory_ratio = by["deberta_fast"]["peak_rss_increase_mib"] / max(by["transformers"]["peak_rss_increase_mib"], 1e-9)
     record = {
         "benchmark": "cpu_model_forward",
@@ -162,6 +199,8 @@ def main() -> int:
         "max_abs_output_difference": err,
         "rows": rows,
         "speedup_vs_transformers": speedup,
+        "speedup_definition": "median over runs of transformers time / deberta_fast time, adjacent interleaved runs",
+        "pair_ratios": pair_ratios,
         "peak_memory_ratio_vs_transformers": memory_ratio,
     }
     write_json(Path(args.out), record)
@@ -169,7 +208,7 @@ def main() -> int:
     for r in rows:
         print(f"{r['provider']:<14} {1e3 * r['median_s']:>10.1f} {1e3 * r['p20_s']:>9.1f} {1e3 * r['p80_s']:>9.1f} "
               f"{r['peak_rss_increase_mib']:>9.1f}")
-    print(f"\ndeberta_fast is {speedup:.2f}x transformers' speed, with {memory_ratio:.2f}x its peak forward memory "
+    print(f"\ndeberta_fast is {speedup:.2f}x transformers' speed (median of paired runs), with {memory_ratio:.2f}x its peak forward memory "
           f"(max |difference| {err:.1e}); written to {args.out}")
     return 0
 

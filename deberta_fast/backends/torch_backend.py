@@ -60,11 +60,15 @@ def torch_attention(
     if dropout_mask is not None and tuple(dropout_mask.shape) != (B, H, N, N):
         raise ValueError(f"dropout_mask must have shape [B, H, N, N] = {(B, H, N, N)}, got {tuple(dropout_mask.shape)}")
 
-    # Scale folded into the small operands: every score term comes out already scaled.
-    q_scaled = q * call.scale
-    k_t = k.transpose(-1, -2)
-    pos_key_t = call.pos_key.transpose(-1, -2) if has_c2p else None  # [H, D, 2S]
-    p2c_t = torch.matmul(call.pos_query * call.scale, k_t) if has_p2c else None  # [B, H, 2S, N]
+    if mask is not None and q.device.type == "cpu" and not torch.compiler.is_compiling() and bool(mask.all()):
+        mask = None  # no padding: skip the masking passes (a free check on the CPU, a sync elsewhere)
+    # Scale folded into the small operands: every score term comes out already scaled. Operands are made
+    # contiguous once ([B, N, H, D] views would otherwise be copied by every matmul that reads them).
+    q_scaled = (q * call.scale).contiguous()
+    k_t = k.contiguous().transpose(-1, -2)
+    v = v.contiguous()
+    pos_key_t = call.pos_key.contiguous().transpose(-1, -2) if has_c2p else None  # [H, D, 2S]
+    p2c_t = torch.matmul((call.pos_query * call.scale).contiguous(), k_t) if has_p2c else None  # [B, H, 2S, N]
     if has_c2p or has_p2c:
         table = relative_index_table(N, call.position_buckets, call.max_relative_positions, q.device).long()
         positions = torch.arange(N, device=q.device)
