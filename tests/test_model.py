@@ -146,3 +146,25 @@ def test_torch_compile_fullgraph_no_graph_breaks(backend):
     for k, p in model.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(grads[k], p.grad, msg=k)
+
+
+def test_auto_skips_backends_not_marked_for_auto_selection(monkeypatch):
+    from deberta_fast import backends
+    from deberta_fast.backends.call import make_call
+
+    class Eager:
+        name, auto_select = "eager", False
+
+        def not_supported_reasons(self, call):
+            return []
+
+        def forward(self, call):
+            return call.query
+
+    monkeypatch.setitem(backends._REGISTRY, "eager", Eager())
+    monkeypatch.setattr(backends, "_CUDA_ORDER", ("eager", "torch"))
+    call = make_call(*[torch.randn(1, 2, 3, 4, device="meta")] * 3, position_buckets=4, max_relative_positions=8)
+    # meta tensors are not CUDA tensors: pretend they are by using the CUDA preference order
+    monkeypatch.setattr(backends, "_auto_order", lambda call: backends._CUDA_ORDER)
+    assert backends.select_backend(call, "auto").name == "torch"
+    assert backends.select_backend(call, "eager").name == "eager"

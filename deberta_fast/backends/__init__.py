@@ -4,7 +4,9 @@ A backend is an object with
 
 - ``name``: the string users pass as ``backend=``;
 - ``not_supported_reasons(call) -> list[str]``: empty when it can serve the call, else why not;
-- ``forward(call) -> Tensor``: the attention output ``[B, H, N, D]`` (differentiable).
+- ``forward(call) -> Tensor``: the attention output ``[B, H, N, D]`` (differentiable);
+- optionally ``auto_select = False``: never chosen by ``backend="auto"``, only when named (a backend not
+  yet verified on the hardware it targets).
 
 Backends are registered explicitly. Those whose modules need optional dependencies (Triton, the compiled
 CUDA extension) are registered by module path and imported on first use, so importing deberta_fast never
@@ -130,12 +132,17 @@ def available_backends(call: AttentionCall | None = None) -> dict[str, list[str]
     return out
 
 
+def _auto_order(call: AttentionCall) -> tuple[str, ...]:
+    return _CUDA_ORDER if call.query.device.type == "cuda" else ("torch",)
+
+
 def select_backend(call: AttentionCall, requested: str = "auto") -> Backend:
     """The backend that serves ``call``.
 
     An explicit name must be able to serve the call, else ValueError with its reasons (no silent
     fallback). ``"auto"`` (overridden by the environment variable DEBERTA_FAST_BACKEND) takes the first
-    backend able to serve it, in the order cuda -> triton -> torch on CUDA tensors, torch elsewhere.
+    backend able to serve it, in the order cuda -> triton -> torch on CUDA tensors, torch elsewhere,
+    skipping backends with ``auto_select = False``.
     """
     if requested == "auto":
         requested = os.environ.get(BACKEND_ENV, "auto") or "auto"
@@ -145,12 +152,14 @@ def select_backend(call: AttentionCall, requested: str = "auto") -> Backend:
         if reasons:
             raise ValueError(f"backend {requested!r} cannot serve this call: " + "; ".join(reasons))
         return backend
-    order = _CUDA_ORDER if call.query.device.type == "cuda" else ("torch",)
     tried = []
-    for name in order:
+    for name in _auto_order(call):
         if name not in _REGISTRY:
             continue
         backend = get_backend(name)
+        if not getattr(backend, "auto_select", True):
+            tried.append(f"{name}: not chosen by 'auto' (select it explicitly)")
+            continue
         reasons = backend.not_supported_reasons(call)
         if not reasons:
             return backend
