@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 from deberta_fast.io import atomic_write_text
@@ -76,3 +77,18 @@ def environment() -> dict:
 def write_json(path: Path, record: dict) -> None:
     """Write ``record`` to ``path`` atomically (parent directories created)."""
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def progress(items, desc: str):
+    """Iterate with a progress bar (tqdm when installed, else one line per step on stderr)."""
+    items = list(items)
+    try:
+        from tqdm import tqdm
+
+        yield from tqdm(items, desc=desc, file=sys.stderr)
+        return
+    except ImportError:
+        pass
+    for i, item in enumerate(items, 1):
+        print(f"[{desc}] {i}/{len(items)}: {item}", file=sys.stderr, flush=True)
+        yield item

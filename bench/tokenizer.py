@@ -243,7 +243,6 @@ def main(argv=None) -> int:
     import sentencepiece
     from transformers import DebertaV2Tokenizer as TransformersTokenizer
 
-    sys.path.insert(0, str(ROOT))
     from deberta_fast.tokenizer import DebertaV2Tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
+#
+#   bash bench/gpu_suite.sh STEP OUTDIR      STEP: setup | test | attention | model | all
+#
+# Every step starts with `setup` (idempotent): deberta_fast installed editable without dependencies (the GPU
+# machines have torch, triton and transformers, and no network), plus any wheels carried in .whl/ (the peer
+# kernels flashdeberta and disentangled-flash, for the benchmarks). Logs and JSON go to OUTDIR; copy the JSON
+# into bench/results/ afterwards and regenerate the tables with bench/report.py.
+set -uo pipefail
+step=${1:?usage: gpu_suite.sh STEP OUTDIR}
+out=${2:?usage: gpu_suite.sh STEP OUTDIR}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+setup() {
+  if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || return 1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  $PY -m pip install -q --no-deps --no-build-isolation -e . >"$out/setup.log" 2>&1 || { cat "$out/setup.log"; return 1; }
+  {
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+    $PY -m deberta_fast.cli info
+  } 2>&1 | tee -a "$out/setup.log"
+}
+
+run_tests() {
+  # GPU test modules and the CLI parity check on the GPU; CPU tests are CI's job.
+  timeout 560 $PY -m pytest -q -x tests/test_gpu_triton.py 2>&1 | tee "$out/test.log"
+  local rc=${PIPESTATUS[0]}
+  $PY -m deberta_fast.cli parity --device cuda 2>&1 | tee -a "$out/test.log"
+  return $(( rc || PIPESTATUS[0] ))
+}
+
+run_attention() {
+  timeout 560 $PY bench/attention.py --device cuda --dtype bfloat16 --out "$out/attention_cuda_bfloat16.json" \
+    2>&1 | tee "$out/attention.log"
+}
+
+run_model() {
+  timeout 560 $PY bench/model.py --device cuda --dtype bfloat16 --configs v3-base --seqlens 128,512,2048,4096 \
+    --out "$out/model_cuda_bfloat16.json" 2>&1 | tee "$out/model.log"
+}
+
+setup || exit 1
+case "$step" in
+  setup) ;;
+  test) run_tests ;;
+  attention) run_attention ;;
+  model) run_model ;;
+  all) run_tests; run_attention; run_model ;;
+  *) echo "unknown step $step" >&2; exit 2 ;;
+esac
