@@ -430,6 +430,19 @@ class DebertaV2PreTrainedModel(nn.Module):
             if isinstance(module, DebertaV2Encoder):
                 module.gradient_checkpointing = False
 
+    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                output_attentions, output_hidden_states) -> BaseModelOutput:
+        """The heads' call of the base model (always as a BaseModelOutput, whatever config.return_dict says)."""
+        return self.deberta(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            position_ids=position_ids, inputs_embeds=inputs_embeds,
+                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                            return_dict=True)
+
+    def _finish(self, out, return_dict: bool | None):
+        """``out``, or its tuple when return_dict (default config.return_dict) is False."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return out if return_dict else out.to_tuple()
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
@@ -587,7 +600,6 @@ class DebertaV2Model(DebertaV2PreTrainedModel):
         """
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         if input_ids is not None and inputs_embeds is not None:
             raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
         if input_ids is None and inputs_embeds is None:
@@ -608,7 +620,7 @@ class DebertaV2Model(DebertaV2PreTrainedModel):
             output_attentions=output_attentions,
         )
         out = BaseModelOutput(last_hidden_state=last, hidden_states=hidden_states, attentions=attentions)
-        return out if return_dict else out.to_tuple()
+        return self._finish(out, return_dict)
 
 
 # --- heads ---------------------------------------------------------------------------------
@@ -716,10 +728,8 @@ class DebertaV2ForMaskedLM(DebertaV2PreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
         """Returns MaskedLMOutput: logits ``[B, N, vocab]``; loss if labels ``[B, N]`` (-100 = ignored)."""
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.deberta(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, inputs_embeds=inputs_embeds,
-                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states)
         sequence_output = outputs.last_hidden_state
         if self.legacy:
             logits = self.cls(sequence_output)
@@ -730,7 +740,7 @@ class DebertaV2ForMaskedLM(DebertaV2PreTrainedModel):
             loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1))
         out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                              attentions=outputs.attentions)
-        return out if return_dict else out.to_tuple()
+        return self._finish(out, return_dict)
 
 
 class DebertaV2ForSequenceClassification(DebertaV2PreTrainedModel):
@@ -751,17 +761,15 @@ class DebertaV2ForSequenceClassification(DebertaV2PreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
         """Returns SequenceClassifierOutput: logits ``[B, num_labels]``; loss if labels are given."""
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.deberta(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, inputs_embeds=inputs_embeds,
-                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states)
         logits = self.classifier(self.dropout(self.pooler(outputs.last_hidden_state)))
         loss = None
         if labels is not None:
             loss, logits = self._loss(logits, labels)
         out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                        attentions=outputs.attentions)
-        return out if return_dict else out.to_tuple()
+        return self._finish(out, return_dict)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         problem = self.config.problem_type
@@ -798,17 +806,15 @@ class DebertaV2ForTokenClassification(DebertaV2PreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
         """Returns TokenClassifierOutput: logits ``[B, N, num_labels]``; loss if labels ``[B, N]`` (-100 = ignored)."""
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.deberta(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, inputs_embeds=inputs_embeds,
-                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states)
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
         out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                     attentions=outputs.attentions)
-        return out if return_dict else out.to_tuple()
+        return self._finish(out, return_dict)
 
 
 class DebertaV2ForQuestionAnswering(DebertaV2PreTrainedModel):
@@ -825,10 +831,8 @@ class DebertaV2ForQuestionAnswering(DebertaV2PreTrainedModel):
                 return_dict=None, **kwargs):
         """Returns QuestionAnsweringModelOutput: start_logits and end_logits ``[B, N]``; loss if start_positions and
         end_positions ``[B]`` are given (positions outside the sequence are ignored)."""
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.deberta(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, inputs_embeds=inputs_embeds,
-                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states)
         logits = self.qa_outputs(outputs.last_hidden_state)
         start_logits, end_logits = logits.split(1, dim=-1)
         start_logits = start_logits.squeeze(-1).contiguous()
@@ -846,7 +850,7 @@ class DebertaV2ForQuestionAnswering(DebertaV2PreTrainedModel):
                     + F.cross_entropy(end_logits, end_positions, ignore_index=ignored)) / 2
         out = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
                                            hidden_states=outputs.hidden_states, attentions=outputs.attentions)
-        return out if return_dict else out.to_tuple()
+        return self._finish(out, return_dict)
 
 
 class DebertaV2ForMultipleChoice(DebertaV2PreTrainedModel):
@@ -865,17 +869,15 @@ class DebertaV2ForMultipleChoice(DebertaV2PreTrainedModel):
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
         """Inputs ``[B, C, N]`` (C choices; inputs_embeds ``[B, C, N, E]``). Returns MultipleChoiceModelOutput:
         logits ``[B, C]``; loss if labels ``[B]``."""
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         num_choices = (input_ids if input_ids is not None else inputs_embeds).shape[1]
 
         def flat(t, keep=1):
             return t.reshape(-1, *t.shape[-keep:]) if t is not None else None
 
-        outputs = self.deberta(flat(input_ids), attention_mask=flat(attention_mask), token_type_ids=flat(token_type_ids),
-                               position_ids=flat(position_ids), inputs_embeds=flat(inputs_embeds, 2),
-                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        outputs = self._encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                               flat(inputs_embeds, 2), output_attentions, output_hidden_states)
         logits = self.classifier(self.dropout(self.pooler(outputs.last_hidden_state))).view(-1, num_choices)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         out = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                         attentions=outputs.attentions)
-        return out if return_dict else out.to_tuple()
+        return self._finish(out, return_dict)

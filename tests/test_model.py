@@ -168,3 +168,17 @@ def test_auto_skips_backends_not_marked_for_auto_selection(monkeypatch):
     monkeypatch.setattr(backends, "_auto_order", lambda call: backends._CUDA_ORDER)
     assert backends.select_backend(call, "auto").name == "torch"
     assert backends.select_backend(call, "eager").name == "eager"
+
+
+@pytest.mark.parametrize("cls", [df.DebertaV2Model, df.DebertaV2ForMaskedLM, df.DebertaV2ForTokenClassification,
+                                 df.DebertaV2ForSequenceClassification, df.DebertaV2ForQuestionAnswering])
+def test_config_return_dict_false_gives_tuples(cls):
+    ids, mask, _ = make_batch(CFG)
+    model = _model(cls).eval()
+    with torch.no_grad():
+        as_dict = model(ids, attention_mask=mask)
+        model.config.return_dict = False
+        as_tuple = model(ids, attention_mask=mask)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict.to_tuple())
+    for a, b in zip(as_tuple, as_dict.to_tuple()):
+        torch.testing.assert_close(a, b)
