@@ -259,9 +259,19 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach().float() - b.detach().float()).abs().max().item()
 
 
+def _real_rows(t: torch.Tensor, mask: torch.Tensor | None, n_dim: int) -> torch.Tensor:
+    """``t`` with the rows of padding tokens (dimension ``n_dim`` is N) zeroed: what padded rows get is a
+    convention (transformers, SDPA with a bias and the fused kernels differ there), real rows must agree."""
+    if mask is None:
+        return t.detach().float()
+    shape = [1] * t.dim()
+    shape[0], shape[n_dim] = mask.shape
+    return t.detach().float() * mask.view(shape)
+
+
 def measure(name, level, run, make_args, leaves_of, reference, shape, mode, args) -> dict:
-    """Check ``run`` against ``reference`` (output, first-input gradient; None: not comparable, only run),
-    then time it in ``mode``."""
+    """Check ``run`` against ``reference`` (output, first-input gradient; None: not comparable, only run) on
+    the rows of real tokens, then time it in ``mode``."""
     row = dict(level=level, provider=name, mode=mode, **shape.describe())
     device = shape.device
     try:
@@ -272,11 +282,14 @@ def measure(name, level, run, make_args, leaves_of, reference, shape, mode, args
             grad = torch.ones_like(out) / math.sqrt(out.numel())
             out.backward(grad)
         if reference is not None:
-            err = _max_err(out, reference[0])
+            mask = shape.mask()
+            out_n_dim = 2 if level == "op" else 1  # op outputs [B, H, N, D]; layers [B, N, hidden]
+            err = _max_err(_real_rows(out, mask, out_n_dim), _real_rows(reference[0], mask, out_n_dim))
             tol = args.tolerance * max(1.0, reference[0].abs().max().item())
             if mode != "fwd":
-                g = leaves_of(call_args)[0].grad
-                err = max(err, _max_err(g, reference[1]) / max(1.0, reference[1].abs().max().item()))
+                g = leaves_of(call_args)[0].grad  # the leaf is [B, N, ...] at both levels
+                err = max(err, _max_err(_real_rows(g, mask, 1), _real_rows(reference[1], mask, 1))
+                          / max(1.0, reference[1].abs().max().item()))
             row["max_err"] = err
             if not math.isfinite(err) or err > tol:
                 row.update(status="mismatch", note=f"max error {err:.3e} > tolerance {tol:.3e}; not timed")

@@ -1,8 +1,11 @@
-"""The ``deberta-fast`` command: ``info`` (versions, device, backends) and ``parity`` (numerical checks).
+"""The ``deberta-fast`` command: ``info`` (versions, device, backends), ``parity`` (numerical checks) and
+``bench`` (the benchmarks of a source checkout's bench/ directory).
 
     deberta-fast info
     deberta-fast parity                 # on the CPU
     deberta-fast parity --device cuda   # every backend that can run on the GPU
+    deberta-fast bench                  # the CPU benchmarks: model forward vs transformers, attention
+    deberta-fast bench attention --device cuda --dtype bfloat16   # any suite, with its own options
 """
 
 from __future__ import annotations
@@ -178,13 +181,49 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+BENCH_SUITES = {
+    "cpu-model": "cpu_model.py",
+    "attention": "attention.py",
+    "model": "model.py",
+    "tokenizer": "tokenizer.py",
+    "report": "report.py",
+}
+
+
+def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
+    """Run bench/<suite>.py of the source checkout this package was installed from (pip install -e .)."""
+    import subprocess
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parent.parent / "bench"
+    if not (bench_dir / "common.py").is_file():
+        print(f"error: no bench/ directory beside the package ({bench_dir}); the benchmarks run from a source "
+              "checkout installed with pip install -e .", file=sys.stderr)
+        return 2
+    suites = [args.suite] if args.suite else ["cpu-model", "attention"]
+    for suite in suites:
+        cmd = [sys.executable, str(bench_dir / BENCH_SUITES[suite]), *extra]
+        print(f"== {suite}: {' '.join(cmd)}", flush=True)
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            return rc
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deberta-fast", description="deberta_fast: fused DeBERTa-v2/v3 for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, device, and which attention backends can run here (and why not)")
     p = sub.add_parser("parity", help="check every available backend and the model against the float64 reference")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    args = parser.parse_args(argv)
+    b = sub.add_parser("bench", help="run benchmarks (default: the CPU model forward and attention); options after "
+                                     "the suite go to its script (see bench/<suite>.py --help)")
+    b.add_argument("suite", nargs="?", choices=list(BENCH_SUITES))
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return cmd_bench(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return {"info": cmd_info, "parity": cmd_parity}[args.command](args)
 
 

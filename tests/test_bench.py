@@ -1,0 +1,51 @@
+"""The benchmark scripts run end to end on tiny CPU shapes (so they cannot rot between GPU runs), check their
+providers before timing, and write JSON that the report turns into tables."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deberta_fast.cli import main
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+pytest.importorskip("transformers")
+
+
+def run(script, *args):
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_attention_benchmark_smoke(tmp_path):
+    out = tmp_path / "attention.json"
+    run("attention.py", "--seqlens", "48", "--tokens", "96", "--heads", "2", "--head-dim", "16", "--buckets", "8",
+        "--max-rel", "32", "--modes", "fwd,fwd_bwd", "--rep", "1", "--warmup", "0", "--padded",
+        "--op-providers", "df-torch,sdpa-bias,sdpa-floor", "--layer-providers", "hf-eager,df-torch", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    by = {(r["level"], r["provider"], r["mode"]): r for r in rows}
+    for key in [("op", "df-torch", "fwd"), ("op", "sdpa-bias", "fwd_bwd"), ("op", "sdpa-floor", "fwd"),
+                ("layer", "hf-eager", "fwd_bwd"), ("layer", "df-torch", "fwd")]:
+        assert by[key]["status"] == "ok", by[key]
+        assert by[key]["median_ms"] > 0 and by[key]["tflops"] > 0
+    assert by[("layer", "hf-eager", "fwd")]["max_err"] < 1e-4  # transformers checked against the reference
+    report = run("report.py", str(out))
+    assert "op level, fwd" in report and "df-torch" in report
+
+
+def test_model_benchmark_smoke(tmp_path):
+    out = tmp_path / "model.json"
+    run("model.py", "--configs", "tiny", "--seqlens", "32", "--tokens", "64", "--vocab", "300", "--rep", "1",
+        "--warmup", "0", "--providers", "transformers,df-torch", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["provider"], r["task"]) for r in rows if r["status"] == "ok"} == {
+        ("transformers", "train"), ("transformers", "infer"), ("df-torch", "train"), ("df-torch", "infer")}
+    assert all(r["max_err_vs_transformers"] < 1e-4 for r in rows if r["provider"] == "df-torch")
+
+
+def test_cli_bench_runs_a_suite(capsys, tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps({"benchmark": "attention", "env": {}, "rows": []}))
+    assert main(["bench", "report", str(tmp_path / "r.json")]) == 0
