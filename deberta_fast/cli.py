@@ -45,6 +45,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("backends:")
     for name, reasons in available_backends().items():
         print(f"  {name:<8} " + ("available" if not reasons else "unavailable: " + "; ".join(reasons)))
+    # The CUDA extension: built and loadable, for which GPU architectures, can it be compiled just in time.
+    try:
+        from deberta_fast.backends.cuda_backend import extension_status
+
+        status = extension_status()  # never compiles
+    except Exception as exc:  # the backend module itself failed to import
+        print(f"cuda extension unknown ({type(exc).__name__}: {exc})")
+    else:
+        if status["loaded"]:
+            line = f"loaded ({status['origin']}; archs {', '.join(status['archs']) or 'unknown'})"
+        elif status["built"]:
+            line = f"built but not loadable: {status['error']}"
+        else:
+            line = "not built"
+        print(f"cuda extension {line}; just-in-time build {status['jit']}")
     return 0
 
 

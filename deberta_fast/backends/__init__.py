@@ -171,3 +171,4 @@ from . import torch_backend as _torch_backend  # noqa: E402  (registers "torch")
 
 register_backend(_torch_backend.TorchBackend())
 register_backend("deberta_fast.backends.triton_backend", name="triton")
+register_backend("deberta_fast.backends.cuda_backend", name="cuda")

@@ -1,0 +1,533 @@
+// deberta_fast._C: the torch ops of the CUDA backend of disentangled_attention (schemas, argument checks,
+// the host orchestration around the kernels) and a minimal Python module.
+//
+// Ops (namespace deberta_fast; fake / autograd registrations live in deberta_fast/backends/cuda_backend.py):
+//   cuda_attention_fwd(q, k, v, pos_key?, pos_query?, mask?, philox?, buckets, max_rel, scale, dropout_p,
+//                      masked_zero) -> (out [B, H, N, D] laid out as [B, N, H, D], lse [B, H, N] float32)
+//   cuda_attention_bwd(grad_out, q, k, v, pos_key?, pos_query?, mask?, philox?, out, lse, ...same settings)
+//                      -> (dq, dk, dv, dpos_key, dpos_query); an absent position term's gradient is empty
+//   cuda_dropout_mask(philox, batch, heads, seq_len, dropout_p) -> bool [B, H, N, N]   (test hook; CPU + CUDA)
+//   cuda_position_geometry(like, seq_len, buckets, max_rel) -> (int32 table [2N - 1], r_hi, r_lo)  (any device)
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "launch.h"
+#include "params.h"
+#include "philox.h"
+
+#define CHECK_SHAPE(x, ...) \
+  TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape (" #__VA_ARGS__ "), got ", (x).sizes())
+
+namespace deberta_fast {
+namespace {
+
+using at::Tensor;
+
+// Position buffers (C2P / P2C and the backward's band buffers) are built for at most this many bytes at a
+// time: larger batches run in slices of whole sequences (as the Triton backend does).
+// DEBERTA_FAST_CUDA_CHUNK_BYTES overrides it (tests use it to force slicing).
+int64_t chunk_bytes() {
+  const char* env = std::getenv("DEBERTA_FAST_CUDA_CHUNK_BYTES");
+  if (env != nullptr && *env != '\0') return std::max<int64_t>(1, std::atoll(env));
+  return int64_t(1) << 30;
+}
+
+ElemType elem_type(const Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kHalf:
+      return ElemType::kFloat16;
+    case at::kBFloat16:
+      return ElemType::kBFloat16;
+    case at::kFloat:
+      return ElemType::kFloat32;
+    default:
+      TORCH_CHECK(false, "deberta_fast cuda backend: dtype ", t.scalar_type(),
+                  " is not supported (float16, bfloat16 or float32)");
+  }
+}
+
+bool supported_head_dim(int64_t d) { return std::find(std::begin(kHeadDims), std::end(kHeadDims), d) != std::end(kHeadDims); }
+
+// A [B, H, N, D] operand as the kernels read it: unit last stride, 16-byte aligned rows. Views such as
+// [B, N, H, D] transposed pass through without a copy; anything else is made contiguous.
+Tensor kernel_operand(const Tensor& t) {
+  const int64_t align = 16 / t.element_size();
+  bool ok = t.stride(-1) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  for (int dim = 0; ok && dim < t.dim() - 1; ++dim) ok = t.size(dim) == 1 || t.stride(dim) % align == 0;
+  return ok ? t : t.contiguous();
+}
+
+Tensor unit_last_stride(const Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+
+void check_operand(const char* name, const Tensor& t, const Tensor& query) {
+  TORCH_CHECK(t.is_cuda(), "deberta_fast cuda backend: ", name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK(t.device() == query.device(), "deberta_fast cuda backend: ", name, " is on ", t.device(),
+              " but query is on ", query.device());
+  TORCH_CHECK(t.scalar_type() == query.scalar_type(), "deberta_fast cuda backend: ", name, " has dtype ",
+              t.scalar_type(), " but query has ", query.scalar_type());
+}
+
+// ------------------------------------------------------------------------------------------------------
+// The relative-position index, cached per (settings, device): the operations of
+// deberta_fast/positions.py (transformers' make_log_bucket_position) in the same dtypes, so the table is
+// bit-identical to relative_index_table on the same device (tests compare them), plus the saturation
+// distances r_hi, r_lo read back once.
+
+struct Geometry {
+  Tensor table;  // int32 [2L - 1], table[x + L - 1] = d(x)
+  int64_t length = 0;
+  int64_t r_hi = 0, r_lo = 0;
+};
+
+Tensor build_table(int64_t length, int64_t buckets, int64_t max_rel, const at::Device& device) {
+  const int64_t span = buckets > 0 ? buckets : max_rel;
+  const auto opts = at::TensorOptions().device(device);
+  Tensor rel = at::arange(-(length - 1), length, opts.dtype(at::kLong));
+  Tensor bucket = rel;
+  if (buckets > 0 && max_rel > 0) {
+    const int64_t mid = buckets / 2;
+    Tensor sign = at::sign(rel);
+    Tensor abs_pos = at::where(at::logical_and(rel < mid, rel > -mid), at::full_like(rel, mid - 1), rel.abs());
+    Tensor denom = at::log(at::scalar_tensor(static_cast<double>(max_rel - 1) / static_cast<double>(mid),
+                                             opts.dtype(at::kFloat)));
+    Tensor ratio = abs_pos.to(at::kFloat) / mid;
+    Tensor log_pos = at::ceil(at::log(ratio) / denom * (mid - 1)) + mid;
+    bucket = at::where(abs_pos <= mid, rel.to(at::kFloat), log_pos * sign.to(at::kFloat)).to(at::kLong);
+  }
+  return (bucket + span).clamp_(0, 2 * span - 1).to(at::kInt);
+}
+
+const Geometry& geometry(int64_t seq_len, int64_t buckets, int64_t max_rel, const at::Device& device) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int64_t, int64_t, int, int, int64_t>, Geometry> cache;
+  int64_t length = int64_t(1) << 16;  // covers every |i - j| < 65536 with one table
+  while (length < seq_len) length <<= 1;
+  const auto key = std::make_tuple(buckets, max_rel, static_cast<int>(device.type()), static_cast<int>(device.index()), length);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  Geometry geo;
+  geo.length = length;
+  geo.table = build_table(length, buckets, max_rel, device);
+  const int64_t span = buckets > 0 ? buckets : max_rel;
+  Tensor after = at::arange(1, length + 1, geo.table.options().dtype(at::kLong));
+  Tensor pos = geo.table.slice(0, length - 1);           // d(x), x = 0 .. L - 1
+  Tensor neg = geo.table.slice(0, 0, length).flip({0});  // d(-x)
+  Tensor r_hi = at::where(pos != 2 * span - 1, after, at::zeros_like(after)).max();
+  Tensor r_lo = at::where(neg != 0, after, at::zeros_like(after)).max();
+  Tensor both = at::stack({r_hi, r_lo}).cpu();  // the one host read per setting and device
+  geo.r_hi = both[0].item<int64_t>();
+  geo.r_lo = both[1].item<int64_t>();
+  return cache.emplace(key, std::move(geo)).first->second;
+}
+
+struct SeqGeometry {
+  Tensor table;  // int32 [2N - 1]
+  int64_t r_hi = 0, r_lo = 0;
+  int64_t width() const { return r_hi + r_lo - 1; }
+  // Band slot c (distance c - (r_lo - 1)) -> its row of the position table, int64 [width].
+  Tensor band_index(int64_t n) const { return table.slice(0, n - r_lo, n - 1 + r_hi).to(at::kLong); }
+};
+
+SeqGeometry seq_geometry(int64_t n, int64_t buckets, int64_t max_rel, const at::Device& device) {
+  const Geometry& geo = geometry(n, buckets, max_rel, device);
+  SeqGeometry out;
+  out.table = geo.table.slice(0, geo.length - n, geo.length + n - 1);
+  out.r_hi = std::min(geo.r_hi, n);
+  out.r_lo = std::min(geo.r_lo, n);
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Argument checks and parameters shared by the forward and the backward.
+
+struct Inputs {
+  Tensor q, k, v, pos_key, pos_query, mask, philox;
+  int64_t B = 0, H = 0, N = 0, D = 0, two_s = 1;
+  bool has_c2p = false, has_p2c = false;
+  ElemType elem = ElemType::kFloat32;
+};
+
+Inputs check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& pos_key,
+                    const std::optional<Tensor>& pos_query, const std::optional<Tensor>& mask,
+                    const std::optional<Tensor>& philox, int64_t buckets, int64_t max_rel, double dropout_p) {
+  Inputs in;
+  TORCH_CHECK(q.dim() == 4, "deberta_fast cuda backend: query must be [B, H, N, D], got ", q.sizes());
+  check_operand("query", q, q);
+  in.elem = elem_type(q);
+  in.B = q.size(0), in.H = q.size(1), in.N = q.size(2), in.D = q.size(3);
+  TORCH_CHECK(supported_head_dim(in.D), "deberta_fast cuda backend: head dim ", in.D,
+              " is not supported (32, 64 or 128)");
+  TORCH_CHECK(in.N >= 1 && in.N < (int64_t(1) << 30), "deberta_fast cuda backend: sequence length ", in.N, " out of range");
+  TORCH_CHECK(in.B <= 65535 && in.H <= 65535, "deberta_fast cuda backend: batch and heads must be <= 65535");
+  check_operand("key", k, q);
+  check_operand("value", v, q);
+  CHECK_SHAPE(k, in.B, in.H, in.N, in.D);
+  CHECK_SHAPE(v, in.B, in.H, in.N, in.D);
+  in.q = kernel_operand(q);
+  in.k = kernel_operand(k);
+  in.v = kernel_operand(v);
+  const int64_t span = buckets > 0 ? buckets : max_rel;
+  in.two_s = 2 * span;
+  if (pos_key.has_value()) {
+    check_operand("pos_key", *pos_key, q);
+    CHECK_SHAPE(*pos_key, in.H, in.two_s, in.D);
+    in.pos_key = unit_last_stride(*pos_key);
+    in.has_c2p = true;
+  }
+  if (pos_query.has_value()) {
+    check_operand("pos_query", *pos_query, q);
+    CHECK_SHAPE(*pos_query, in.H, in.two_s, in.D);
+    in.pos_query = unit_last_stride(*pos_query);
+    in.has_p2c = true;
+  }
+  if (in.has_c2p || in.has_p2c) {
+    TORCH_CHECK(max_rel >= 1 && buckets != 1, "deberta_fast cuda backend: invalid position settings (buckets ",
+                buckets, ", max_relative_positions ", max_rel, ")");
+  }
+  if (mask.has_value()) {
+    TORCH_CHECK(mask->is_cuda() && mask->device() == q.device(), "deberta_fast cuda backend: attention_mask must be on ",
+                q.device());
+    TORCH_CHECK(mask->scalar_type() == at::kBool, "deberta_fast cuda backend: attention_mask must be bool, got ",
+                mask->scalar_type());
+    CHECK_SHAPE(*mask, in.B, in.N);
+    in.mask = *mask;
+  }
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "deberta_fast cuda backend: dropout_p must be in [0, 1), got ", dropout_p);
+  if (dropout_p > 0.0) {
+    TORCH_CHECK(philox.has_value(), "deberta_fast cuda backend: dropout_p > 0 needs philox = [seed, offset]");
+    TORCH_CHECK(philox->is_cuda() && philox->scalar_type() == at::kLong && philox->numel() == 2,
+                "deberta_fast cuda backend: philox must be an int64 CUDA tensor [seed, offset]");
+    in.philox = philox->contiguous();
+  }
+  return in;
+}
+
+void fill_common(AttnParams& p, const Inputs& in, int64_t b0, int64_t nb, double scale, double dropout_p,
+                 bool masked_zero) {
+  auto at_b = [&](const Tensor& t) { return static_cast<const char*>(t.data_ptr()) + b0 * t.stride(0) * t.element_size(); };
+  p.q = at_b(in.q);
+  p.k = at_b(in.k);
+  p.v = at_b(in.v);
+  p.q_stride_b = in.q.stride(0), p.q_stride_h = in.q.stride(1), p.q_stride_n = in.q.stride(2);
+  p.k_stride_b = in.k.stride(0), p.k_stride_h = in.k.stride(1), p.k_stride_n = in.k.stride(2);
+  p.v_stride_b = in.v.stride(0), p.v_stride_h = in.v.stride(1), p.v_stride_n = in.v.stride(2);
+  p.two_s = static_cast<int>(in.two_s);
+  if (in.mask.defined()) {
+    p.mask = reinterpret_cast<const uint8_t*>(in.mask.data_ptr<bool>()) + b0 * in.mask.stride(0);
+    p.mask_stride_b = in.mask.stride(0);
+    p.mask_stride_n = in.mask.stride(1);
+  }
+  p.masked_zero = masked_zero;
+  if (dropout_p > 0.0) {
+    p.philox = in.philox.data_ptr<int64_t>();
+    p.dropout_p = static_cast<float>(dropout_p);
+  }
+  p.B = static_cast<int>(nb);
+  p.H = static_cast<int>(in.H);
+  p.N = static_cast<int>(in.N);
+  p.bh0 = static_cast<int>(b0 * in.H);
+  p.scale = static_cast<float>(scale);
+  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+}
+
+// C2P = q pos_key^T and P2C = k pos_query^T for one batch slice: contiguous [nb, H, N, 2S], input dtype.
+std::pair<Tensor, Tensor> position_scores(const Inputs& in, int64_t b0, int64_t nb) {
+  Tensor c2p, p2c;
+  if (in.has_c2p) c2p = at::matmul(in.q.narrow(0, b0, nb), in.pos_key.transpose(-1, -2)).contiguous();
+  if (in.has_p2c) p2c = at::matmul(in.k.narrow(0, b0, nb), in.pos_query.transpose(-1, -2)).contiguous();
+  return {c2p, p2c};
+}
+
+int64_t slice_step(int64_t batch, int64_t bytes_per_sequence) {
+  if (bytes_per_sequence <= 0) return batch;
+  return std::max<int64_t>(1, std::min<int64_t>(batch, chunk_bytes() / bytes_per_sequence));
+}
+
+Tensor grad_like(const Inputs& in, at::ScalarType dtype) {  // [B, H, N, D] laid out as [B, N, H, D]
+  return at::empty({in.B, in.N, in.H, in.D}, in.q.options().dtype(dtype)).transpose(1, 2);
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Forward.
+
+std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key, const Tensor& value,
+                                         const std::optional<Tensor>& pos_key, const std::optional<Tensor>& pos_query,
+                                         const std::optional<Tensor>& attention_mask,
+                                         const std::optional<Tensor>& philox, int64_t position_buckets,
+                                         int64_t max_relative_positions, double scale, double dropout_p,
+                                         bool masked_zero) {
+  const Inputs in = check_inputs(query, key, value, pos_key, pos_query, attention_mask, philox, position_buckets,
+                                 max_relative_positions, dropout_p);
+  const c10::cuda::CUDAGuard guard(query.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  Tensor out = grad_like(in, query.scalar_type());
+  Tensor lse = at::empty({in.B, in.H, in.N}, query.options().dtype(at::kFloat));
+  SeqGeometry geo;
+  if (in.has_c2p || in.has_p2c) geo = seq_geometry(in.N, position_buckets, max_relative_positions, query.device());
+
+  const int64_t per_sequence = (in.has_c2p + in.has_p2c) * in.H * in.N * in.two_s * query.element_size();
+  const int64_t step = slice_step(in.B, per_sequence);
+  for (int64_t b0 = 0; b0 < in.B; b0 += step) {
+    const int64_t nb = std::min(step, in.B - b0);
+    auto [c2p, p2c] = position_scores(in, b0, nb);
+    FwdParams p;
+    fill_common(p, in, b0, nb, scale, dropout_p, masked_zero);
+    if (geo.table.defined()) {
+      p.table = geo.table.data_ptr<int32_t>();
+      p.r_hi = static_cast<int>(geo.r_hi);
+      p.r_lo = static_cast<int>(geo.r_lo);
+    }
+    if (c2p.defined()) p.c2p = c2p.data_ptr();
+    if (p2c.defined()) p.p2c = p2c.data_ptr();
+    p.out = static_cast<char*>(out.data_ptr()) + b0 * out.stride(0) * out.element_size();
+    p.o_stride_b = out.stride(0), p.o_stride_h = out.stride(1), p.o_stride_n = out.stride(2);
+    p.lse = lse.data_ptr<float>() + b0 * in.H * in.N;
+    DF_ELEM_SWITCH(in.elem, ELEM, [&] {
+      DF_HEADDIM_SWITCH(in.D, HEAD_DIM, [&] { run_fwd<ELEM, HEAD_DIM>(p, stream); });
+    });
+  }
+  return {out, lse};
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Backward.
+
+// Fold one position term's gradient into dx (float32 [nb, H, N, D] when band is given) and dpos (float32
+// [H, 2S, D]): band [H, nb, N, W] holds dS by distance; sat [2, nb, H, N] dS summed over the pairs using
+// row 0 / row 2S - 1 (the kernels already added their part of dx); x is the content side (q for c2p, k
+// for p2c), pos its position table.
+void position_grad(const Tensor& band, const Tensor& sat, const Tensor& x, const Tensor& pos, const SeqGeometry& geo,
+                   double scale, const Tensor& dx, Tensor& dpos) {
+  const int64_t H = pos.size(0), two_s = pos.size(1), D = pos.size(2);
+  const int64_t nb = x.size(0), N = x.size(2);
+  const Tensor x32 = x.to(at::kFloat);
+  dpos.select(1, 0).add_(at::einsum("bhn,bhnd->hd", {sat[0], x32}), scale);
+  dpos.select(1, two_s - 1).add_(at::einsum("bhn,bhnd->hd", {sat[1], x32}), scale);
+  if (!band.defined()) return;
+  const Tensor index = geo.band_index(N);
+  const int64_t width = index.numel();
+  const Tensor rows = band.view({H, nb * N, width});
+  const Tensor extra = at::bmm(rows, pos.to(at::kFloat).index_select(1, index));  // [H, nb * N, D]
+  dx.add_(extra.view({H, nb, N, D}).transpose(0, 1), scale);
+  const Tensor per_distance = at::bmm(rows.transpose(1, 2), x32.transpose(0, 1).reshape({H, nb * N, D}));  // [H, W, D]
+  Tensor onehot = at::zeros({two_s, width}, x32.options());
+  onehot.index_put_({index, at::arange(width, index.options())}, 1.0);
+  dpos.add_(at::matmul(onehot, per_distance), scale);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
+    const Tensor& grad_out, const Tensor& query, const Tensor& key, const Tensor& value,
+    const std::optional<Tensor>& pos_key, const std::optional<Tensor>& pos_query,
+    const std::optional<Tensor>& attention_mask, const std::optional<Tensor>& philox, const Tensor& out,
+    const Tensor& lse, int64_t position_buckets, int64_t max_relative_positions, double scale, double dropout_p,
+    bool masked_zero) {
+  const Inputs in = check_inputs(query, key, value, pos_key, pos_query, attention_mask, philox, position_buckets,
+                                 max_relative_positions, dropout_p);
+  check_operand("grad_out", grad_out, query);
+  check_operand("out", out, query);
+  CHECK_SHAPE(grad_out, in.B, in.H, in.N, in.D);
+  CHECK_SHAPE(out, in.B, in.H, in.N, in.D);
+  TORCH_CHECK(lse.is_cuda() && lse.scalar_type() == at::kFloat, "deberta_fast cuda backend: lse must be float32 on CUDA");
+  CHECK_SHAPE(lse, in.B, in.H, in.N);
+  const c10::cuda::CUDAGuard guard(query.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const Tensor dout = kernel_operand(grad_out);
+  const Tensor o = kernel_operand(out);
+  const Tensor lse_c = lse.contiguous();
+  const auto f32 = query.options().dtype(at::kFloat);
+
+  Tensor delta = at::empty({in.B, in.H, in.N}, f32);
+  {
+    DeltaParams dp;
+    dp.out = o.data_ptr();
+    dp.o_stride_b = o.stride(0), dp.o_stride_h = o.stride(1), dp.o_stride_n = o.stride(2);
+    dp.dout = dout.data_ptr();
+    dp.do_stride_b = dout.stride(0), dp.do_stride_h = dout.stride(1), dp.do_stride_n = dout.stride(2);
+    dp.delta = delta.data_ptr<float>();
+    dp.B = static_cast<int>(in.B), dp.H = static_cast<int>(in.H), dp.N = static_cast<int>(in.N);
+    dp.D = static_cast<int>(in.D);
+    run_delta(in.elem, dp, stream);
+  }
+
+  SeqGeometry geo;
+  if (in.has_c2p || in.has_p2c) geo = seq_geometry(in.N, position_buckets, max_relative_positions, query.device());
+  const int64_t width = geo.table.defined() ? geo.width() : 0;
+  const bool band_c2p = in.has_c2p && width > 0;
+  const bool band_p2c = in.has_p2c && width > 0;
+  Tensor dq = grad_like(in, band_c2p ? at::kFloat : query.scalar_type());
+  Tensor dk = grad_like(in, band_p2c ? at::kFloat : query.scalar_type());
+  Tensor dv = grad_like(in, query.scalar_type());
+  Tensor dpos_key = in.has_c2p ? at::zeros(in.pos_key.sizes(), f32) : Tensor();
+  Tensor dpos_query = in.has_p2c ? at::zeros(in.pos_query.sizes(), f32) : Tensor();
+
+  const int64_t per_sequence =
+      (in.has_c2p + in.has_p2c) * in.H * in.N * (in.two_s * query.element_size() + width * 4);
+  const int64_t step = slice_step(in.B, per_sequence);
+  for (int64_t b0 = 0; b0 < in.B; b0 += step) {
+    const int64_t nb = std::min(step, in.B - b0);
+    auto [c2p, p2c] = position_scores(in, b0, nb);
+    Tensor band_q = band_c2p ? at::zeros({in.H, nb, in.N, width}, f32) : Tensor();
+    Tensor band_k = band_p2c ? at::zeros({in.H, nb, in.N, width}, f32) : Tensor();
+    Tensor sat_q = in.has_c2p ? at::empty({2, nb, in.H, in.N}, f32) : Tensor();
+    Tensor sat_k = in.has_p2c ? at::empty({2, nb, in.H, in.N}, f32) : Tensor();
+    Tensor dq_s = dq.narrow(0, b0, nb), dk_s = dk.narrow(0, b0, nb), dv_s = dv.narrow(0, b0, nb);
+
+    BwdParams p;
+    fill_common(p, in, b0, nb, scale, dropout_p, masked_zero);
+    if (geo.table.defined()) {
+      p.table = geo.table.data_ptr<int32_t>();
+      p.r_hi = static_cast<int>(geo.r_hi);
+      p.r_lo = static_cast<int>(geo.r_lo);
+    }
+    if (c2p.defined()) p.c2p = c2p.data_ptr();
+    if (p2c.defined()) p.p2c = p2c.data_ptr();
+    p.dout = static_cast<const char*>(dout.data_ptr()) + b0 * dout.stride(0) * dout.element_size();
+    p.do_stride_b = dout.stride(0), p.do_stride_h = dout.stride(1), p.do_stride_n = dout.stride(2);
+    p.lse = lse_c.data_ptr<float>() + b0 * in.H * in.N;
+    p.delta = delta.data_ptr<float>() + b0 * in.H * in.N;
+    p.dq = dq_s.data_ptr(), p.dq_f32 = band_c2p;
+    p.dq_stride_b = dq.stride(0), p.dq_stride_h = dq.stride(1), p.dq_stride_n = dq.stride(2);
+    p.dk = dk_s.data_ptr(), p.dk_f32 = band_p2c;
+    p.dk_stride_b = dk.stride(0), p.dk_stride_h = dk.stride(1), p.dk_stride_n = dk.stride(2);
+    p.dv = dv_s.data_ptr();
+    p.dv_stride_b = dv.stride(0), p.dv_stride_h = dv.stride(1), p.dv_stride_n = dv.stride(2);
+    if (in.has_c2p) {
+      p.pos_key = in.pos_key.data_ptr();
+      p.pk_stride_h = in.pos_key.stride(0), p.pk_stride_n = in.pos_key.stride(1);
+      p.sat_q = sat_q.data_ptr<float>();
+    }
+    if (in.has_p2c) {
+      p.pos_query = in.pos_query.data_ptr();
+      p.pq_stride_h = in.pos_query.stride(0), p.pq_stride_n = in.pos_query.stride(1);
+      p.sat_k = sat_k.data_ptr<float>();
+    }
+    if (band_q.defined()) p.band_q = band_q.data_ptr<float>();
+    if (band_k.defined()) p.band_k = band_k.data_ptr<float>();
+    p.band_w = static_cast<int>(std::max<int64_t>(width, 1));
+    DF_ELEM_SWITCH(in.elem, ELEM, [&] {
+      DF_HEADDIM_SWITCH(in.D, HEAD_DIM, [&] {
+        run_dkdv<ELEM, HEAD_DIM>(p, stream);
+        run_dq<ELEM, HEAD_DIM>(p, stream);
+      });
+    });
+    if (in.has_c2p) position_grad(band_q, sat_q, in.q.narrow(0, b0, nb), in.pos_key, geo, scale, dq_s, dpos_key);
+    if (in.has_p2c) position_grad(band_k, sat_k, in.k.narrow(0, b0, nb), in.pos_query, geo, scale, dk_s, dpos_query);
+  }
+
+  const auto dtype = query.scalar_type();
+  return {dq.to(dtype), dk.to(dtype), dv,
+          in.has_c2p ? dpos_key.to(dtype) : at::empty({0}, query.options()),
+          in.has_p2c ? dpos_query.to(dtype) : at::empty({0}, query.options())};
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Test hooks.
+
+void check_mask_args(const Tensor& philox, int64_t batch, int64_t heads, int64_t seq_len, double p) {
+  TORCH_CHECK(philox.scalar_type() == at::kLong && philox.numel() == 2,
+              "cuda_dropout_mask: philox must be an int64 tensor [seed, offset]");
+  TORCH_CHECK(batch >= 1 && heads >= 1 && seq_len >= 1 && batch * heads <= 65535 && seq_len <= 65535,
+              "cuda_dropout_mask: bad sizes");
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "cuda_dropout_mask: dropout_p must be in [0, 1)");
+}
+
+Tensor dropout_mask_cuda(const Tensor& philox, int64_t batch, int64_t heads, int64_t seq_len, double dropout_p) {
+  check_mask_args(philox, batch, heads, seq_len, dropout_p);
+  const c10::cuda::CUDAGuard guard(philox.device());
+  const Tensor ph = philox.contiguous();
+  Tensor keep = at::empty({batch, heads, seq_len, seq_len}, philox.options().dtype(at::kByte));
+  run_dropout_mask(ph.data_ptr<int64_t>(), static_cast<float>(dropout_p), static_cast<int>(batch * heads),
+                   static_cast<int>(seq_len), keep.data_ptr<uint8_t>(), c10::cuda::getCurrentCUDAStream().stream());
+  return keep.view(at::kBool);
+}
+
+Tensor dropout_mask_cpu(const Tensor& philox, int64_t batch, int64_t heads, int64_t seq_len, double dropout_p) {
+  check_mask_args(philox, batch, heads, seq_len, dropout_p);
+  const Tensor ph = philox.contiguous();
+  const DropoutKey key = make_dropout_key(ph.data_ptr<int64_t>()[0], ph.data_ptr<int64_t>()[1], static_cast<float>(dropout_p));
+  Tensor keep = at::empty({batch, heads, seq_len, seq_len}, philox.options().dtype(at::kBool));
+  bool* data = keep.data_ptr<bool>();
+  const int64_t n = seq_len;
+  at::parallel_for(0, batch * heads * n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const uint32_t bh = static_cast<uint32_t>(row / n), i = static_cast<uint32_t>(row % n);
+      for (int64_t j = 0; j < n; ++j) data[row * n + j] = dropout_keep(key, bh, i, static_cast<uint32_t>(j));
+    }
+  });
+  return keep;
+}
+
+std::tuple<Tensor, int64_t, int64_t> position_geometry(const Tensor& like, int64_t seq_len, int64_t buckets,
+                                                       int64_t max_rel) {
+  TORCH_CHECK(seq_len >= 1, "cuda_position_geometry: seq_len must be >= 1");
+  TORCH_CHECK(max_rel >= 1 && buckets != 1, "cuda_position_geometry: invalid position settings");
+  const SeqGeometry geo = seq_geometry(seq_len, buckets, max_rel, like.device());
+  return {geo.table.clone(), geo.r_hi, geo.r_lo};
+}
+
+}  // namespace
+}  // namespace deberta_fast
+
+TORCH_LIBRARY_FRAGMENT(deberta_fast, m) {
+  m.set_python_module("deberta_fast.backends.cuda_backend");
+  m.def(
+      "cuda_attention_fwd(Tensor query, Tensor key, Tensor value, Tensor? pos_key, Tensor? pos_query, "
+      "Tensor? attention_mask, Tensor? philox, int position_buckets, int max_relative_positions, float scale, "
+      "float dropout_p, bool masked_zero) -> (Tensor, Tensor)");
+  m.def(
+      "cuda_attention_bwd(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor? pos_key, "
+      "Tensor? pos_query, Tensor? attention_mask, Tensor? philox, Tensor out, Tensor lse, int position_buckets, "
+      "int max_relative_positions, float scale, float dropout_p, bool masked_zero) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("cuda_dropout_mask(Tensor philox, int batch, int heads, int seq_len, float dropout_p) -> Tensor");
+  m.def("cuda_position_geometry(Tensor like, int seq_len, int position_buckets, int max_relative_positions) "
+        "-> (Tensor, int, int)");
+}
+
+TORCH_LIBRARY_IMPL(deberta_fast, CUDA, m) {
+  m.impl("cuda_attention_fwd", &deberta_fast::attention_fwd);
+  m.impl("cuda_attention_bwd", &deberta_fast::attention_bwd);
+  m.impl("cuda_dropout_mask", &deberta_fast::dropout_mask_cuda);
+}
+
+TORCH_LIBRARY_IMPL(deberta_fast, CPU, m) { m.impl("cuda_dropout_mask", &deberta_fast::dropout_mask_cpu); }
+
+TORCH_LIBRARY_IMPL(deberta_fast, CompositeExplicitAutograd, m) {
+  m.impl("cuda_position_geometry", &deberta_fast::position_geometry);
+}
+
+// A minimal Python module (no pybind11): importing it registers the ops above. TORCH_EXTENSION_NAME is _C for
+// setup.py builds and the cache name for just-in-time builds; DEBERTA_FAST_CUDA_ARCHS lists the targets.
+#ifndef DEBERTA_FAST_CUDA_ARCHS
+#define DEBERTA_FAST_CUDA_ARCHS unknown
+#endif
+#define DF_STR_(x) #x
+#define DF_STR(x) DF_STR_(x)
+#define DF_CONCAT_(a, b) a##b
+#define DF_CONCAT(a, b) DF_CONCAT_(a, b)
+
+extern "C" PyMODINIT_FUNC DF_CONCAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, DF_STR(TORCH_EXTENSION_NAME),
+                                   "deberta_fast CUDA kernels: registers the deberta_fast::cuda_* torch ops.", -1,
+                                   nullptr};
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+  if (PyModule_AddStringConstant(module, "cuda_archs", DF_STR(DEBERTA_FAST_CUDA_ARCHS)) < 0 ||
+      PyModule_AddIntConstant(module, "cuda_version", CUDART_VERSION) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
+}

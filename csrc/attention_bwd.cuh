@@ -1,0 +1,528 @@
+// Backward of fused disentangled attention.
+//
+// 1. delta_kernel: Delta_i = rowsum(dO_i * O_i) in fp32.
+// 2. attention_dkdv_kernel: a CTA owns BR keys and streams query tiles. It recomputes S^T = K Q^T (+ position
+//    terms, masks), P^T from the stored LSE and the regenerated dropout mask, and accumulates
+//    dV += P~^T dO and dK += dS^T Q. The p2c part of dS is reduced per key and position slot in the kernel:
+//    saturated pairs (rows 0 / 2S - 1 of pos_query) as two sums per key, added to dK with the two table
+//    rows and stored for dpos_query; band pairs stored at their distance, band_k[j, i - j + r_lo - 1].
+// 3. attention_dq_kernel: a CTA owns BR queries and streams key tiles: dQ += dS K, and the c2p part of dS
+//    (saturated sums per query, band_q[i, i - j + r_lo - 1]).
+// The host turns the band buffers into dQ / dK / dpos terms with GEMMs (attention.cpp).
+#pragma once
+
+#include "attention_common.cuh"
+#include "kernel_traits.h"
+
+namespace deberta_fast {
+
+// ------------------------------------------------------------------------------------------------------
+// Delta.
+
+template <typename T>
+__global__ void delta_kernel(const DeltaParams p) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= static_cast<int64_t>(p.B) * p.H * p.N) return;
+  const int n = static_cast<int>(row % p.N);
+  const int bh = static_cast<int>(row / p.N);
+  const int b = bh / p.H, h = bh % p.H;
+  const T* o = static_cast<const T*>(p.out) + b * p.o_stride_b + h * p.o_stride_h + n * p.o_stride_n;
+  const T* d = static_cast<const T*>(p.dout) + b * p.do_stride_b + h * p.do_stride_h + n * p.do_stride_n;
+  constexpr int kVec = 16 / sizeof(T);
+  float sum = 0.f;
+  for (int c = 0; c < p.D; c += kVec) {
+    const uint4 ov = *reinterpret_cast<const uint4*>(o + c);
+    const uint4 dv = *reinterpret_cast<const uint4*>(d + c);
+    const T* oe = reinterpret_cast<const T*>(&ov);
+    const T* de = reinterpret_cast<const T*>(&dv);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) sum += to_float(oe[e]) * to_float(de[e]);
+  }
+  p.delta[row] = sum;
+}
+
+template <typename T>
+void launch_delta_kernel(const DeltaParams& p, cudaStream_t stream) {
+  const int64_t rows = static_cast<int64_t>(p.B) * p.H * p.N;
+  constexpr int kThreads = 128;
+  delta_kernel<T><<<static_cast<unsigned>((rows + kThreads - 1) / kThreads), kThreads, 0, stream>>>(p);
+  DF_CUDA_CHECK(cudaGetLastError());
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Position-slot bookkeeping of dS for the term whose content side is the accumulator rows.
+
+template <int MF, int NF>
+struct SlotSums {
+  float hi[MF][2], lo[MF][2];
+
+  __device__ void init() {
+#pragma unroll
+    for (int mf = 0; mf < MF; ++mf)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) hi[mf][hh] = lo[mf][hh] = 0.f;
+  }
+
+  // ds: dS of the tile in the accumulator layout; row_abs(mf, hh) / col_abs(c): absolute row / column
+  // indices; qk(row, col) -> (query, key). band: this (batch, head)'s band rows ([N][W]).
+  template <bool kTrans>
+  __device__ void add(const AttnParams& p, int mode, const float (&ds)[MF][NF][4], int row0, int col0,
+                      float* band, int band_w) {
+    const int lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int r = row0 + mf * 16 + g + 8 * hh;
+        float sum_hi = 0.f, sum_lo = 0.f;
+#pragma unroll
+        for (int nf = 0; nf < NF; ++nf) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const float x = ds[mf][nf][2 * hh + c];
+            if (mode == kSatHi) {
+              sum_hi += x;
+            } else if (mode == kSatLo) {
+              sum_lo += x;
+            } else {
+              const int col = col0 + nf * 8 + 2 * t + c;
+              const int qi = kTrans ? col : r;
+              const int kj = kTrans ? r : col;
+              const int dist = qi - kj;
+              if (dist >= p.r_hi) {
+                sum_hi += x;
+              } else if (dist <= -p.r_lo) {
+                sum_lo += x;
+              } else if (qi < p.N && kj < p.N) {
+                band[static_cast<int64_t>(r) * band_w + (dist + p.r_lo - 1)] = x;
+              }
+            }
+          }
+        }
+        hi[mf][hh] += sum_hi;
+        lo[mf][hh] += sum_lo;
+      }
+    }
+  }
+};
+
+// Store one accumulator row pair (columns 2t, 2t + 1 of each 8-block) of a [*, D] gradient, scaled, plus
+// scale * (s_hi * pos[2S - 1] + s_lo * pos[0]) when pos is given.
+template <typename T, typename Out, int DF>
+__device__ __forceinline__ void store_grad_row(Out* dst, const float (&acc)[DF][4], int hh, float scale,
+                                               const T* pos_hi, const T* pos_lo, float s_hi, float s_lo) {
+  const int t = threadIdx.x % 4;
+#pragma unroll
+  for (int df = 0; df < DF; ++df) {
+    const int col = df * 8 + 2 * t;
+    float a = acc[df][2 * hh] * scale;
+    float b = acc[df][2 * hh + 1] * scale;
+    if (pos_hi != nullptr) {
+      a += scale * (s_hi * to_float(pos_hi[col]) + s_lo * to_float(pos_lo[col]));
+      b += scale * (s_hi * to_float(pos_hi[col + 1]) + s_lo * to_float(pos_lo[col + 1]));
+    }
+    store_pair(dst + col, a, b);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------
+// dK, dV over key tiles (accumulator rows are keys, columns queries).
+
+template <typename Kt>
+__global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdParams p) {
+  using T = typename Kt::T;
+  using Gemm = WarpGemm<T, Kt::D>;
+  constexpr int D = Kt::D, BR = Kt::BR, BC = Kt::BC, MF = Kt::MF, NF = Kt::NF, DF = Kt::DF;
+  constexpr int kThreads = Kt::kThreads;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sK = reinterpret_cast<T*>(smem_raw);  // [BR][D]
+  T* sV = sK + BR * D;                     // [BR][D]
+  T* sQ = sV + BR * D;                     // [2][BC][D]
+  T* sdO = sQ + 2 * BC * D;                // [2][BC][D]
+  float* sLse = reinterpret_cast<float*>(sdO + 2 * BC * D);  // [2][BC]: LSE * log2(e), +inf beyond N
+  float* sDelta = sLse + 2 * BC;                             // [2][BC]
+  float* sCol = sDelta + 2 * BC;                             // [2][BC]: c2p term of the tile's kind
+  float* sPad = sCol + 2 * BC;                               // [2][BC]: 1 on padded queries
+
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int bh = b * p.H + h;
+  const int N = p.N;
+  const int j0 = blockIdx.x * BR;
+  const int warp_row0 = warp * 16 * MF;
+
+  const T* q = static_cast<const T*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_stride_b + h * p.k_stride_h;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_stride_b + h * p.v_stride_h;
+  const T* dout = static_cast<const T*>(p.dout) + b * p.do_stride_b + h * p.do_stride_h;
+  const float* lse = p.lse + static_cast<int64_t>(bh) * N;
+  const float* delta = p.delta + static_cast<int64_t>(bh) * N;
+  const int64_t pos_offset = static_cast<int64_t>(bh) * N * p.two_s;
+  const T* c2p = p.c2p != nullptr ? static_cast<const T*>(p.c2p) + pos_offset : nullptr;
+  const T* p2c = p.p2c != nullptr ? static_cast<const T*>(p.p2c) + pos_offset : nullptr;
+  const bool has_pos = c2p != nullptr || p2c != nullptr;
+  const bool has_mask = p.mask != nullptr;
+  const bool has_dropout = p.philox != nullptr;
+  const float fill = p.masked_zero ? -INFINITY : 0.f;
+  float* band = p.band_k != nullptr ? p.band_k + (static_cast<int64_t>(h) * p.B + b) * N * p.band_w : nullptr;
+
+  float p2c_hi[MF][2], p2c_lo[MF][2];
+  bool key_ok[MF][2], key_in[MF][2];
+#pragma unroll
+  for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int kj = j0 + warp_row0 + mf * 16 + g + 8 * hh;
+      p2c_hi[mf][hh] = sat_value(p2c, p.two_s, kj, N, true);
+      p2c_lo[mf][hh] = sat_value(p2c, p.two_s, kj, N, false);
+      key_ok[mf][hh] = is_token(p, b, kj);
+      key_in[mf][hh] = kj < N;
+    }
+  }
+  float dk[MF][DF][4], dv[MF][DF][4];
+  zero(dk);
+  zero(dv);
+  SlotSums<MF, NF> slots;
+  slots.init();
+
+  const int n_tiles = (N + BC - 1) / BC;
+  auto load_tile = [&](int it) {
+    const int buf = it & 1;
+    const int i0 = it * BC;
+    load_tile_async<T, BC, D, kThreads>(sQ + buf * BC * D, q, p.q_stride_n, i0, N);
+    load_tile_async<T, BC, D, kThreads>(sdO + buf * BC * D, dout, p.do_stride_n, i0, N);
+    const int mode = tile_mode(p, has_pos, i0, BC, j0, BR);
+    for (int c = threadIdx.x; c < BC; c += kThreads) {
+      const int qi = i0 + c;
+      const bool in = qi < N;
+      sLse[buf * BC + c] = in ? lse[qi] * kLog2e : INFINITY;
+      sDelta[buf * BC + c] = in ? delta[qi] : 0.f;
+      sCol[buf * BC + c] =
+          (mode == kSatHi || mode == kSatLo) ? sat_value(c2p, p.two_s, qi, N, mode == kSatHi) : 0.f;
+      sPad[buf * BC + c] = (has_mask && in && !is_token(p, b, qi)) ? 1.f : 0.f;
+    }
+  };
+
+  load_tile_async<T, BR, D, kThreads>(sK, k, p.k_stride_n, j0, N);
+  load_tile_async<T, BR, D, kThreads>(sV, v, p.v_stride_n, j0, N);
+  load_tile(0);
+  cp_async_commit();
+
+  const DropoutKey dkey = load_dropout_key(p);
+  const float rescale = has_dropout ? 1.f / (1.f - p.dropout_p) : 1.f;
+  const uint32_t bh_global = static_cast<uint32_t>(bh + p.bh0);
+
+  for (int it = 0; it < n_tiles; ++it) {
+    if (it + 1 < n_tiles) load_tile(it + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+
+    const int buf = it & 1;
+    const int i0 = it * BC;
+    const T* sQb = sQ + buf * BC * D;
+    const T* sdOb = sdO + buf * BC * D;
+    const float* sLseb = sLse + buf * BC;
+    const float* sDeltab = sDelta + buf * BC;
+    const float* sColb = sCol + buf * BC;
+    const float* sPadb = sPad + buf * BC;
+    const int mode = tile_mode(p, has_pos, i0, BC, j0, BR);
+
+    // P^T = exp2(S^T - LSE) with S^T = K Q^T + position terms, masked.
+    float s[MF][NF][4];
+    zero(s);
+    Gemm::template nt<MF, NF>(s, sK, warp_row0, sQb, 0);
+#pragma unroll
+    for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+      for (int nf = 0; nf < NF; ++nf) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int hh = e >> 1;
+          const int c = nf * 8 + 2 * t + (e & 1);
+          const int qi = i0 + c;
+          const int kj = j0 + warp_row0 + mf * 16 + g + 8 * hh;
+          float x = s[mf][nf][e] + sColb[c];
+          if (mode == kSatHi) {
+            x += p2c_hi[mf][hh];
+          } else if (mode == kSatLo) {
+            x += p2c_lo[mf][hh];
+          } else if (mode == kBand) {
+            x += band_bias(p, c2p, p2c, qi, kj);
+          }
+          x = key_ok[mf][hh] ? x * p.scale_log2 : -INFINITY;
+          if (has_mask && sPadb[c] != 0.f) x = key_in[mf][hh] ? fill : -INFINITY;
+          s[mf][nf][e] = exp2f(x - sLseb[c]);
+        }
+      }
+    }
+
+    // dP^T = V dO^T; dS^T = P^T (dP~^T - Delta), zero on masked pairs; P~ = dropout(P) for dV.
+    float dp[MF][NF][4];
+    zero(dp);
+    Gemm::template nt<MF, NF>(dp, sV, warp_row0, sdOb, 0);
+    auto finish = [&](int mf, int nf, int e, bool keep) {
+      const int hh = e >> 1;
+      const int c = nf * 8 + 2 * t + (e & 1);
+      const float pr = s[mf][nf][e];
+      const float dpv = keep ? dp[mf][nf][e] * rescale : 0.f;
+      float ds = pr * (dpv - sDeltab[c]);
+      if (!key_ok[mf][hh] || sPadb[c] != 0.f) ds = 0.f;
+      dp[mf][nf][e] = ds;
+      s[mf][nf][e] = keep ? pr * rescale : 0.f;
+    };
+    if (has_dropout) {
+      for_each_keep<true, MF, NF>(dkey, bh_global, j0 + warp_row0, i0, finish);
+    } else {
+#pragma unroll
+      for (int mf = 0; mf < MF; ++mf)
+#pragma unroll
+        for (int nf = 0; nf < NF; ++nf)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) finish(mf, nf, e, true);
+    }
+
+    Gemm::template rn<MF, NF>(dv, s, sdOb, 0);
+    Gemm::template rn<MF, NF>(dk, dp, sQb, 0);
+    if (p2c != nullptr && mode != kPlain) {
+      slots.template add<true>(p, mode, dp, j0 + warp_row0, i0, band, p.band_w);
+    }
+    __syncthreads();
+  }
+
+  // Epilogue: dK = scale (dS^T Q + saturated sums x pos_query rows), dV; the sums for dpos_query.
+  const T* pq = p2c != nullptr ? static_cast<const T*>(p.pos_query) + h * p.pq_stride_h : nullptr;
+  const T* pq_hi = pq != nullptr ? pq + static_cast<int64_t>(p.two_s - 1) * p.pq_stride_n : nullptr;
+  const int64_t sat_stride = static_cast<int64_t>(p.B) * p.H * N;
+#pragma unroll
+  for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int kj = j0 + warp_row0 + mf * 16 + g + 8 * hh;
+      const float s_hi = quad_sum(slots.hi[mf][hh]);
+      const float s_lo = quad_sum(slots.lo[mf][hh]);
+      if (kj >= N) continue;
+      if (p.dk_f32) {
+        float* dst = static_cast<float*>(p.dk) + b * p.dk_stride_b + h * p.dk_stride_h + kj * p.dk_stride_n;
+        store_grad_row<T, float, DF>(dst, dk[mf], hh, p.scale, pq_hi, pq, s_hi, s_lo);
+      } else {
+        T* dst = static_cast<T*>(p.dk) + b * p.dk_stride_b + h * p.dk_stride_h + kj * p.dk_stride_n;
+        store_grad_row<T, T, DF>(dst, dk[mf], hh, p.scale, pq_hi, pq, s_hi, s_lo);
+      }
+      T* dst_v = static_cast<T*>(p.dv) + b * p.dv_stride_b + h * p.dv_stride_h + kj * p.dv_stride_n;
+      store_grad_row<T, T, DF>(dst_v, dv[mf], hh, 1.f, nullptr, nullptr, 0.f, 0.f);
+      if (pq != nullptr && t == 0) {
+        p.sat_k[static_cast<int64_t>(bh) * N + kj] = s_lo;
+        p.sat_k[sat_stride + static_cast<int64_t>(bh) * N + kj] = s_hi;
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------
+// dQ over query tiles (accumulator rows are queries, columns keys).
+
+template <typename Kt>
+__global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdParams p) {
+  using T = typename Kt::T;
+  using Gemm = WarpGemm<T, Kt::D>;
+  constexpr int D = Kt::D, BR = Kt::BR, BC = Kt::BC, MF = Kt::MF, NF = Kt::NF, DF = Kt::DF;
+  constexpr int kThreads = Kt::kThreads;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);  // [BR][D]
+  T* sdO = sQ + BR * D;                    // [BR][D]
+  T* sK = sdO + BR * D;                    // [2][BC][D]
+  T* sV = sK + 2 * BC * D;                 // [2][BC][D]
+  float* sCol = reinterpret_cast<float*>(sV + 2 * BC * D);  // [2][BC]: p2c term of the tile's kind, -inf off keys
+
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int bh = b * p.H + h;
+  const int N = p.N;
+  const int i0 = blockIdx.x * BR;
+  const int warp_row0 = warp * 16 * MF;
+
+  const T* q = static_cast<const T*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_stride_b + h * p.k_stride_h;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_stride_b + h * p.v_stride_h;
+  const T* dout = static_cast<const T*>(p.dout) + b * p.do_stride_b + h * p.do_stride_h;
+  const int64_t pos_offset = static_cast<int64_t>(bh) * N * p.two_s;
+  const T* c2p = p.c2p != nullptr ? static_cast<const T*>(p.c2p) + pos_offset : nullptr;
+  const T* p2c = p.p2c != nullptr ? static_cast<const T*>(p.p2c) + pos_offset : nullptr;
+  const bool has_pos = c2p != nullptr || p2c != nullptr;
+  const bool has_mask = p.mask != nullptr;
+  const bool has_dropout = p.philox != nullptr;
+  const float fill = p.masked_zero ? -INFINITY : 0.f;
+  float* band = p.band_q != nullptr ? p.band_q + (static_cast<int64_t>(h) * p.B + b) * N * p.band_w : nullptr;
+
+  float c2p_hi[MF][2], c2p_lo[MF][2], lse2[MF][2], delta[MF][2];
+  bool row_pad[MF][2];
+#pragma unroll
+  for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int qi = i0 + warp_row0 + mf * 16 + g + 8 * hh;
+      const bool in = qi < N;
+      c2p_hi[mf][hh] = sat_value(c2p, p.two_s, qi, N, true);
+      c2p_lo[mf][hh] = sat_value(c2p, p.two_s, qi, N, false);
+      lse2[mf][hh] = in ? p.lse[static_cast<int64_t>(bh) * N + qi] * kLog2e : INFINITY;
+      delta[mf][hh] = in ? p.delta[static_cast<int64_t>(bh) * N + qi] : 0.f;
+      row_pad[mf][hh] = has_mask && in && !is_token(p, b, qi);
+    }
+  }
+  float dq[MF][DF][4];
+  zero(dq);
+  SlotSums<MF, NF> slots;
+  slots.init();
+
+  const int n_tiles = (N + BC - 1) / BC;
+  auto load_tile = [&](int jt) {
+    const int buf = jt & 1;
+    const int j0 = jt * BC;
+    load_tile_async<T, BC, D, kThreads>(sK + buf * BC * D, k, p.k_stride_n, j0, N);
+    load_tile_async<T, BC, D, kThreads>(sV + buf * BC * D, v, p.v_stride_n, j0, N);
+    const int mode = tile_mode(p, has_pos, i0, BR, j0, BC);
+    for (int c = threadIdx.x; c < BC; c += kThreads) {
+      const int kj = j0 + c;
+      float x = -INFINITY;
+      if (is_token(p, b, kj)) x = (mode == kSatHi || mode == kSatLo) ? sat_value(p2c, p.two_s, kj, N, mode == kSatHi) : 0.f;
+      sCol[buf * BC + c] = x;
+    }
+  };
+
+  load_tile_async<T, BR, D, kThreads>(sQ, q, p.q_stride_n, i0, N);
+  load_tile_async<T, BR, D, kThreads>(sdO, dout, p.do_stride_n, i0, N);
+  load_tile(0);
+  cp_async_commit();
+
+  const DropoutKey dkey = load_dropout_key(p);
+  const float rescale = has_dropout ? 1.f / (1.f - p.dropout_p) : 1.f;
+  const uint32_t bh_global = static_cast<uint32_t>(bh + p.bh0);
+
+  for (int jt = 0; jt < n_tiles; ++jt) {
+    if (jt + 1 < n_tiles) load_tile(jt + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+
+    const int buf = jt & 1;
+    const int j0 = jt * BC;
+    const T* sKb = sK + buf * BC * D;
+    const T* sVb = sV + buf * BC * D;
+    const float* sColb = sCol + buf * BC;
+    const int mode = tile_mode(p, has_pos, i0, BR, j0, BC);
+
+    float s[MF][NF][4];
+    zero(s);
+    Gemm::template nt<MF, NF>(s, sQ, warp_row0, sKb, 0);
+#pragma unroll
+    for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+      for (int nf = 0; nf < NF; ++nf) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int hh = e >> 1;
+          const int c = nf * 8 + 2 * t + (e & 1);
+          const int qi = i0 + warp_row0 + mf * 16 + g + 8 * hh;
+          const int kj = j0 + c;
+          float x = s[mf][nf][e] + sColb[c];
+          if (mode == kSatHi) {
+            x += c2p_hi[mf][hh];
+          } else if (mode == kSatLo) {
+            x += c2p_lo[mf][hh];
+          } else if (mode == kBand) {
+            x += band_bias(p, c2p, p2c, qi, kj);
+          }
+          x *= p.scale_log2;
+          if (has_mask && row_pad[mf][hh]) x = kj < N ? fill : -INFINITY;
+          s[mf][nf][e] = exp2f(x - lse2[mf][hh]);
+        }
+      }
+    }
+
+    float dp[MF][NF][4];
+    zero(dp);
+    Gemm::template nt<MF, NF>(dp, sdO, warp_row0, sVb, 0);
+    auto finish = [&](int mf, int nf, int e, bool keep) {
+      const int hh = e >> 1;
+      const int c = nf * 8 + 2 * t + (e & 1);
+      const float dpv = keep ? dp[mf][nf][e] * rescale : 0.f;
+      float ds = s[mf][nf][e] * (dpv - delta[mf][hh]);
+      if (row_pad[mf][hh] || sColb[c] == -INFINITY) ds = 0.f;
+      dp[mf][nf][e] = ds;
+    };
+    if (has_dropout) {
+      for_each_keep<false, MF, NF>(dkey, bh_global, i0 + warp_row0, j0, finish);
+    } else {
+#pragma unroll
+      for (int mf = 0; mf < MF; ++mf)
+#pragma unroll
+        for (int nf = 0; nf < NF; ++nf)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) finish(mf, nf, e, true);
+    }
+
+    Gemm::template rn<MF, NF>(dq, dp, sKb, 0);
+    if (c2p != nullptr && mode != kPlain) {
+      slots.template add<false>(p, mode, dp, i0 + warp_row0, j0, band, p.band_w);
+    }
+    __syncthreads();
+  }
+
+  const T* pk = c2p != nullptr ? static_cast<const T*>(p.pos_key) + h * p.pk_stride_h : nullptr;
+  const T* pk_hi = pk != nullptr ? pk + static_cast<int64_t>(p.two_s - 1) * p.pk_stride_n : nullptr;
+  const int64_t sat_stride = static_cast<int64_t>(p.B) * p.H * N;
+#pragma unroll
+  for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int qi = i0 + warp_row0 + mf * 16 + g + 8 * hh;
+      const float s_hi = quad_sum(slots.hi[mf][hh]);
+      const float s_lo = quad_sum(slots.lo[mf][hh]);
+      if (qi >= N) continue;
+      if (p.dq_f32) {
+        float* dst = static_cast<float*>(p.dq) + b * p.dq_stride_b + h * p.dq_stride_h + qi * p.dq_stride_n;
+        store_grad_row<T, float, DF>(dst, dq[mf], hh, p.scale, pk_hi, pk, s_hi, s_lo);
+      } else {
+        T* dst = static_cast<T*>(p.dq) + b * p.dq_stride_b + h * p.dq_stride_h + qi * p.dq_stride_n;
+        store_grad_row<T, T, DF>(dst, dq[mf], hh, p.scale, pk_hi, pk, s_hi, s_lo);
+      }
+      if (pk != nullptr && t == 0) {
+        p.sat_q[static_cast<int64_t>(bh) * N + qi] = s_lo;
+        p.sat_q[sat_stride + static_cast<int64_t>(bh) * N + qi] = s_hi;
+      }
+    }
+  }
+}
+
+template <typename Kernel>
+void launch_bwd(Kernel kernel, int smem, dim3 grid, int threads, const BwdParams& p, cudaStream_t stream) {
+  if (smem > 48 * 1024) {
+    DF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  }
+  kernel<<<grid, threads, smem, stream>>>(p);
+  DF_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename Kt>
+void launch_dkdv_kernel(const BwdParams& p, cudaStream_t stream) {
+  const dim3 grid((p.N + Kt::BR - 1) / Kt::BR, p.H, p.B);
+  launch_bwd(attention_dkdv_kernel<Kt>, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
+}
+
+template <typename Kt>
+void launch_dq_kernel(const BwdParams& p, cudaStream_t stream) {
+  const dim3 grid((p.N + Kt::BR - 1) / Kt::BR, p.H, p.B);
+  launch_bwd(attention_dq_kernel<Kt>, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
+}
+
+}  // namespace deberta_fast

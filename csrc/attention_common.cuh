@@ -1,0 +1,86 @@
+// What the forward and backward kernels share: tile kinds (the saturated-tile fast path), the band gathers,
+// the score masking rules and the dropout mask in the accumulator layout.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "launch.h"
+#include "params.h"
+#include "philox.h"
+#include "tile.cuh"
+
+namespace deberta_fast {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Tile kinds. For a tile of queries [q0, q0 + qc) and keys [k0, k0 + kc) every pair has
+//   SAT_HI: i - j >= r_hi  (position row 2S - 1: the c2p term is one value per query, p2c one per key),
+//   SAT_LO: i - j <= -r_lo (row 0), BAND otherwise (gathers through the table), PLAIN without position terms.
+enum TileMode : int { kPlain = 0, kBand = 1, kSatHi = 2, kSatLo = 3 };
+
+__device__ __forceinline__ int tile_mode(const AttnParams& p, bool has_pos, int q0, int qc, int k0, int kc) {
+  if (!has_pos) return kPlain;
+  if (q0 - (k0 + kc - 1) >= p.r_hi) return kSatHi;
+  if ((q0 + qc - 1) - k0 <= -p.r_lo) return kSatLo;
+  return kBand;
+}
+
+// Unscaled q_i . pos_key[d] + k_j . pos_query[d] of one band pair, from C2P / P2C of this (batch, head);
+// 0 for pairs beyond N (they are masked).
+template <typename T>
+__device__ __forceinline__ float band_bias(const AttnParams& p, const T* c2p, const T* p2c, int qi, int kj) {
+  if (qi >= p.N || kj >= p.N) return 0.f;
+  const int d = __ldg(p.table + (qi - kj + p.N - 1));
+  float b = 0.f;
+  if (c2p != nullptr) b += to_float(__ldg(c2p + static_cast<int64_t>(qi) * p.two_s + d));
+  if (p2c != nullptr) b += to_float(__ldg(p2c + static_cast<int64_t>(kj) * p.two_s + d));
+  return b;
+}
+
+// The saturated position value of one row of C2P or P2C ([N, 2S], this (batch, head)): row 2S - 1 (hi) or 0.
+template <typename T>
+__device__ __forceinline__ float sat_value(const T* pos_scores, int two_s, int n, int N, bool hi) {
+  if (pos_scores == nullptr || n >= N) return 0.f;
+  return to_float(__ldg(pos_scores + static_cast<int64_t>(n) * two_s + (hi ? two_s - 1 : 0)));
+}
+
+__device__ __forceinline__ bool is_token(const AttnParams& p, int b, int n) {
+  return n < p.N && (p.mask == nullptr || p.mask[b * p.mask_stride_b + n * p.mask_stride_n] != 0);
+}
+
+// Calls f(mf, nf, e, keep) for every element of an accumulator tile [16 MF x 8 NF] whose row 0 is the
+// absolute index row0 and column 0 col0 (both multiples of 16). kTrans: rows are keys, columns queries.
+template <bool kTrans, int MF, int NF, typename F>
+__device__ __forceinline__ void for_each_keep(const DropoutKey& key, uint32_t bh, int row0, int col0, F&& f) {
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+    for (int q = 0; q < NF / 2; ++q) {
+      const uint32_t ra = row0 + mf * 16 + g;
+      const uint32_t ca = col0 + q * 16 + 2 * t;
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const Philox4 r = kTrans ? dropout_words(key, bh, ca + c, ra) : dropout_words(key, bh, ra, ca + c);
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int w = kTrans ? 2 * half + hh : 2 * hh + half;
+            f(mf, 2 * q + half, 2 * hh + c, word_keeps(key, r.w[w]));
+          }
+        }
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ DropoutKey load_dropout_key(const AttnParams& p) {
+  if (p.philox == nullptr) return DropoutKey{0u, 0u, 0u, 0.f};
+  return make_dropout_key(p.philox[0], p.philox[1], p.dropout_p);
+}
+
+}  // namespace deberta_fast

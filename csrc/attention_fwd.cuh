@@ -1,0 +1,215 @@
+// Forward of fused disentangled attention (FlashAttention-2 style).
+//
+// A CTA owns BM queries of one (batch, head); each warp 16 * MF of them. It streams the key tiles
+// (cp.async double buffering) and keeps an online softmax in fp32 base 2. Per tile:
+//   S = Q K^T (tensor cores), + position terms, scaled, masked;
+//   saturated tiles (every pair clamped to row 2S - 1 or 0) add a per-query c2p value (registers) and a
+//   per-key p2c value (shared memory, resolved when the tile is loaded): no gathers;
+//   band tiles gather C2P[i, d(i, j)] and P2C[j, d(i, j)] through the index table;
+//   O += dropout(P) V. Stores O and the row log-sum-exp (natural log).
+#pragma once
+
+#include "attention_common.cuh"
+#include "kernel_traits.h"
+
+namespace deberta_fast {
+
+template <typename Kt>
+__global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdParams p) {
+  using T = typename Kt::T;
+  using Gemm = WarpGemm<T, Kt::D>;
+  constexpr int D = Kt::D, BM = Kt::BM, BN = Kt::BN, MF = Kt::MF, NF = Kt::NF, DF = Kt::DF;
+  constexpr int kThreads = Kt::kThreads;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);  // [BM][D]
+  T* sK = sQ + BM * D;                     // [2][BN][D]
+  T* sV = sK + 2 * BN * D;                 // [2][BN][D]
+  float* sCol = reinterpret_cast<float*>(sV + 2 * BN * D);  // [2][BN]: p2c term of the tile's kind, -inf off keys
+
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int bh = b * p.H + h;
+  const int N = p.N;
+  const int i0 = blockIdx.x * BM;
+  const int warp_row0 = warp * 16 * MF;
+
+  const T* q = static_cast<const T*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_stride_b + h * p.k_stride_h;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_stride_b + h * p.v_stride_h;
+  const int64_t pos_offset = static_cast<int64_t>(bh) * N * p.two_s;
+  const T* c2p = p.c2p != nullptr ? static_cast<const T*>(p.c2p) + pos_offset : nullptr;
+  const T* p2c = p.p2c != nullptr ? static_cast<const T*>(p.p2c) + pos_offset : nullptr;
+  const bool has_pos = c2p != nullptr || p2c != nullptr;
+  const bool has_mask = p.mask != nullptr;
+  const bool has_dropout = p.philox != nullptr;
+  const float fill = p.masked_zero ? -INFINITY : 0.f;  // score of every key in a fully padded query row
+
+  // Per-row state: rows mf * 16 + g + 8 * hh of this warp.
+  float c2p_hi[MF][2], c2p_lo[MF][2], row_max[MF][2], row_sum[MF][2];
+  bool row_pad[MF][2];
+#pragma unroll
+  for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int qi = i0 + warp_row0 + mf * 16 + g + 8 * hh;
+      c2p_hi[mf][hh] = sat_value(c2p, p.two_s, qi, N, true);
+      c2p_lo[mf][hh] = sat_value(c2p, p.two_s, qi, N, false);
+      row_pad[mf][hh] = has_mask && qi < N && !is_token(p, b, qi);
+      row_max[mf][hh] = -INFINITY;
+      row_sum[mf][hh] = 0.f;
+    }
+  }
+  float acc_o[MF][DF][4];
+  zero(acc_o);
+
+  const int n_tiles = (N + BN - 1) / BN;
+  auto load_tile = [&](int jt) {
+    const int buf = jt & 1;
+    const int j0 = jt * BN;
+    load_tile_async<T, BN, D, kThreads>(sK + buf * BN * D, k, p.k_stride_n, j0, N);
+    load_tile_async<T, BN, D, kThreads>(sV + buf * BN * D, v, p.v_stride_n, j0, N);
+    const int mode = tile_mode(p, has_pos, i0, BM, j0, BN);
+    for (int c = threadIdx.x; c < BN; c += kThreads) {
+      const int kj = j0 + c;
+      float x = -INFINITY;
+      if (is_token(p, b, kj)) x = (mode == kSatHi || mode == kSatLo) ? sat_value(p2c, p.two_s, kj, N, mode == kSatHi) : 0.f;
+      sCol[buf * BN + c] = x;
+    }
+  };
+
+  load_tile_async<T, BM, D, kThreads>(sQ, q, p.q_stride_n, i0, N);
+  load_tile(0);
+  cp_async_commit();
+
+  uint32_t q_frag[Kt::kQInRegs ? MF : 1][Kt::kQInRegs ? D / 16 : 1][4];
+  const DropoutKey dkey = load_dropout_key(p);
+  const float rescale = has_dropout ? 1.f / (1.f - p.dropout_p) : 1.f;
+  const uint32_t bh_global = static_cast<uint32_t>(bh + p.bh0);
+
+  for (int jt = 0; jt < n_tiles; ++jt) {
+    if (jt + 1 < n_tiles) load_tile(jt + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+
+    const int buf = jt & 1;
+    const int j0 = jt * BN;
+    const T* sKb = sK + buf * BN * D;
+    const T* sVb = sV + buf * BN * D;
+    const float* sColb = sCol + buf * BN;
+
+    float s[MF][NF][4];
+    zero(s);
+    if constexpr (Kt::kQInRegs) {
+      if (jt == 0) Gemm::template load_a<MF>(q_frag, sQ, warp_row0);
+      Gemm::template nt_areg<MF, NF>(s, q_frag, sKb, 0);
+    } else {
+      Gemm::template nt<MF, NF>(s, sQ, warp_row0, sKb, 0);
+    }
+
+    // Scores in base 2 with position terms and masks.
+    const int mode = tile_mode(p, has_pos, i0, BM, j0, BN);
+#pragma unroll
+    for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+      for (int nf = 0; nf < NF; ++nf) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int hh = e >> 1;
+          const int c = nf * 8 + 2 * t + (e & 1);
+          const int qi = i0 + warp_row0 + mf * 16 + g + 8 * hh;
+          const int kj = j0 + c;
+          float x = s[mf][nf][e] + sColb[c];
+          if (mode == kSatHi) {
+            x += c2p_hi[mf][hh];
+          } else if (mode == kSatLo) {
+            x += c2p_lo[mf][hh];
+          } else if (mode == kBand) {
+            x += band_bias(p, c2p, p2c, qi, kj);
+          }
+          x *= p.scale_log2;
+          if (has_mask && row_pad[mf][hh]) x = kj < N ? fill : -INFINITY;
+          s[mf][nf][e] = x;
+        }
+      }
+    }
+
+    // Online softmax (rows are shared by the four lanes of a quad).
+#pragma unroll
+    for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nf = 0; nf < NF; ++nf) mx = fmaxf(mx, fmaxf(s[mf][nf][2 * hh], s[mf][nf][2 * hh + 1]));
+        mx = quad_max(mx);
+        const float m_new = fmaxf(row_max[mf][hh], mx);
+        const float m_safe = m_new == -INFINITY ? 0.f : m_new;  // no key seen yet
+        const float alpha = exp2f(row_max[mf][hh] - m_safe);
+        row_max[mf][hh] = m_new;
+        float sum = 0.f;
+#pragma unroll
+        for (int nf = 0; nf < NF; ++nf) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const float pr = exp2f(s[mf][nf][2 * hh + c] - m_safe);
+            s[mf][nf][2 * hh + c] = pr;
+            sum += pr;
+          }
+        }
+        row_sum[mf][hh] = row_sum[mf][hh] * alpha + sum;  // partial over this lane's columns
+#pragma unroll
+        for (int df = 0; df < DF; ++df) {
+          acc_o[mf][df][2 * hh] *= alpha;
+          acc_o[mf][df][2 * hh + 1] *= alpha;
+        }
+      }
+    }
+
+    if (has_dropout) {
+      for_each_keep<false, MF, NF>(dkey, bh_global, i0 + warp_row0, j0, [&](int mf, int nf, int e, bool keep) {
+        s[mf][nf][e] = keep ? s[mf][nf][e] * rescale : 0.f;
+      });
+    }
+    Gemm::template rn<MF, NF>(acc_o, s, sVb, 0);
+    __syncthreads();  // the buffer is refilled by the next iteration's prefetch
+  }
+
+  // Epilogue: O = acc / l, LSE = ln(l) + m (natural log); l = 0 only on fully padded rows under masked_zero.
+  T* out = static_cast<T*>(p.out) + b * p.o_stride_b + h * p.o_stride_h;
+  float* lse = p.lse + static_cast<int64_t>(bh) * N;
+#pragma unroll
+  for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int qi = i0 + warp_row0 + mf * 16 + g + 8 * hh;
+      const float l = quad_sum(row_sum[mf][hh]);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      if (qi < N) {
+        T* row = out + qi * p.o_stride_n;
+#pragma unroll
+        for (int df = 0; df < DF; ++df) {
+          store_pair(row + df * 8 + 2 * t, acc_o[mf][df][2 * hh] * inv, acc_o[mf][df][2 * hh + 1] * inv);
+        }
+        if (t == 0) lse[qi] = l > 0.f ? (row_max[mf][hh] + log2f(l)) * kLn2 : INFINITY;
+      }
+    }
+  }
+}
+
+template <typename Kt>
+void launch_fwd_kernel(const FwdParams& p, cudaStream_t stream) {
+  auto kernel = attention_fwd_kernel<Kt>;
+  constexpr int smem = Kt::kSmemBytes;
+  if (smem > 48 * 1024) {
+    DF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  }
+  const dim3 grid((p.N + Kt::BM - 1) / Kt::BM, p.H, p.B);
+  kernel<<<grid, Kt::kThreads, smem, stream>>>(p);
+  DF_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace deberta_fast

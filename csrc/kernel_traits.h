@@ -1,0 +1,60 @@
+// Tile shapes of the attention kernels per (dtype, head dim). One place to tune them.
+//
+// Forward: a CTA owns BM queries (kWarps warps of 16 * MF rows each) and streams BN-key tiles.
+// Backward: a CTA owns BR rows (keys for dK/dV, queries for dQ) and streams BC-column tiles.
+// float16 / bfloat16 use mma.sync tensor cores; float32 the SIMT path (smaller tiles).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace deberta_fast {
+
+template <typename T_, int D_, int BM_, int BN_, int kWarps_, bool kQInRegs_>
+struct FwdTraits {
+  using T = T_;
+  static constexpr int D = D_, BM = BM_, BN = BN_, kWarps = kWarps_;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int MF = BM / (16 * kWarps);  // 16-row fragments per warp
+  static constexpr int NF = BN / 8;
+  static constexpr int DF = D / 8;
+  static constexpr bool kQInRegs = kQInRegs_;
+  static_assert(MF >= 1 && BM == MF * 16 * kWarps, "BM must be a multiple of 16 * warps");
+  static_assert(BN % 16 == 0 && D % 16 == 0, "tiles are built from 16 x 16 blocks");
+  // sQ [BM][D], sK / sV [2][BN][D] (double-buffered), key column terms [2][BN] (float).
+  static constexpr int kSmemBytes = (BM * D + 4 * BN * D) * sizeof(T) + 2 * BN * sizeof(float);
+};
+
+template <typename T_, int D_, int BR_, int BC_, int kWarps_>
+struct BwdTraits {
+  using T = T_;
+  static constexpr int D = D_, BR = BR_, BC = BC_, kWarps = kWarps_;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int MF = BR / (16 * kWarps);
+  static constexpr int NF = BC / 8;
+  static constexpr int DF = D / 8;
+  static_assert(MF >= 1 && BR == MF * 16 * kWarps, "BR must be a multiple of 16 * warps");
+  static_assert(BC % 16 == 0 && D % 16 == 0, "tiles are built from 16 x 16 blocks");
+  // Owned [BR][D] x 2, streamed [2][BC][D] x 2, per-column floats [2][BC] x 4.
+  static constexpr int kSmemBytes = (2 * BR * D + 4 * BC * D) * sizeof(T) + 8 * BC * sizeof(float);
+};
+
+template <typename T, int D>
+struct FwdConfig {  // float16 / bfloat16
+  using Traits = FwdTraits<T, D, 128, 64, 8, (D <= 64)>;
+};
+template <int D>
+struct FwdConfig<float, D> {
+  using Traits = FwdTraits<float, D, 64, 32, 4, false>;
+};
+
+template <typename T, int D>
+struct BwdConfig {
+  using Traits = BwdTraits<T, D, 64, (D <= 64 ? 64 : 32), 4>;
+};
+template <int D>
+struct BwdConfig<float, D> {
+  using Traits = BwdTraits<float, D, 64, (D <= 64 ? 32 : 16), 4>;
+};
+
+}  // namespace deberta_fast

@@ -1,0 +1,75 @@
+// Entry points of the CUDA kernels, callable from host code compiled without nvcc (attention.cpp), and the
+// compile-time switches that dispatch a call to the instantiation for its dtype and head dim.
+//
+// run_fwd / run_dkdv / run_dq are specialised once per (dtype, head dim) in csrc/generated/*.cu, written by
+// csrc/generate_instantiations.py (never by hand). Everything else about a call (position terms, masks,
+// masked_rows, dropout) is a runtime flag in the parameters: warp-uniform branches that cost little, and a
+// build that stays small.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "params.h"
+
+#define DF_CUDA_CHECK(expr)                                                                                    \
+  do {                                                                                                        \
+    const cudaError_t df_err_ = (expr);                                                                       \
+    if (df_err_ != cudaSuccess) {                                                                             \
+      throw std::runtime_error(std::string("deberta_fast CUDA error: ") + cudaGetErrorString(df_err_) + " (" + \
+                               #expr + " at " + __FILE__ + ":" + std::to_string(__LINE__) + ")");            \
+    }                                                                                                         \
+  } while (0)
+
+namespace deberta_fast {
+
+// Head dims with kernels; others are rejected with a message by the host code.
+constexpr int kHeadDims[] = {32, 64, 128};
+
+template <ElemType E, int D>
+void run_fwd(const FwdParams& params, cudaStream_t stream);
+template <ElemType E, int D>
+void run_dkdv(const BwdParams& params, cudaStream_t stream);
+template <ElemType E, int D>
+void run_dq(const BwdParams& params, cudaStream_t stream);
+
+void run_delta(ElemType elem, const DeltaParams& params, cudaStream_t stream);
+// keep[bh, i, j] (uint8 [B * H, N, N]) of the dropout mask for philox = [seed, offset] on the device.
+void run_dropout_mask(const int64_t* philox, float p, int bh_count, int n, uint8_t* keep, cudaStream_t stream);
+
+}  // namespace deberta_fast
+
+// BOOL_SWITCH-style helpers: run the body with a constexpr ELEM / HEAD_DIM.
+#define DF_ELEM_SWITCH(elem, ELEM, ...)                                    \
+  [&] {                                                                    \
+    switch (elem) {                                                        \
+      case ::deberta_fast::ElemType::kFloat16: {                           \
+        constexpr auto ELEM = ::deberta_fast::ElemType::kFloat16;          \
+        return __VA_ARGS__();                                              \
+      }                                                                    \
+      case ::deberta_fast::ElemType::kBFloat16: {                          \
+        constexpr auto ELEM = ::deberta_fast::ElemType::kBFloat16;         \
+        return __VA_ARGS__();                                              \
+      }                                                                    \
+      default: {                                                           \
+        constexpr auto ELEM = ::deberta_fast::ElemType::kFloat32;          \
+        return __VA_ARGS__();                                              \
+      }                                                                    \
+    }                                                                      \
+  }()
+
+#define DF_HEADDIM_SWITCH(head_dim, HEAD_DIM, ...)                         \
+  [&] {                                                                    \
+    if (head_dim == 32) {                                                  \
+      constexpr int HEAD_DIM = 32;                                         \
+      return __VA_ARGS__();                                                \
+    } else if (head_dim == 64) {                                           \
+      constexpr int HEAD_DIM = 64;                                         \
+      return __VA_ARGS__();                                                \
+    } else {                                                               \
+      constexpr int HEAD_DIM = 128;                                        \
+      return __VA_ARGS__();                                                \
+    }                                                                      \
+  }()

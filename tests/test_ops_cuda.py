@@ -1,0 +1,511 @@
+"""The cuda backend (csrc/, deberta_fast._C) on a machine without a GPU.
+
+What can be checked without running a kernel: the build configuration and the generated instantiations,
+that setup.py installs the pure-Python package without torch, the op schemas, the fake (meta)
+implementations and the autograd registration (under FakeTensorMode and torch.compile on meta / fake CUDA
+tensors), the dropout mask and the position geometry (both have CPU implementations sharing the kernels'
+code), the backend's reasons and the just-in-time build logic. Tests that need the compiled extension skip
+when it is neither built nor loadable here (CI builds it first: see .ci/run). Kernels: tests/test_gpu_cuda.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import deberta_fast
+from deberta_fast import disentangled_attention
+from deberta_fast.backends import get_backend
+from deberta_fast.backends import cuda_backend
+from deberta_fast.backends.call import make_call
+from deberta_fast.positions import relative_index_table
+
+from attention_cases import Case, call_kwargs, make_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+CSRC = REPO / "csrc"
+
+
+def _extension_or_skip():
+    try:
+        return cuda_backend.load_extension(jit=False)
+    except RuntimeError as exc:
+        pytest.skip(f"the CUDA extension is not available here: {exc}")
+
+
+def _csrc(name):
+    return cuda_backend._csrc_module(name)
+
+
+# --- build configuration ----------------------------------------------------------------------
+
+
+def test_generated_instantiations_are_current():
+    """csrc/generated/ is exactly what the generator writes (edit the generator, never the files)."""
+    result = subprocess.run([sys.executable, str(CSRC / "generate_instantiations.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    generate = _csrc("generate_instantiations")
+    names = {p.name for p in (CSRC / "generated").glob("*.cu")}
+    assert names == set(generate.files())
+    assert len(names) == 3 * 3 * 3  # fwd / dkdv / dq x fp16 / bf16 / fp32 x head dims 32 / 64 / 128
+    sources = generate.sources(CSRC)
+    assert CSRC / "attention.cpp" in sources and all(p.exists() for p in sources)
+
+
+def test_arch_list_parsing_and_flags():
+    build_config = _csrc("build_config")
+    assert build_config.parse_arch_list("8.0;9.0") == ["8.0", "9.0"]
+    assert build_config.parse_arch_list(" 8.0 9.0+PTX ") == ["8.0", "9.0+PTX"]
+    assert build_config.arch_flags(["8.0", "9.0+PTX"]) == [
+        "-gencode=arch=compute_80,code=sm_80",
+        "-gencode=arch=compute_90,code=sm_90",
+        "-gencode=arch=compute_90,code=compute_90",
+    ]
+    assert build_config.archs_tag(["8.0", "9.0+PTX"]) == "sm80_sm90ptx"
+    with pytest.raises(ValueError, match="need sm_80 or newer"):
+        build_config.parse_arch_list("7.5;8.0")
+    with pytest.raises(ValueError, match="cannot parse"):
+        build_config.parse_arch_list("sm_90")
+    cxx, nvcc, _ = build_config.build_flags(["9.0"])
+    assert "-DDEBERTA_FAST_CUDA_ARCHS=sm90" in cxx and "-DDEBERTA_FAST_CUDA_ARCHS=sm90" in nvcc
+    assert not any(flag.startswith("-std=") for flag in cxx + nvcc)  # torch picks the standard it needs
+
+
+def test_module_archs_and_compatibility():
+    class Fake:
+        cuda_archs = "sm80_sm90ptx"
+
+    archs = cuda_backend._module_archs(Fake())
+    assert archs == ["sm_80", "sm_90", "compute_90"]
+    assert cuda_backend._runs_on(archs, (8, 6))  # sm_80 SASS runs on sm_86
+    assert cuda_backend._runs_on(archs, (9, 0))
+    assert cuda_backend._runs_on(["sm_90", "compute_90"], (10, 0))  # PTX JIT on newer GPUs
+    assert not cuda_backend._runs_on(["sm_90"], (8, 0))
+    assert not cuda_backend._runs_on(["sm_80"], (9, 0))
+
+
+SETUP_PROBE = """
+import sys
+sys.argv = ["setup.py", "--name"]
+__file__ = "setup.py"
+exec(compile(open("setup.py").read(), "setup.py", "exec"))
+assert ext_modules == [], ext_modules
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+def test_setup_builds_no_extension_without_torch(tmp_path):
+    """pip's isolated build environment has no torch: setup.py must not need it (pure-Python package)."""
+    (tmp_path / "torch.py").write_text("raise ImportError('no torch in this build environment')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env.pop("FORCE_CUDA", None)
+    result = subprocess.run([sys.executable, "-c", SETUP_PROBE], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "deberta_fast" in result.stdout and "torch imported: False" in result.stdout
+    env["FORCE_CUDA"] = "1"
+    result = subprocess.run([sys.executable, "-c", SETUP_PROBE], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "torch is not importable" in result.stderr
+
+
+def test_setup_skip_knob_wins():
+    env = {**os.environ, "FORCE_CUDA": "1", "DEBERTA_FAST_SKIP_CUDA_BUILD": "1"}
+    result = subprocess.run([sys.executable, "-c", SETUP_PROBE], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch imported: False" in result.stdout
+
+
+def test_import_hygiene():
+    """Importing deberta_fast loads neither the backend module nor the extension (nor initialises CUDA)."""
+    code = ("import sys, torch, deberta_fast; "
+            "assert 'deberta_fast._C' not in sys.modules and 'deberta_fast.backends.cuda_backend' not in sys.modules; "
+            "assert not torch.cuda.is_initialized()")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO.parent)
+
+
+# --- the extension: schemas and fake implementations ------------------------------------------
+
+SCHEMAS = {
+    "cuda_attention_fwd": (
+        "deberta_fast::cuda_attention_fwd(Tensor query, Tensor key, Tensor value, Tensor? pos_key, Tensor? pos_query, "
+        "Tensor? attention_mask, Tensor? philox, int position_buckets, int max_relative_positions, float scale, "
+        "float dropout_p, bool masked_zero) -> (Tensor, Tensor)"
+    ),
+    "cuda_attention_bwd": (
+        "deberta_fast::cuda_attention_bwd(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor? pos_key, "
+        "Tensor? pos_query, Tensor? attention_mask, Tensor? philox, Tensor out, Tensor lse, int position_buckets, "
+        "int max_relative_positions, float scale, float dropout_p, bool masked_zero) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+    ),
+    "cuda_dropout_mask": (
+        "deberta_fast::cuda_dropout_mask(Tensor philox, int batch, int heads, int seq_len, float dropout_p) -> Tensor"
+    ),
+    "cuda_position_geometry": (
+        "deberta_fast::cuda_position_geometry(Tensor like, int seq_len, int position_buckets, "
+        "int max_relative_positions) -> (Tensor, int, int)"
+    ),
+}
+
+
+def test_extension_reports_its_build():
+    module = _extension_or_skip()
+    assert cuda_backend._module_archs(module), module.cuda_archs
+    assert module.cuda_version >= 12000
+    status = cuda_backend.extension_status()
+    assert status["loaded"] and status["archs"] and status["error"] is None
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_op_schemas(name):
+    _extension_or_skip()
+    assert str(getattr(torch.ops.deberta_fast, name).default._schema) == SCHEMAS[name]
+
+
+def test_ops_have_cuda_kernels_and_fakes():
+    _extension_or_skip()
+    for name in ("cuda_attention_fwd", "cuda_attention_bwd", "cuda_dropout_mask"):
+        qualname = f"deberta_fast::{name}"
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CUDA"), name
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "Meta"), name  # register_fake
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("deberta_fast::cuda_dropout_mask", "CPU")
+
+
+def _fake_inputs(case, dtype=torch.bfloat16, device="cuda"):
+    """[B, N, H, D] views transposed (the model's layout), on fake CUDA tensors."""
+    B, H, N, D, S = case.B, case.H, case.N, case.D, case.span
+    q, k, v = (torch.empty(B, N, H, D, dtype=dtype, device=device).transpose(1, 2) for _ in range(3))
+    pk = torch.empty(H, 2 * S, D, dtype=dtype, device=device) if case.c2p else None
+    pq = torch.empty(H, 2 * S, D, dtype=dtype, device=device) if case.p2c else None
+    mask = torch.ones(B, N, dtype=torch.bool, device=device) if case.mask != "none" else None
+    return q, k, v, pk, pq, mask
+
+
+@pytest.mark.parametrize("case", [Case(N=17, D=64), Case(B=3, H=4, N=300, D=128, p2c=False, mask="right"),
+                                  Case(N=9, D=32, c2p=False, p2c=False)], ids=str)
+def test_fake_forward_and_backward_under_fake_mode(case):
+    """Shapes, dtypes and strides (outputs and gradients laid out as [B, N, H, D]) of fake CUDA tensors."""
+    _extension_or_skip()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q, k, v, pk, pq, mask = _fake_inputs(case)
+        philox = torch.empty(2, dtype=torch.int64, device="cuda")
+        settings = (case.buckets, case.max_rel, 0.1, 0.2, True)
+        out, lse = torch.ops.deberta_fast.cuda_attention_fwd(q, k, v, pk, pq, mask, philox, *settings)
+        B, H, N, D = q.shape
+        assert out.shape == (B, H, N, D) and out.dtype == q.dtype and out.device.type == "cuda"
+        assert out.transpose(1, 2).is_contiguous()
+        assert lse.shape == (B, H, N) and lse.dtype == torch.float32
+        grads = torch.ops.deberta_fast.cuda_attention_bwd(out, q, k, v, pk, pq, mask, philox, out, lse, *settings)
+        for g in grads[:3]:
+            assert g.shape == (B, H, N, D) and g.dtype == q.dtype and g.transpose(1, 2).is_contiguous()
+        for g, pos in zip(grads[3:], (pk, pq)):
+            assert g.shape == (pos.shape if pos is not None else (0,)) and g.dtype == q.dtype
+        keep = torch.ops.deberta_fast.cuda_dropout_mask(philox, B, H, N, 0.1)
+        assert keep.shape == (B, H, N, N) and keep.dtype == torch.bool
+
+
+def _meta_leaves(case, dtype=torch.bfloat16):
+    q, k, v, pk, pq, _ = _fake_inputs(case, dtype, device="meta")
+    return [t.requires_grad_(True) if t is not None else None for t in (q, k, v, pk, pq)]
+
+
+def test_autograd_registration_on_meta_tensors():
+    """The registered autograd formula calls the backward op; gradients come back for every given input."""
+    _extension_or_skip()
+    case = Case(B=2, H=3, N=17, D=64)
+    q, k, v, pk, pq = _meta_leaves(case)
+    out, _ = torch.ops.deberta_fast.cuda_attention_fwd(q, k, v, pk, pq, None, None, 8, 32, 0.1, 0.0, False)
+    out.sum().backward()
+    for t in (q, k, v, pk, pq):
+        assert t.grad is not None and t.grad.shape == t.shape
+    q2, k2, v2, _, _ = _meta_leaves(case)
+    out, _ = torch.ops.deberta_fast.cuda_attention_fwd(q2, k2, v2, None, None, None, None, 8, 32, 0.1, 0.0, False)
+    out.sum().backward()
+    assert q2.grad.shape == q2.shape
+
+
+def test_compile_fullgraph_traces_forward_and_backward_ops(monkeypatch):
+    """torch.compile(fullgraph=True) of the public op on the cuda backend: the forward graph holds
+    cuda_attention_fwd and the backward graph cuda_attention_bwd, no graph break (meta tensors stand in for
+    CUDA ones; the backend's device check is bypassed)."""
+    _extension_or_skip()
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    monkeypatch.setattr(cuda_backend.CudaBackend, "not_supported_reasons", lambda self, call: [])
+    graphs = {}
+
+    def capture(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind] = gm.code
+            return make_boxed_func(gm)
+        return compiler
+
+    torch._dynamo.reset()
+    case = Case(B=2, H=3, N=17, D=64, mask="right")
+    q, k, v, pk, pq = _meta_leaves(case)
+    mask = torch.ones(case.B, case.N, dtype=torch.bool, device="meta")
+
+    def loss_fn(q, k, v, pk, pq, mask):
+        out = disentangled_attention(q, k, v, pk, pq, mask, dropout_p=0.1, backend="cuda", **call_kwargs(case))
+        return out.float().sum()
+
+    compiled = torch.compile(loss_fn, backend=aot_autograd(fw_compiler=capture("fw"), bw_compiler=capture("bw")),
+                             fullgraph=True)
+    compiled(q, k, v, pk, pq, mask).backward()
+    torch._dynamo.reset()
+    assert "cuda_attention_fwd" in graphs["fw"]
+    assert "cuda_attention_bwd" in graphs["bw"]
+    assert q.grad.shape == q.shape and pk.grad.shape == pk.shape
+
+
+# --- dropout mask (the kernels' Philox code, run on the CPU) ----------------------------------
+
+
+def _philox_ref(c, k):
+    """Philox4x32-10 in Python (Salmon et al. 2011)."""
+    c, k = list(c), list(k)
+    m = 0xFFFFFFFF
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
+        c = [((p1 >> 32) ^ c[1] ^ k[0]) & m, p1 & m, ((p0 >> 32) ^ c[3] ^ k[1]) & m, p0 & m]
+        k = [(k[0] + 0x9E3779B9) & m, (k[1] + 0xBB67AE85) & m]
+    return c
+
+
+def test_philox_reference_known_answers():
+    """Random123's known-answer vectors for philox4x32-10."""
+    assert _philox_ref([0, 0, 0, 0], [0, 0]) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    assert _philox_ref([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2) == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
+    assert _philox_ref([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0]) == [
+        0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]
+
+
+def _keep_ref(seed, offset, bh, i, j, p):
+    """csrc/philox.h's definition of the keep bit of pair (i, j), in Python."""
+    def base(x):
+        return ((x >> 4) << 3) | (x & 7)
+
+    words = _philox_ref([base(j), base(i), bh, offset & 0xFFFFFFFF], [seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF])
+    word = words[2 * ((i >> 3) & 1) + ((j >> 3) & 1)]
+    x = word - (1 << 32) if word >= 1 << 31 else word
+    x = ~x if x < 0 else x
+    u = torch.tensor(float(torch.tensor(x, dtype=torch.float32)), dtype=torch.float32) * torch.tensor(
+        4.6566127342e-10, dtype=torch.float32)
+    return bool(u >= torch.tensor(p, dtype=torch.float32))
+
+
+def test_dropout_mask_matches_its_definition():
+    _extension_or_skip()
+    seed, offset, p = (1 << 40) + 12345, 7, 0.3
+    philox = torch.tensor([seed, offset], dtype=torch.int64)
+    keep = cuda_backend.dropout_keep_mask(philox, 2, 2, 21, p)
+    assert keep.shape == (2, 2, 21, 21) and keep.dtype == torch.bool
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        b, h, i, j = (int(torch.randint(0, n, (1,), generator=g)) for n in (2, 2, 21, 21))
+        assert bool(keep[b, h, i, j]) == _keep_ref(seed, offset, b * 2 + h, i, j, p), (b, h, i, j)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_keep_rate_and_structure(p):
+    _extension_or_skip()
+    B, H, N = 2, 3, 160
+    philox = torch.tensor([987654321, 17], dtype=torch.int64)
+    keep = cuda_backend.dropout_keep_mask(philox, B, H, N, p).double()
+    n = keep.numel()
+    assert abs(keep.mean().item() - (1 - p)) < 6 * (p * (1 - p) / n) ** 0.5
+    per_head = keep.mean(dim=(0, 2, 3))
+    assert (per_head - (1 - p)).abs().max().item() < 6 * (p * (1 - p) / (B * N * N)) ** 0.5
+    # the four pairs of one Philox call ({i, i + 8} x {j, j + 8}) are not correlated with each other
+    blocks = keep.view(B, H, N // 16, 2, 8, N // 16, 2, 8)
+    per_word = blocks.mean(dim=(0, 1, 2, 4, 5, 7))  # [2, 2]: (i bit 3, j bit 3)
+    assert (per_word - (1 - p)).abs().max().item() < 6 * (p * (1 - p) / (n / 4)) ** 0.5
+    assert not torch.equal(keep[0, 0], keep[0, 1]) and not torch.equal(keep[0, 0], keep[1, 0])
+    assert torch.equal(keep, cuda_backend.dropout_keep_mask(philox, B, H, N, p).double())
+    other = cuda_backend.dropout_keep_mask(torch.tensor([987654321, 18]), B, H, N, p).double()
+    assert not torch.equal(keep, other)  # the offset is part of the counter
+
+
+# --- position geometry (the kernels' index table) ---------------------------------------------
+
+
+@pytest.mark.parametrize("buckets,max_rel", [(256, 512), (8, 32), (16, 64), (-1, 24), (0, 3), (-1, 1), (4, 8)])
+@pytest.mark.parametrize("n", [1, 17, 1100])
+def test_position_geometry_matches_relative_index_table(buckets, max_rel, n):
+    """The C++ table (same ATen operations as positions.py) is bit-identical to relative_index_table, and
+    r_hi / r_lo are the tight saturation distances."""
+    _extension_or_skip()
+    table, r_hi, r_lo = cuda_backend.position_geometry(torch.empty(0), n, buckets, max_rel)
+    expected = relative_index_table(n, buckets, max_rel)
+    assert table.dtype == torch.int32 and torch.equal(table, expected)
+    top = 2 * (buckets if buckets > 0 else max_rel) - 1
+    pos = table[n - 1:]  # d(x), x = 0 .. n - 1
+    neg = table[: n].flip(0)  # d(-x)
+    assert bool((pos[r_hi:] == top).all()) and (r_hi == 0 or pos[r_hi - 1] != top) and r_hi <= n
+    assert bool((neg[r_lo:] == 0).all()) and (r_lo == 0 or neg[r_lo - 1] != 0) and r_lo <= n
+    if (buckets, max_rel) == (256, 512) and n == 1100:
+        assert (r_hi, r_lo) == (506, 512)
+
+
+def test_position_table_is_exact_over_the_long_range():
+    """Every distance |i - j| < 65536 (the full cached table) for DeBERTa-v3 settings."""
+    _extension_or_skip()
+    n = 1 << 16
+    table, _, _ = cuda_backend.position_geometry(torch.empty(0), n, 256, 512)
+    assert torch.equal(table, relative_index_table(n, 256, 512))
+
+
+# --- the backend: reasons and dispatch ---------------------------------------------------------
+
+
+def _call(dtype=torch.float32, D=32, device="cpu"):
+    case = Case(N=9, D=D)
+    tensors, _ = make_inputs(case)
+    return make_call(*(t.to(device, dtype) for t in tensors), **call_kwargs(case))
+
+
+def test_backend_is_registered_and_not_auto_selected():
+    backend = get_backend("cuda")
+    assert backend.name == "cuda" and backend is not None
+    assert backend.auto_select is False  # until tests/test_gpu_cuda.py has passed on an H100 / H200
+    reasons = deberta_fast.available_backends()["cuda"]
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in reasons
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [(dict(), "tensors on cpu are not supported"),
+     (dict(dtype=torch.float64), "dtype torch.float64 is not supported"),
+     (dict(D=48), "head dim 48 is not supported \\(32, 64 or 128\\)")],
+)
+def test_unsupported_calls_raise_with_reasons(kwargs, match):
+    call = _call(**kwargs)
+    assert any(__import__("re").search(match, r) for r in get_backend("cuda").not_supported_reasons(call))
+    with pytest.raises(ValueError, match=f"backend 'cuda' cannot serve this call: .*{match}"):
+        disentangled_attention(call.query, call.key, call.value, call.pos_key, call.pos_query,
+                               position_buckets=8, max_relative_positions=32, backend="cuda")
+
+
+def test_auto_never_picks_cuda_on_cpu():
+    call = _call()
+    from deberta_fast.backends import select_backend
+
+    assert select_backend(call, "auto").name == "torch"
+
+
+def test_info_reports_the_extension(capsys):
+    from deberta_fast.cli import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "  cuda     " in out and "cuda extension " in out
+    line = next(line for line in out.splitlines() if line.startswith("cuda extension"))
+    assert ("loaded" in line or "not built" in line or "not loadable" in line) and "just-in-time build" in line
+
+
+# --- the just-in-time build --------------------------------------------------------------------
+
+
+def test_jit_plan(monkeypatch, tmp_path):
+    if shutil_which("nvcc") is None or shutil_which("ninja") is None:
+        pytest.skip("nvcc / ninja not installed")
+    monkeypatch.setenv(cuda_backend.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    plan = cuda_backend.jit_plan()
+    generate = _csrc("generate_instantiations")
+    assert plan["sources"] == [str(p) for p in generate.sources(CSRC)]
+    assert plan["archs"] == ["9.0"] and "-gencode=arch=compute_90,code=sm_90" in plan["extra_cuda_cflags"]
+    assert plan["name"].startswith("deberta_fast_C_") and plan["name"].isidentifier()
+    assert Path(plan["build_directory"]) == tmp_path / plan["name"]
+    assert plan["extra_include_paths"] == [str(CSRC)]
+    assert cuda_backend.jit_plan()["name"] == plan["name"]  # stable
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")
+    assert cuda_backend.jit_plan()["name"] != plan["name"]  # keyed on the architectures (and sources, flags)
+
+
+def shutil_which(name):
+    import shutil
+
+    return shutil.which(name)
+
+
+def test_jit_plan_says_why_not(monkeypatch, tmp_path):
+    monkeypatch.setenv(cuda_backend.JIT_ENV, "0")
+    with pytest.raises(RuntimeError, match="just-in-time builds are turned off"):
+        cuda_backend.jit_plan()
+    monkeypatch.delenv(cuda_backend.JIT_ENV)
+    build_config = _csrc("build_config")
+    monkeypatch.setattr(build_config, "find_cuda_home", lambda: None)
+    monkeypatch.setattr(build_config, "find_nvcc", lambda home=None: None)
+    with pytest.raises(RuntimeError, match="nvcc was not found"):
+        cuda_backend.jit_plan()
+    monkeypatch.setenv("DEBERTA_FAST_CSRC", str(tmp_path))  # no sources there
+    with pytest.raises(RuntimeError, match="csrc/\\) are not available"):
+        cuda_backend.jit_plan()
+
+
+def test_load_extension_falls_back_to_the_jit_build(monkeypatch):
+    """No setup.py build: the first load compiles (here: a stand-in) with the plan; a failure is remembered
+    and becomes the reason, without retrying on every call."""
+    monkeypatch.setattr(cuda_backend, "_STATE", cuda_backend._State())
+    monkeypatch.setattr(cuda_backend, "_load_prebuilt", lambda: None)
+    monkeypatch.setattr(cuda_backend, "_register_python_side", lambda: None)
+    monkeypatch.setattr(cuda_backend, "jit_plan", lambda: {"name": "stand_in"})
+    built = []
+
+    class Module:
+        cuda_archs = "sm90"
+
+    def fake_build(plan):
+        built.append(plan["name"])
+        return Module()
+
+    monkeypatch.setattr(cuda_backend, "_jit_build", fake_build)
+    with pytest.raises(RuntimeError, match="compiled just in time on first use"):
+        cuda_backend.load_extension(jit=False)
+    assert built == []
+    assert isinstance(cuda_backend.load_extension(jit=True), Module) and built == ["stand_in"]
+    assert cuda_backend._STATE.origin == "just-in-time build"
+
+    monkeypatch.setattr(cuda_backend, "_STATE", cuda_backend._State())
+
+    def failing_build(plan):
+        built.append("failed")
+        raise RuntimeError("nvcc exploded")
+
+    monkeypatch.setattr(cuda_backend, "_jit_build", failing_build)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="the just-in-time build failed: RuntimeError: nvcc exploded"):
+            cuda_backend.load_extension(jit=True)
+    assert built.count("failed") == 1
+
+
+JIT_BUILD = """
+import os, torch
+from deberta_fast.backends import cuda_backend
+module = cuda_backend.load_extension(jit=True)
+assert cuda_backend._STATE.origin == "just-in-time build", cuda_backend._STATE.origin
+print(module.__name__, module.cuda_archs)
+print(torch.ops.deberta_fast.cuda_dropout_mask(torch.tensor([1, 2]), 1, 1, 9, 0.5).sum().item())
+"""
+
+
+@pytest.mark.skipif(os.environ.get("DEBERTA_FAST_TEST_JIT") != "1",
+                    reason="compiles the extension (minutes): set DEBERTA_FAST_TEST_JIT=1")
+def test_jit_build_compiles_and_loads(tmp_path):
+    env = {**os.environ, cuda_backend.CACHE_ENV: str(tmp_path), cuda_backend.PREBUILT_ENV: "0",
+           "TORCH_CUDA_ARCH_LIST": os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0"), "MAX_JOBS": os.environ.get("MAX_JOBS", "2")}
+    result = subprocess.run([sys.executable, "-c", JIT_BUILD], cwd=REPO.parent, env=env, capture_output=True,
+                            text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "deberta_fast_C_" in result.stdout
+    assert any(tmp_path.rglob("*.so"))
