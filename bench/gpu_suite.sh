@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
-#   bash bench/gpu_suite.sh STEP OUTDIR      STEP: setup | test | attention | model | all
+#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | test-triton | test-cuda | attention | model | all
 #
 # Every step starts with `setup` (idempotent): deberta_fast installed editable without dependencies (the GPU
-# machines have torch, triton and transformers, and no network), plus any wheels carried in .whl/ (the peer
-# kernels flashdeberta and disentangled-flash, for the benchmarks). Logs and JSON go to OUTDIR; copy the JSON
-# into bench/results/ afterwards and regenerate the tables with bench/report.py.
+# machines have torch, triton and transformers, and no network), which builds the CUDA extension for sm_90
+# there (about a minute on 16 cores), plus any wheels carried in .whl/ (the peer kernels flashdeberta and
+# disentangled-flash, for the benchmarks). Logs and JSON go to OUTDIR; copy the JSON into bench/results/
+# afterwards and regenerate the tables with bench/report.py.
 set -uo pipefail
 step=${1:?usage: gpu_suite.sh STEP OUTDIR}
 out=${2:?usage: gpu_suite.sh STEP OUTDIR}
@@ -20,18 +21,18 @@ setup() {
     $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || return 1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
-  $PY -m pip install -q --no-deps --no-build-isolation -e . >"$out/setup.log" 2>&1 || { cat "$out/setup.log"; return 1; }
+  TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
+    $PY -m pip install -q --no-deps --no-build-isolation -e . >"$out/setup.log" 2>&1 || { cat "$out/setup.log"; return 1; }
   {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
     $PY -m deberta_fast.cli info
   } 2>&1 | tee -a "$out/setup.log"
 }
 
-run_tests() {
-  # GPU test modules and the CLI parity check on the GPU; CPU tests are CI's job.
-  timeout 560 $PY -m pytest -q -x tests/test_gpu_triton.py 2>&1 | tee "$out/test.log"
+run_tests() {  # $1: triton | cuda. One GPU test module, then the CLI parity check on the GPU.
+  timeout 540 $PY -m pytest -q -rs tests/test_gpu_$1.py --junitxml="$out/test_gpu_$1.xml" 2>&1 | tee "$out/test_$1.log"
   local rc=${PIPESTATUS[0]}
-  $PY -m deberta_fast.cli parity --device cuda 2>&1 | tee -a "$out/test.log"
+  $PY -m deberta_fast.cli parity --device cuda 2>&1 | tee -a "$out/test_$1.log"
   return $(( rc || PIPESTATUS[0] ))
 }
 
@@ -48,9 +49,10 @@ run_model() {
 setup || exit 1
 case "$step" in
   setup) ;;
-  test) run_tests ;;
+  test-triton) run_tests triton ;;
+  test-cuda) run_tests cuda ;;
   attention) run_attention ;;
   model) run_model ;;
-  all) run_tests; run_attention; run_model ;;
+  all) run_tests triton; run_tests cuda; run_attention; run_model ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac
