@@ -2,9 +2,10 @@
 
 Both models load the same random-init checkpoint (written once by transformers) and run the same inputs.
 
-- Memory: each provider runs in its own subprocess, so its peak can be read from the kernel: the child
-  resets its peak RSS (/proc/self/clear_refs) after loading and a warm-up, runs one forward, and reports
-  VmHWM - VmRSS(before) as the forward's peak memory.
+- Memory: each provider runs in its own subprocess, so its peak can be read from the kernel: after loading,
+  the child returns freed heap memory to the OS (malloc_trim), resets its peak RSS (/proc/self/clear_refs),
+  runs its first forward, and reports VmHWM - VmRSS(before) as the forward's peak memory. (After a warm-up
+  the allocator's retained pages would hide the forward's allocations.)
 - Time: both models in one process, their forwards interleaved (A, B, A, B, ...), so that the noise of a
   shared machine falls on both alike. Reported: each provider's median and quantiles, and the median of the
   per-pair ratios (transformers time / deberta_fast time of adjacent runs).
@@ -19,6 +20,8 @@ Writes JSON (environment, raw timings, medians, peak memory, ratio) and prints a
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import statistics
@@ -54,16 +57,23 @@ def run_child(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     model = load(args.provider, args.model_dir)
     ids, mask = inputs(args)
+    gc.collect()
+    _malloc_trim()  # give memory freed while loading back to the OS, so the forward cannot hide in it
+    rss_before = _status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak-RSS counter
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask).last_hidden_state  # warm-up, also the checked output
-        torch.save(out, args.output_file)
-        del out
-        rss_before = _status_kb("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak-RSS counter
-        model(input_ids=ids, attention_mask=mask)
-        peak = _status_kb("VmHWM")
+        out = model(input_ids=ids, attention_mask=mask).last_hidden_state  # the measured (first) forward
+    peak = _status_kb("VmHWM")
+    torch.save(out, args.output_file)
     print(json.dumps({"provider": args.provider, "peak_rss_increase_mib": (peak - rss_before) / 1024}))
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement is then an upper bound on reuse only
+        pass
 
 
 def load(provider: str, model_dir: str):
