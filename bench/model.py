@@ -138,7 +138,7 @@ def run_case(provider, directory, task, N, B, args, device, reference) -> dict:
         if args.verbose:
             traceback.print_exc()
     finally:
-        del model
+        model = None  # free it before the next provider is built
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

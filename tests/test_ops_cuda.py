@@ -10,7 +10,6 @@ when it is neither built nor loadable here (CI builds it first: see .ci/run). Ke
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys

@@ -33,7 +33,6 @@ import shutil
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
 
 import torch
 
