@@ -21,8 +21,10 @@ setup() {
     $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || return 1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
-  TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
-    $PY -m pip install -q --no-deps --no-build-isolation -e . >"$out/setup.log" 2>&1 || { cat "$out/setup.log"; return 1; }
+  export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+  # an old setuptools without PEP 660 editable wheels: fall back to setup.py develop
+  $PY -m pip install -q --no-deps --no-build-isolation -e . >"$out/setup.log" 2>&1 \
+    || $PY setup.py develop --no-deps >>"$out/setup.log" 2>&1 || { tail -50 "$out/setup.log"; return 1; }
   {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
     $PY -m deberta_fast.cli info
