@@ -182,7 +182,8 @@ def layer_df(backend):
         module.load_state_dict(state)
 
         def run(hidden, mask2d, rel):
-            return module(hidden, mask2d, rel)[0]
+            # the position projections are part of the layer's work, as in the other providers
+            return module(hidden, mask2d, module.position_tables(rel))[0]
         return run
     return build
 

@@ -169,27 +169,39 @@ class DisentangledSelfAttention(nn.Module):
         """``[2S, H*D]`` -> ``[H, 2S, D]`` view (no copy)."""
         return x.view(x.shape[0], self.num_attention_heads, -1).transpose(0, 1)
 
+    def position_modules(self) -> tuple[nn.Linear | None, nn.Linear | None]:
+        """The projections that make pos_key (c2p) and pos_query (p2c) from the relative embeddings."""
+        key = (self.key_proj if self.share_att_key else self.pos_key_proj) if self.use_c2p else None
+        query = (self.query_proj if self.share_att_key else self.pos_query_proj) if self.use_p2c else None
+        return key, query
+
+    def position_tables(self, rel_embeddings: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(pos_key, pos_query), each ``[H, 2S, D]`` or None for an absent term, from ``[2S', hidden]``."""
+        key_proj, query_proj = self.position_modules()
+        if key_proj is None and query_proj is None:
+            return None, None
+        rel = self.pos_dropout(rel_embeddings[: self.pos_ebd_size * 2])
+        return (
+            self._pos_heads(key_proj(rel)) if key_proj is not None else None,
+            self._pos_heads(query_proj(rel)) if query_proj is not None else None,
+        )
+
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        rel_embeddings: torch.Tensor | None = None,
+        position_tables: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden_states ``[B, N, hidden]``, attention_mask ``[B, N]`` or None, rel_embeddings ``[2S, hidden]``.
+        """hidden_states ``[B, N, hidden]``, attention_mask ``[B, N]`` or None, position_tables from
+        :meth:`position_tables` (the encoder computes them, once per forward or cached in eval mode).
 
         Returns the context ``[B, N, H*D]`` and, if asked, the probabilities ``[B, H, N, N]``.
         """
         q = self._heads(self.query_proj(hidden_states))
         k = self._heads(self.key_proj(hidden_states))
         v = self._heads(self.value_proj(hidden_states))
-        pos_key = pos_query = None
-        if self.use_c2p or self.use_p2c:
-            rel = self.pos_dropout(rel_embeddings[: self.pos_ebd_size * 2])
-            if self.use_c2p:
-                pos_key = self._pos_heads((self.key_proj if self.share_att_key else self.pos_key_proj)(rel))
-            if self.use_p2c:
-                pos_query = self._pos_heads((self.query_proj if self.share_att_key else self.pos_query_proj)(rel))
+        pos_key, pos_query = position_tables
         dropout_p = self.dropout.p if self.training else 0.0
         options = dict(
             position_buckets=self.position_buckets, max_relative_positions=self.max_relative_positions,
@@ -230,8 +242,8 @@ class DebertaV2Attention(nn.Module):
         self.self = DisentangledSelfAttention(config)
         self.output = DebertaV2SelfOutput(config)
 
-    def forward(self, hidden_states, attention_mask, rel_embeddings=None, output_attentions=False):
-        context, probs = self.self(hidden_states, attention_mask, rel_embeddings, output_attentions)
+    def forward(self, hidden_states, attention_mask, position_tables=(None, None), output_attentions=False):
+        context, probs = self.self(hidden_states, attention_mask, position_tables, output_attentions)
         return self.output(context, hidden_states), probs
 
 
@@ -257,8 +269,8 @@ class DebertaV2Layer(nn.Module):
         self.intermediate = DebertaV2Intermediate(config)
         self.output = DebertaV2Output(config)
 
-    def forward(self, hidden_states, attention_mask, rel_embeddings=None, output_attentions=False):
-        attention_output, probs = self.attention(hidden_states, attention_mask, rel_embeddings, output_attentions)
+    def forward(self, hidden_states, attention_mask, position_tables=(None, None), output_attentions=False):
+        attention_output, probs = self.attention(hidden_states, attention_mask, position_tables, output_attentions)
         return self.output(self.intermediate(attention_output), attention_output), probs
 
 
@@ -299,6 +311,7 @@ class DebertaV2Encoder(nn.Module):
             self.LayerNorm = nn.LayerNorm(config.hidden_size, config.layer_norm_eps, elementwise_affine=True)
         self.conv = ConvLayer(config) if config.conv_kernel_size > 0 else None
         self.gradient_checkpointing = False
+        self._cached_tables = None  # (key, tables): eval-mode position tables, see position_tables()
 
     def get_rel_embedding(self) -> torch.Tensor | None:
         """``[2S, hidden]`` relative embeddings (layer-normed when norm_rel_ebd says so), or None."""
@@ -309,22 +322,65 @@ class DebertaV2Encoder(nn.Module):
             rel = self.LayerNorm(rel)
         return rel
 
+    def _table_params(self) -> list[torch.Tensor]:
+        """Every parameter the position tables depend on."""
+        params = [self.rel_embeddings.weight]
+        if "layer_norm" in self.norm_rel_ebd:
+            params += list(self.LayerNorm.parameters())
+        for layer in self.layer:
+            for module in layer.attention.self.position_modules():
+                if module is not None:
+                    params += list(module.parameters())
+        return params
+
+    def _table_key(self, params: list[torch.Tensor]) -> tuple | None:
+        """Storage, version counter and an exact float64 sum of each parameter. The sums catch writes that
+        bypass the version counter (``p.data.copy_(...)``, as EMA updates do); None: do not cache."""
+        try:
+            ids = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        except RuntimeError:  # inference tensors have no version counter
+            return None
+        return ids, torch.stack([p.detach().sum(dtype=torch.float64) for p in params])
+
+    def position_tables(self) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+        """Each layer's (pos_key, pos_query) ``[H, 2S, D]``.
+
+        They depend on parameters only, not on the inputs. For a CPU model in eval mode without autograd
+        they are computed once and reused while every parameter they depend on is unchanged (same storage,
+        version counter and sum); this saves two [2S, hidden] x [hidden, hidden] GEMMs per layer and
+        forward. Training, autograd, torch.compile and GPU models always recompute them (cheap there).
+        """
+        if not self.relative_attention:
+            return [(None, None)] * len(self.layer)
+        params = self._table_params()
+        cacheable = (not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                     and params[0].device.type == "cpu")
+        key = self._table_key(params) if cacheable else None
+        cached = self._cached_tables
+        if key is not None and cached is not None and cached[0][0] == key[0] and torch.equal(cached[0][1], key[1]):
+            return cached[1]
+        rel = self.get_rel_embedding()
+        tables = [layer.attention.self.position_tables(rel) for layer in self.layer]
+        if not torch.compiler.is_compiling():
+            self._cached_tables = (key, tables) if key is not None else None
+        return tables
+
     def forward(self, hidden_states, attention_mask, output_hidden_states=False, output_attentions=False):
         """hidden_states ``[B, N, hidden]``; attention_mask ``[B, N]`` or None.
 
         Returns (last hidden state, all hidden states or None, all attentions or None).
         """
-        rel_embeddings = self.get_rel_embedding()
+        tables = self.position_tables()
         all_hidden = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         layer_input = hidden_states
-        for i, layer in enumerate(self.layer):
+        for i, (layer, layer_tables) in enumerate(zip(self.layer, tables)):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 output, probs = activation_checkpoint(
-                    layer, layer_input, attention_mask, rel_embeddings, output_attentions, use_reentrant=False
+                    layer, layer_input, attention_mask, layer_tables, output_attentions, use_reentrant=False
                 )
             else:
-                output, probs = layer(layer_input, attention_mask, rel_embeddings, output_attentions)
+                output, probs = layer(layer_input, attention_mask, layer_tables, output_attentions)
             if i == 0 and self.conv is not None:
                 output = self.conv(hidden_states, output, attention_mask)
             if output_hidden_states:

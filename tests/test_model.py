@@ -182,3 +182,30 @@ def test_config_return_dict_false_gives_tuples(cls):
     assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict.to_tuple())
     for a, b in zip(as_tuple, as_dict.to_tuple()):
         torch.testing.assert_close(a, b)
+
+
+def test_eval_position_tables_are_cached_until_a_parameter_changes():
+    ids, mask, _ = make_batch(CFG)
+    model = _model(df.DebertaV2ForMaskedLM).eval()
+    with torch.no_grad():
+        first = model(ids, attention_mask=mask).logits
+        tables = model.deberta.encoder._cached_tables[1]
+        again = model(ids, attention_mask=mask).logits
+        assert model.deberta.encoder._cached_tables[1] is tables  # reused, not recomputed
+        torch.testing.assert_close(again, first, rtol=0, atol=0)
+        # every parameter the tables depend on invalidates them: in-place updates, writes through .data
+        # (which bypass the version counter, as EMA code does) and load_state_dict
+        for module, update in ((model.deberta.encoder.rel_embeddings, lambda w: w.add_(0.05)),
+                               (model.deberta.encoder.LayerNorm, lambda w: w.data.mul_(0.9)),
+                               (model.deberta.encoder.layer[1].attention.self.key_proj, lambda w: w.data.add_(0.05))):
+            update(module.weight)
+            changed = model(ids, attention_mask=mask).logits
+            fresh = _model(df.DebertaV2ForMaskedLM).eval()
+            fresh.load_state_dict(model.state_dict())
+            torch.testing.assert_close(changed, fresh(ids, attention_mask=mask).logits)
+            assert not torch.allclose(changed, first)
+    # with autograd or in training the tables are always recomputed from the parameters
+    model.train()
+    model(ids, attention_mask=mask).logits.sum().backward()
+    assert model.deberta.encoder.rel_embeddings.weight.grad is not None
+    assert model.deberta.encoder._cached_tables is None
