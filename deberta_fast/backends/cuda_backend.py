@@ -38,6 +38,7 @@ import torch
 
 from . import register_backend
 from .call import AttentionCall
+from .fused_ops import draw_philox, fake_backward, fake_forward, register_fused_autograd
 
 __all__ = [
     "CudaBackend", "HEAD_DIMS", "SUPPORTED_DTYPES", "draw_philox", "dropout_keep_mask", "extension_status",
@@ -263,64 +264,19 @@ def _runs_on(archs: list[str], capability: tuple[int, int]) -> bool:
 # Fake implementations and autograd (registered once the ops exist).
 
 
-def _fake_fwd(query, key, value, pos_key, pos_query, attention_mask, philox, position_buckets,
-              max_relative_positions, scale, dropout_p, masked_zero):
-    B, H, N, D = query.shape
-    out = query.new_empty(B, N, H, D).transpose(1, 2)
-    return out, query.new_empty(B, H, N, dtype=torch.float32)
-
-
-def _fake_bwd(grad_out, query, key, value, pos_key, pos_query, attention_mask, philox, out, lse, position_buckets,
-              max_relative_positions, scale, dropout_p, masked_zero):
-    B, H, N, D = query.shape
-
-    def grad(x):
-        return x.new_empty(B, N, H, D).transpose(1, 2)
-
-    def pos_grad(pos):
-        return pos.new_empty(pos.shape) if pos is not None else query.new_empty(0)
-
-    return grad(query), grad(key), grad(value), pos_grad(pos_key), pos_grad(pos_query)
-
-
 def _fake_dropout_mask(philox, batch, heads, seq_len, dropout_p):
     return philox.new_empty(batch, heads, seq_len, seq_len, dtype=torch.bool)
 
 
-def _setup_context(ctx, inputs, output):
-    query, key, value, pos_key, pos_query, attention_mask, philox, *settings = inputs
-    out, lse = output
-    ctx.save_for_backward(query, key, value, pos_key, pos_query, attention_mask, philox, out, lse)
-    ctx.settings = settings
-
-
-def _backward(ctx, grad_out, grad_lse):
-    query, key, value, pos_key, pos_query, attention_mask, philox, out, lse = ctx.saved_tensors
-    dq, dk, dv, dpk, dpq = torch.ops.deberta_fast.cuda_attention_bwd(
-        grad_out, query, key, value, pos_key, pos_query, attention_mask, philox, out, lse, *ctx.settings,
-    )
-    return (
-        dq, dk, dv,
-        dpk if pos_key is not None else None,
-        dpq if pos_query is not None else None,
-        None, None, None, None, None, None, None,
-    )
-
-
 def _register_python_side() -> None:
-    torch.library.register_fake("deberta_fast::cuda_attention_fwd")(_fake_fwd)
-    torch.library.register_fake("deberta_fast::cuda_attention_bwd")(_fake_bwd)
+    torch.library.register_fake("deberta_fast::cuda_attention_fwd")(fake_forward)
+    torch.library.register_fake("deberta_fast::cuda_attention_bwd")(fake_backward)
     torch.library.register_fake("deberta_fast::cuda_dropout_mask")(_fake_dropout_mask)
-    torch.library.register_autograd("deberta_fast::cuda_attention_fwd", _backward, setup_context=_setup_context)
+    register_fused_autograd("cuda_attention_fwd", "cuda_attention_bwd")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Dropout and position helpers (tests).
-
-
-def draw_philox(device: torch.device | str) -> torch.Tensor:
-    """A fresh dropout ``[seed, offset]`` (int64, on ``device``) from torch's generator for that device."""
-    return torch.randint(0, 2**31 - 1, (2,), dtype=torch.int64, device=device)
 
 
 def dropout_keep_mask(philox: torch.Tensor, batch: int, heads: int, seq_len: int, dropout_p: float) -> torch.Tensor:

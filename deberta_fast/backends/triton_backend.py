@@ -30,6 +30,7 @@ import torch
 
 from . import register_backend
 from .call import AttentionCall
+from .fused_ops import draw_philox, fake_backward, fake_forward, register_fused_autograd
 
 __all__ = ["TritonBackend", "draw_philox", "dropout_keep_mask", "fp32_dot_precision", "MAX_HEAD_DIM", "MIN_TRITON"]
 
@@ -79,11 +80,6 @@ def fp32_dot_precision() -> str:
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"  # pragma: no cover
 
 
-def draw_philox(device: torch.device | str) -> torch.Tensor:
-    """A fresh dropout ``[seed, offset]`` (int64, on ``device``) from torch's generator for that device."""
-    return torch.randint(0, 2**31 - 1, (2,), dtype=torch.int64, device=device)
-
-
 def dropout_keep_mask(philox: torch.Tensor, batch: int, heads: int, seq_len: int, dropout_p: float) -> torch.Tensor:
     """Test hook: the bool keep mask ``[batch, heads, seq_len, seq_len]`` the kernels derive from ``philox``.
 
@@ -117,12 +113,7 @@ def disentangled_attention_fwd(
     )
 
 
-@disentangled_attention_fwd.register_fake
-def _(query, key, value, pos_key, pos_query, attention_mask, philox, position_buckets, max_relative_positions,
-      scale, dropout_p, masked_zero):
-    B, H, N, D = query.shape
-    out = query.new_empty(B, N, H, D).transpose(1, 2)
-    return out, query.new_empty(B, H, N, dtype=torch.float32)
+disentangled_attention_fwd.register_fake(fake_forward)
 
 
 @torch.library.custom_op("deberta_fast::disentangled_attention_bwd", mutates_args=())
@@ -142,43 +133,8 @@ def disentangled_attention_bwd(
     return dq, dk, dv, dpk if dpk is not None else empty, dpq if dpq is not None else empty.clone()
 
 
-@disentangled_attention_bwd.register_fake
-def _(grad_out, query, key, value, pos_key, pos_query, attention_mask, philox, out, lse, position_buckets,
-      max_relative_positions, scale, dropout_p, masked_zero):
-    B, H, N, D = query.shape
-
-    def grad(x):
-        return x.new_empty(B, N, H, D).transpose(1, 2)
-
-    def pos_grad(pos):
-        return pos.new_empty(pos.shape) if pos is not None else query.new_empty(0)
-
-    return grad(query), grad(key), grad(value), pos_grad(pos_key), pos_grad(pos_query)
-
-
-def _setup_context(ctx, inputs, output):
-    query, key, value, pos_key, pos_query, attention_mask, philox, *settings = inputs
-    out, lse = output
-    ctx.save_for_backward(query, key, value, pos_key, pos_query, attention_mask, philox, out, lse)
-    ctx.settings = settings
-
-
-def _backward(ctx, grad_out, grad_lse):
-    query, key, value, pos_key, pos_query, attention_mask, philox, out, lse = ctx.saved_tensors
-    dq, dk, dv, dpk, dpq = torch.ops.deberta_fast.disentangled_attention_bwd(
-        grad_out, query, key, value, pos_key, pos_query, attention_mask, philox, out, lse, *ctx.settings,
-    )
-    return (
-        dq, dk, dv,
-        dpk if pos_key is not None else None,
-        dpq if pos_query is not None else None,
-        None, None, None, None, None, None, None,
-    )
-
-
-torch.library.register_autograd(
-    "deberta_fast::disentangled_attention_fwd", _backward, setup_context=_setup_context,
-)
+disentangled_attention_bwd.register_fake(fake_backward)
+register_fused_autograd("disentangled_attention_fwd", "disentangled_attention_bwd")
 
 
 # ----------------------------------------------------------------------------------------------------
