@@ -164,6 +164,56 @@ def test_blocked_rows_match_full(block_rows):
     torch.testing.assert_close(blocked, full, rtol=0, atol=1e-12)
 
 
+SKEW_CASES = [
+    Case(N=n, D=8, c2p=c2p, p2c=p2c, buckets=b, max_rel=m, mask=mask)
+    for n, (c2p, p2c), (b, m), mask in itertools.product(
+        [1, 2, 23, 70], [(True, True), (True, False), (False, True)], [(8, 32), (-1, 24), (4, 6)], ["none", "mixed"]
+    )
+]
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, None])
+@pytest.mark.parametrize("case", SKEW_CASES, ids=str)
+def test_no_grad_forms_match_autograd_form(case, block_rows):
+    """Under no_grad, c2p is read through a skewed view of q . pos_key expanded over distances or through a
+    gather (chosen by shape), and p2c through a flat gather; under autograd, c2p is a gather. All forms must
+    give the same attention."""
+    tensors, mask = make_inputs(case)
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in tensors]
+    call = make_call(*leaves, mask, **call_kwargs(case))
+    assert call.requires_grad
+    slow, _ = torch_attention(call, block_rows=block_rows)
+    with pytest.raises(ValueError, match="no_grad calls only"):
+        torch_attention(call, c2p_form="skew")
+    with torch.no_grad():
+        call = make_call(*tensors, mask, **call_kwargs(case))
+        for form in ("skew", "gather", None):
+            fast, _ = torch_attention(call, block_rows=block_rows, c2p_form=form)
+            torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=1e-12, msg=f"c2p_form={form}")
+    if case.N > 1:  # the position terms matter: dropping them changes the answer
+        plain = make_call(tensors[0], tensors[1], tensors[2], None, None, mask, **call_kwargs(case))
+        assert max_err(torch_attention(plain)[0], fast) > 1e-6
+
+
+def test_p2c_index_cache_is_bounded_and_reused(monkeypatch):
+    import deberta_fast.backends.torch_backend as tb
+
+    monkeypatch.setattr(tb, "_FLAT_INDEX_CACHE", tb.OrderedDict())
+    monkeypatch.setattr(tb, "_FLAT_INDEX_CACHE_BYTES", 64 * 64 * 8 * 4)  # room for about four N = 64 entries
+    outs = {}
+    for n in (64, 40, 64, 50, 60, 30, 64):
+        case = Case(N=n, D=8, c2p=False)
+        tensors, mask = make_inputs(case)
+        with torch.no_grad():
+            out = disentangled_attention(*tensors, mask, **call_kwargs(case))
+        if n in outs:  # served from the cache (or rebuilt): the same answer
+            assert torch.equal(out, outs[n])
+        outs[n] = out
+        used = sum(key[0] ** 2 * 8 for key in tb._FLAT_INDEX_CACHE)
+        assert 0 < used <= tb._FLAT_INDEX_CACHE_BYTES
+    assert next(reversed(tb._FLAT_INDEX_CACHE))[0] == 64  # the most recently used is last
+
+
 class _LargestTensor(TorchDispatchMode):
     def __init__(self):
         super().__init__()
