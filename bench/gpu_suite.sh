@@ -6,7 +6,7 @@
 # Every step starts with `setup` (idempotent): deberta_fast installed editable without dependencies (the GPU
 # machines have torch, triton and transformers, and no network), which builds the CUDA extension for sm_90
 # there (about a minute on 16 cores), plus any wheels carried in .whl/ (the peer kernels flashdeberta and
-# disentangled-flash, for the benchmarks). Logs and JSON go to OUTDIR; copy the JSON into bench/results/
+# disentangled-flash and einops, for the benchmarks). Logs and JSON go to OUTDIR; copy the JSON into bench/results/
 # afterwards and regenerate the tables with bench/report.py.
 set -uo pipefail
 step=${1:?usage: gpu_suite.sh STEP OUTDIR}
