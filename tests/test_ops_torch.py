@@ -214,6 +214,20 @@ def test_p2c_index_cache_is_bounded_and_reused(monkeypatch):
     assert next(reversed(tb._FLAT_INDEX_CACHE))[0] == 64  # the most recently used is last
 
 
+def test_cached_indices_from_inference_mode_serve_a_later_autograd_call():
+    """The first call of a shape under inference_mode fills the index caches; a later call under autograd
+    must still be able to save them for its backward."""
+    case = Case(N=29, D=8, buckets=8, max_rel=32, mask="right")
+    tensors, mask = make_inputs(case)
+    with torch.inference_mode():
+        first = disentangled_attention(*tensors, mask, backend="torch", **call_kwargs(case))
+    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
+    out = disentangled_attention(*leaves, mask, backend="torch", **call_kwargs(case))
+    out.sum().backward()
+    assert all(t.grad is not None for t in leaves)
+    torch.testing.assert_close(out.detach(), first, rtol=0, atol=1e-12)
+
+
 class _LargestTensor(TorchDispatchMode):
     def __init__(self):
         super().__init__()

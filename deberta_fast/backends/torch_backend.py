@@ -10,6 +10,7 @@ of a matmul instead of a gather (see the comments in :func:`torch_attention`).
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import torch
@@ -29,6 +30,7 @@ NO_GRAD_BLOCK_ELEMENTS = 1 << 21
 # (same N and position settings), so small ones are kept (least recently used dropped past the budget).
 _FLAT_INDEX_CACHE: OrderedDict[tuple, list[torch.Tensor]] = OrderedDict()
 _FLAT_INDEX_CACHE_BYTES = 32 << 20
+_FLAT_INDEX_LOCK = threading.Lock()  # models may run in several threads
 
 
 def _p2c_flat_indices(call: AttentionCall, table: torch.Tensor, step: int) -> list[torch.Tensor]:
@@ -37,18 +39,24 @@ def _p2c_flat_indices(call: AttentionCall, table: torch.Tensor, step: int) -> li
     device = call.query.device
     key = (N, step, call.position_buckets, call.max_relative_positions, device)
     cacheable = N * N * 8 <= _FLAT_INDEX_CACHE_BYTES // 4 and not torch.compiler.is_compiling()
-    if cacheable and key in _FLAT_INDEX_CACHE:
-        _FLAT_INDEX_CACHE.move_to_end(key)
-        return _FLAT_INDEX_CACHE[key]
-    positions = torch.arange(N, device=device)
-    flats = []
-    for i0 in range(0, N, step):
-        index = table[positions[i0 : i0 + step, None] - positions[None, :] + (N - 1)]  # [rows, N]: d(i, j)
-        flats.append((index * N + positions).view(-1))
     if cacheable:
-        _FLAT_INDEX_CACHE[key] = flats
-        while sum(N_ * N_ * 8 for N_, *_ in _FLAT_INDEX_CACHE) > _FLAT_INDEX_CACHE_BYTES:
-            _FLAT_INDEX_CACHE.popitem(last=False)
+        with _FLAT_INDEX_LOCK:
+            if key in _FLAT_INDEX_CACHE:
+                _FLAT_INDEX_CACHE.move_to_end(key)
+                return _FLAT_INDEX_CACHE[key]
+    # Built as normal tensors even under inference_mode: a cached inference tensor could not be saved for
+    # the backward of a later autograd call.
+    with torch.inference_mode(False):
+        positions = torch.arange(N, device=device)
+        flats = []
+        for i0 in range(0, N, step):
+            index = table[positions[i0 : i0 + step, None] - positions[None, :] + (N - 1)]  # [rows, N]: d(i, j)
+            flats.append((index * N + positions).view(-1))
+    if cacheable:
+        with _FLAT_INDEX_LOCK:
+            _FLAT_INDEX_CACHE[key] = flats
+            while sum(N_ * N_ * 8 for N_, *_ in _FLAT_INDEX_CACHE) > _FLAT_INDEX_CACHE_BYTES:
+                _FLAT_INDEX_CACHE.popitem(last=False)
     return flats
 
 
