@@ -26,7 +26,7 @@ __all__ = ["TorchBackend", "torch_attention"]
 NO_GRAD_BLOCK_ELEMENTS = 1 << 21
 
 
-# The p2c gather's flat indices d(i, j) * N + j, per block of query rows: the same for every layer of a model
+# The p2c gather's flat indices (d(i, j) - lo) * N + j, per block of query rows: the same for every layer of a model
 # (same N and position settings), so small ones are kept (least recently used dropped past the budget).
 _FLAT_INDEX_CACHE: OrderedDict[tuple, list[torch.Tensor]] = OrderedDict()
 _FLAT_INDEX_CACHE_BYTES = 32 << 20
@@ -34,7 +34,8 @@ _FLAT_INDEX_LOCK = threading.Lock()  # models may run in several threads
 
 
 def _p2c_flat_indices(call: AttentionCall, table: torch.Tensor, step: int) -> list[torch.Tensor]:
-    """int64 ``[rows * N]`` per block of ``step`` query rows: ``d(i, j) * N + j`` in row-major (i, j) order."""
+    """int64 ``[rows * N]`` per block of ``step`` query rows: ``table[i - j + N - 1] * N + j`` in row-major
+    (i, j) order (``table``: the index table, counted from the first reachable row)."""
     N = call.query.shape[2]
     device = call.query.device
     key = (N, step, call.position_buckets, call.max_relative_positions, device)
@@ -58,6 +59,17 @@ def _p2c_flat_indices(call: AttentionCall, table: torch.Tensor, step: int) -> li
             while sum(N_ * N_ * 8 for N_, *_ in _FLAT_INDEX_CACHE) > _FLAT_INDEX_CACHE_BYTES:
                 _FLAT_INDEX_CACHE.popitem(last=False)
     return flats
+
+
+def _reachable_rows(call: AttentionCall) -> tuple[int, int]:
+    """(lo, hi): the first and last rows of the ``[H, 2S, D]`` position tables that pairs of an N-token
+    sequence can reach, read from the CPU copy of the index table (no device sync). Under torch.compile,
+    the whole table (no data-dependent shapes)."""
+    table_rows = (call.pos_key if call.pos_key is not None else call.pos_query).shape[1]  # 2S
+    if torch.compiler.is_compiling():
+        return 0, table_rows - 1
+    cpu = relative_index_table(call.query.shape[2], call.position_buckets, call.max_relative_positions, "cpu")
+    return int(cpu[0]), int(cpu[-1])
 
 
 def _block_rows(call: AttentionCall, block_rows: int | None) -> int:
@@ -134,17 +146,22 @@ def torch_attention(
     if has_c2p or has_p2c:
         table = relative_index_table(N, call.position_buckets, call.max_relative_positions, q.device).long()
         positions = torch.arange(N, device=q.device)
+        # Only rows lo..hi of the position tables are reachable at this length (lo = d(-(N-1)),
+        # hi = d(N-1); d is monotonic): the gathers read those rows only, so for N < S the p2c GEMM and the
+        # gather form's c2p GEMM shrink (to about half the table at N = S / 2). table_local counts from lo.
+        lo, hi = _reachable_rows(call)
+        table_local = table - lo if lo else table
     if has_c2p:
         if skew_c2p:
             pos_key_x = call.pos_key[:, table.flip(0)]  # [H, 2N - 1, D]: pos_key_x[m] = pos_key[d at j - i = m - N + 1]
         else:
-            pos_key_t = call.pos_key.contiguous().transpose(-1, -2)  # [H, D, 2S]
+            pos_key_t = call.pos_key[:, lo : hi + 1].contiguous().transpose(-1, -2)  # [H, D, hi - lo + 1]
     if has_p2c:
-        # p2c_t[b, h, s, j] = k_j . pos_query[s], read as p2c_t[d(i, j), j] through a flat index
+        # p2c_t[b, h, s, j] = k_j . pos_query[lo + s], read as p2c_t[d(i, j) - lo, j] through a flat index
         # (s * N + j) along the last dim: a gather along keys is over twice as fast as one down dim -2.
-        p2c_t = torch.matmul((call.pos_query * call.scale).contiguous(), k_t)  # [B, H, 2S, N]
+        p2c_t = torch.matmul((call.pos_query[:, lo : hi + 1] * call.scale).contiguous(), k_t)  # [B, H, hi-lo+1, N]
         p2c_flat = p2c_t.view(B, H, -1)
-        p2c_index = _p2c_flat_indices(call, table, step)
+        p2c_index = _p2c_flat_indices(call, table_local, step)
     if mask is not None:
         key_padding = ~mask[:, None, None, :]  # [B, 1, 1, N]
         query_padding = ~mask[:, None, :, None]  # [B, 1, N, 1]
@@ -176,7 +193,7 @@ def torch_attention(
                     (B, H, rows, N), (rows * width, B * rows * width, width - 1, 1), c2p.storage_offset() + rows - 1
                 )
             else:  # gathered from a [B, H, rows, 2S] block
-                index = table[positions[i0:i1, None] - positions[None, :] + (N - 1)]  # [rows, N]: d(i, j)
+                index = table_local[positions[i0:i1, None] - positions[None, :] + (N - 1)]  # [rows, N]: d(i, j) - lo
                 c2p = torch.matmul(q_heads, pos_key_t).view(H, B, rows, -1).transpose(0, 1)
                 c2p = torch.gather(c2p, -1, index.expand(B, H, rows, N))
             scores = c2p.contiguous() if scores is None else scores.add_(c2p)
