@@ -214,6 +214,18 @@ Inputs check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const std
   return in;
 }
 
+// The position inputs of one batch slice: the index table and its saturation distances, and the slice's
+// [N, 2S] score matrices (each null when absent).
+void fill_positions(AttnParams& p, const SeqGeometry& geo, const Tensor& c2p, const Tensor& p2c) {
+  if (geo.table.defined()) {
+    p.table = geo.table.data_ptr<int32_t>();
+    p.r_hi = static_cast<int>(geo.r_hi);
+    p.r_lo = static_cast<int>(geo.r_lo);
+  }
+  if (c2p.defined()) p.c2p = c2p.data_ptr();
+  if (p2c.defined()) p.p2c = p2c.data_ptr();
+}
+
 void fill_common(AttnParams& p, const Inputs& in, int64_t b0, int64_t nb, double scale, double dropout_p,
                  bool masked_zero) {
   auto at_b = [&](const Tensor& t) { return static_cast<const char*>(t.data_ptr()) + b0 * t.stride(0) * t.element_size(); };
@@ -284,13 +296,7 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key,
     auto [c2p, p2c] = position_scores(in, b0, nb);
     FwdParams p;
     fill_common(p, in, b0, nb, scale, dropout_p, masked_zero);
-    if (geo.table.defined()) {
-      p.table = geo.table.data_ptr<int32_t>();
-      p.r_hi = static_cast<int>(geo.r_hi);
-      p.r_lo = static_cast<int>(geo.r_lo);
-    }
-    if (c2p.defined()) p.c2p = c2p.data_ptr();
-    if (p2c.defined()) p.p2c = p2c.data_ptr();
+    fill_positions(p, geo, c2p, p2c);
     p.out = static_cast<char*>(out.data_ptr()) + b0 * out.stride(0) * out.element_size();
     p.o_stride_b = out.stride(0), p.o_stride_h = out.stride(1), p.o_stride_n = out.stride(2);
     p.lse = lse.data_ptr<float>() + b0 * in.H * in.N;
@@ -386,13 +392,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
 
     BwdParams p;
     fill_common(p, in, b0, nb, scale, dropout_p, masked_zero);
-    if (geo.table.defined()) {
-      p.table = geo.table.data_ptr<int32_t>();
-      p.r_hi = static_cast<int>(geo.r_hi);
-      p.r_lo = static_cast<int>(geo.r_lo);
-    }
-    if (c2p.defined()) p.c2p = c2p.data_ptr();
-    if (p2c.defined()) p.p2c = p2c.data_ptr();
+    fill_positions(p, geo, c2p, p2c);
     p.dout = static_cast<const char*>(dout.data_ptr()) + b0 * dout.stride(0) * dout.element_size();
     p.do_stride_b = dout.stride(0), p.do_stride_h = dout.stride(1), p.do_stride_n = dout.stride(2);
     p.lse = lse_c.data_ptr<float>() + b0 * in.H * in.N;

@@ -20,12 +20,12 @@ from deberta_fast.kernels import attention_bwd, attention_fwd  # noqa: E402
 from deberta_fast.kernels import common as kernel_common  # noqa: E402
 
 from attention_cases import Case, assert_within_rule, call_kwargs, make_inputs, max_err, reference  # noqa: E402
+from gpu_cases import V3, model_batch, model_config, peak_bytes, run_model  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 DEVICE = "cuda"
 GRADS = ["dq", "dk", "dv", "dpos_key", "dpos_query"]
 FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
-V3 = dict(buckets=256, max_rel=512)
 
 
 @pytest.fixture(autouse=True)
@@ -159,16 +159,7 @@ def test_dropout_keep_rate_and_reproducibility():
 
 
 def _peak_bytes(n):
-    case = Case(B=1, H=12, N=n, D=64, **V3)
-    tensors, _ = make_inputs(case, dtype=torch.bfloat16, device=DEVICE, strided=True)
-    leaves = [t.requires_grad_(True) for t in tensors]
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    out = disentangled_attention(*leaves, backend="triton", **call_kwargs(case))
-    out.backward(torch.ones_like(out))
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
+    return peak_bytes("triton", n, DEVICE)
 
 
 def test_memory_is_linear_in_sequence_length():
@@ -182,50 +173,23 @@ def test_memory_is_linear_in_sequence_length():
 # --- the model --------------------------------------------------------------------------------
 
 
-def _model_config(**over):
-    cfg = dict(
-        vocab_size=1000, hidden_size=384, num_hidden_layers=2, num_attention_heads=6, intermediate_size=768,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=512,
-        relative_attention=True, pos_att_type="p2c|c2p", position_buckets=256, max_relative_positions=-1,
-        share_att_key=True, position_biased_input=False, norm_rel_ebd="layer_norm", type_vocab_size=0,
-        layer_norm_eps=1e-7, hidden_act="gelu",
-    )
-    cfg.update(over)
-    return deberta_fast.DebertaV2Config(**cfg)
-
-
 def _batch(B=2, N=1100):
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, 1000, (B, N), generator=g)
-    mask = torch.ones(B, N, dtype=torch.long)
-    mask[0, N - 300 :] = 0
-    return ids.to(DEVICE), mask.to(DEVICE)
-
-
-def _run_model(backend, dtype, ids, mask):
-    torch.manual_seed(0)
-    model = deberta_fast.DebertaV2Model(_model_config(), attn_backend=backend).to(DEVICE, dtype).train()
-    out = model(ids, attention_mask=mask).last_hidden_state
-    # a random projection of the real tokens' outputs (padded rows are near-constant after LayerNorm and
-    # would amplify rounding by 1/sqrt(eps) into their gradients)
-    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype) * mask[..., None]
-    (out * weights).sum().backward()
-    return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return model_batch(B, N, DEVICE)
 
 
 def test_model_end_to_end_against_torch_backend():
     """bf16 model on the triton backend vs the torch backend in bf16, both against the fp64 model."""
     ids, mask = _batch()
-    ref, ref_grads = _run_model("torch", torch.float64, ids, mask)
-    low, low_grads = _run_model("torch", torch.bfloat16, ids, mask)
-    got, grads = _run_model("triton", torch.bfloat16, ids, mask)
+    ref, ref_grads = run_model("torch", torch.float64, ids, mask)
+    low, low_grads = run_model("torch", torch.bfloat16, ids, mask)
+    got, grads = run_model("triton", torch.bfloat16, ids, mask)
     assert_within_rule("last_hidden_state", got, low, ref, 1e-2 * max(1.0, ref.abs().max().item()))
     for name, g in grads.items():
         floor = 1e-2 * max(1.0, ref_grads[name].abs().max().item())
         assert_within_rule(name, g, low_grads[name], ref_grads[name], floor)
     # fp32: the two backends agree closely
-    a, a_grads = _run_model("torch", torch.float32, ids, mask)
-    b, b_grads = _run_model("triton", torch.float32, ids, mask)
+    a, a_grads = run_model("torch", torch.float32, ids, mask)
+    b, b_grads = run_model("triton", torch.float32, ids, mask)
     assert max_err(a, b) < 1e-3
 
 
@@ -233,7 +197,7 @@ def test_model_compiles_fullgraph_with_triton():
     torch._dynamo.reset()
     ids, mask = _batch(B=2, N=600)
     torch.manual_seed(0)
-    model = deberta_fast.DebertaV2Model(_model_config(), attn_backend="triton").to(DEVICE, torch.bfloat16).train()
+    model = deberta_fast.DebertaV2Model(model_config(), attn_backend="triton").to(DEVICE, torch.bfloat16).train()
     compiled = torch.compile(model, fullgraph=True)
     out = compiled(ids, attention_mask=mask).last_hidden_state
     out.float().sum().backward()

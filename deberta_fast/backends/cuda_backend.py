@@ -38,7 +38,7 @@ import torch
 
 from . import register_backend
 from .call import AttentionCall
-from .fused_ops import draw_philox, fake_backward, fake_forward, register_fused_autograd
+from .fused_ops import draw_philox, fake_backward, fake_forward, register_fused_autograd, run_forward
 
 __all__ = [
     "CudaBackend", "HEAD_DIMS", "SUPPORTED_DTYPES", "draw_philox", "dropout_keep_mask", "extension_status",
@@ -358,13 +358,7 @@ class CudaBackend:
         return []
 
     def forward(self, call: AttentionCall) -> torch.Tensor:
-        philox = draw_philox(call.device) if call.dropout_p > 0.0 else None
-        out, _ = torch.ops.deberta_fast.cuda_attention_fwd(
-            call.query, call.key, call.value, call.pos_key, call.pos_query, call.attention_mask, philox,
-            call.position_buckets, call.max_relative_positions, call.scale, call.dropout_p,
-            call.masked_rows == "zero",
-        )
-        return out
+        return run_forward("cuda_attention_fwd", call)
 
 
 # Load a setup.py build now (no compiling, no CUDA initialisation), so the ops exist before any

@@ -4,19 +4,30 @@ Both define a forward op ``(query, key, value, pos_key?, pos_query?, attention_m
 max_relative_positions, scale, dropout_p, masked_zero) -> (out, lse)`` and a backward op taking
 ``(grad_out, query, key, value, pos_key?, pos_query?, attention_mask?, philox?, out, lse, <same settings>)`` and
 returning ``(dq, dk, dv, dpos_key, dpos_query)`` (an absent position term's gradient is an empty tensor).
-This module holds their fake (meta) implementations, the autograd registration and the dropout seed draw.
+This module holds their fake (meta) implementations, the autograd registration, the dropout seed draw and the
+forward call a backend makes.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["draw_philox", "fake_backward", "fake_forward", "register_fused_autograd"]
+__all__ = ["draw_philox", "fake_backward", "fake_forward", "register_fused_autograd", "run_forward"]
 
 
 def draw_philox(device: torch.device | str) -> torch.Tensor:
     """A fresh dropout ``[seed, offset]`` (int64, on ``device``) from torch's generator for that device."""
     return torch.randint(0, 2**31 - 1, (2,), dtype=torch.int64, device=device)
+
+
+def run_forward(forward_name: str, call) -> torch.Tensor:
+    """Run ``deberta_fast::<forward_name>`` on a validated call (a fresh dropout seed when dropout is on)."""
+    philox = draw_philox(call.device) if call.dropout_p > 0.0 else None
+    out, _ = getattr(torch.ops.deberta_fast, forward_name)(
+        call.query, call.key, call.value, call.pos_key, call.pos_query, call.attention_mask, philox,
+        call.position_buckets, call.max_relative_positions, call.scale, call.dropout_p, call.masked_rows == "zero",
+    )
+    return out
 
 
 def fake_forward(query, key, value, pos_key, pos_query, attention_mask, philox, position_buckets,

@@ -33,6 +33,11 @@ _FLAT_INDEX_CACHE_BYTES = 32 << 20
 _FLAT_INDEX_LOCK = threading.Lock()  # models may run in several threads
 
 
+def _block_index(table: torch.Tensor, positions: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
+    """``[i1 - i0, N]``: ``table[i - j + N - 1]`` for the query rows i in [i0, i1) and every key j."""
+    return table[positions[i0:i1, None] - positions[None, :] + (positions.shape[0] - 1)]
+
+
 def _p2c_flat_indices(call: AttentionCall, table: torch.Tensor, step: int) -> list[torch.Tensor]:
     """int64 ``[rows * N]`` per block of ``step`` query rows: ``table[i - j + N - 1] * N + j`` in row-major
     (i, j) order (``table``: the index table, counted from the first reachable row)."""
@@ -51,8 +56,7 @@ def _p2c_flat_indices(call: AttentionCall, table: torch.Tensor, step: int) -> li
         positions = torch.arange(N, device=device)
         flats = []
         for i0 in range(0, N, step):
-            index = table[positions[i0 : i0 + step, None] - positions[None, :] + (N - 1)]  # [rows, N]: d(i, j)
-            flats.append((index * N + positions).view(-1))
+            flats.append((_block_index(table, positions, i0, i0 + step) * N + positions).view(-1))
     if cacheable:
         with _FLAT_INDEX_LOCK:
             _FLAT_INDEX_CACHE[key] = flats
@@ -187,13 +191,13 @@ def torch_attention(
             # q_block as [H, B * rows, D] (a small copy), so the per-head tables need no copy per batch entry
             q_heads = q_block.transpose(0, 1).reshape(H, B * rows, D)
             if skew_c2p:  # through the skewed view (see above)
-                width = N + rows - 1
-                c2p = torch.matmul(q_heads, pos_key_x[:, N - i1 : N - i1 + width].transpose(-1, -2))  # [H, B*rows, width]
+                width = N + rows - 1  # c2p below: [H, B * rows, width]
+                c2p = torch.matmul(q_heads, pos_key_x[:, N - i1 : N - i1 + width].transpose(-1, -2))
                 c2p = c2p.as_strided(
                     (B, H, rows, N), (rows * width, B * rows * width, width - 1, 1), c2p.storage_offset() + rows - 1
                 )
             else:  # gathered from a [B, H, rows, 2S] block
-                index = table_local[positions[i0:i1, None] - positions[None, :] + (N - 1)]  # [rows, N]: d(i, j) - lo
+                index = _block_index(table_local, positions, i0, i1)  # [rows, N]: d(i, j) - lo
                 c2p = torch.matmul(q_heads, pos_key_t).view(H, B, rows, -1).transpose(0, 1)
                 c2p = torch.gather(c2p, -1, index.expand(B, H, rows, N))
             scores = c2p.contiguous() if scores is None else scores.add_(c2p)

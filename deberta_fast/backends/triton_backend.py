@@ -30,7 +30,7 @@ import torch
 
 from . import register_backend
 from .call import AttentionCall
-from .fused_ops import draw_philox, fake_backward, fake_forward, register_fused_autograd
+from .fused_ops import draw_philox, fake_backward, fake_forward, register_fused_autograd, run_forward
 
 __all__ = ["TritonBackend", "draw_philox", "dropout_keep_mask", "fp32_dot_precision", "MAX_HEAD_DIM", "MIN_TRITON"]
 
@@ -174,13 +174,7 @@ class TritonBackend:
         return reasons
 
     def forward(self, call: AttentionCall) -> torch.Tensor:
-        philox = draw_philox(call.device) if call.dropout_p > 0.0 else None
-        out, _ = torch.ops.deberta_fast.disentangled_attention_fwd(
-            call.query, call.key, call.value, call.pos_key, call.pos_query, call.attention_mask, philox,
-            call.position_buckets, call.max_relative_positions, call.scale, call.dropout_p,
-            call.masked_rows == "zero",
-        )
-        return out
+        return run_forward("disentangled_attention_fwd", call)
 
 
 register_backend(TritonBackend())

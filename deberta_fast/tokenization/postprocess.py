@@ -86,28 +86,26 @@ class Row:
     overflow: bool = False
 
 
+def _normalize_strategy(value, name: str, when_true: str, when_false: str, allowed) -> str:
+    """True -> ``when_true``, False/None -> ``when_false``, else a strategy name (or enum) from ``allowed``."""
+    if value is True:
+        return when_true
+    if value is False or value is None:
+        return when_false
+    strategy = getattr(value, "value", value)
+    if strategy not in allowed:
+        raise ValueError(f"{name} must be True, False or one of {allowed}, got {value!r}")
+    return strategy
+
+
 def normalize_padding(padding) -> str:
     """False/None -> do_not_pad, True -> longest, or a strategy name."""
-    if padding is True:
-        return "longest"
-    if padding is False or padding is None:
-        return "do_not_pad"
-    value = getattr(padding, "value", padding)
-    if value not in PADDING_STRATEGIES:
-        raise ValueError(f"padding must be True, False or one of {PADDING_STRATEGIES}, got {padding!r}")
-    return value
+    return _normalize_strategy(padding, "padding", "longest", "do_not_pad", PADDING_STRATEGIES)
 
 
 def normalize_truncation(truncation) -> str:
     """False/None -> do_not_truncate, True -> longest_first, or a strategy name."""
-    if truncation is True:
-        return "longest_first"
-    if truncation is False or truncation is None:
-        return "do_not_truncate"
-    value = getattr(truncation, "value", truncation)
-    if value not in TRUNCATION_STRATEGIES:
-        raise ValueError(f"truncation must be True, False or one of {TRUNCATION_STRATEGIES}, got {truncation!r}")
-    return value
+    return _normalize_strategy(truncation, "truncation", "longest_first", "do_not_truncate", TRUNCATION_STRATEGIES)
 
 
 def windows(length: int, max_len: int, stride: int, direction: str) -> list[tuple[int, int]]:

@@ -1,0 +1,60 @@
+"""Helpers shared by the GPU test modules of the fused backends (tests/test_gpu_triton.py, tests/test_gpu_cuda.py):
+the peak memory of one attention forward + backward, and a small bf16-friendly model run end to end."""
+
+from __future__ import annotations
+
+import torch
+
+import deberta_fast
+from deberta_fast import disentangled_attention
+
+from attention_cases import Case, call_kwargs, make_inputs
+
+V3 = dict(buckets=256, max_rel=512)
+
+
+def peak_bytes(backend: str, n: int, device: str = "cuda") -> int:
+    """Peak CUDA memory above the inputs of one bf16 forward + backward, B=1, H=12, D=64, v3 settings."""
+    case = Case(B=1, H=12, N=n, D=64, **V3)
+    tensors, _ = make_inputs(case, dtype=torch.bfloat16, device=device, strided=True)
+    leaves = [t.requires_grad_(True) for t in tensors]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = disentangled_attention(*leaves, backend=backend, **call_kwargs(case))
+    out.backward(torch.ones_like(out))
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def model_config(**over) -> deberta_fast.DebertaV2Config:
+    cfg = dict(
+        vocab_size=1000, hidden_size=384, num_hidden_layers=2, num_attention_heads=6, intermediate_size=768,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=512,
+        relative_attention=True, pos_att_type="p2c|c2p", position_buckets=256, max_relative_positions=-1,
+        share_att_key=True, position_biased_input=False, norm_rel_ebd="layer_norm", type_vocab_size=0,
+        layer_norm_eps=1e-7, hidden_act="gelu",
+    )
+    cfg.update(over)
+    return deberta_fast.DebertaV2Config(**cfg)
+
+
+def model_batch(B: int = 2, N: int = 1100, device: str = "cuda"):
+    """Token ids and a [B, N] mask with the first sequence's last 300 tokens padding."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 1000, (B, N), generator=g)
+    mask = torch.ones(B, N, dtype=torch.long)
+    mask[0, N - 300 :] = 0
+    return ids.to(device), mask.to(device)
+
+
+def run_model(backend: str, dtype: torch.dtype, ids, mask):
+    """Last hidden state and every parameter gradient of a freshly seeded model in train mode."""
+    torch.manual_seed(0)
+    model = deberta_fast.DebertaV2Model(model_config(), attn_backend=backend).to(ids.device, dtype).train()
+    out = model(ids, attention_mask=mask).last_hidden_state
+    # a random projection of the real tokens' outputs (padded rows are near-constant after LayerNorm and
+    # would amplify rounding by 1/sqrt(eps) into their gradients)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(ids.device, dtype) * mask[..., None]
+    (out * weights).sum().backward()
+    return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
