@@ -129,16 +129,16 @@ def torch_attention(
     v = v.contiguous()
     step = _block_rows(call, block_rows)
     # c2p, two equivalent forms (the same dot products; equal up to the BLAS's rounding, bit-identical on
-    # the CPUs we measured):
+    # this project's CPU machine):
     # - gather: c2p_rows = q_block . pos_key^T [rows, 2S], then a gather along keys through d(i, j);
     # - skew (under no_grad): the bucket table expanded over the block's rows + N - 1 distances, ordered so
     #   that pos_key_x[m] is the key-side vector for j - i = m - (i1 - 1); then q_block . pos_key_x^T
     #   [rows, rows + N - 1] holds c2p[i, j] at column j - i + rows - 1 (i counted within the block): a
     #   strided view (row stride rows + N - 2) reads it without a gather. More multiply-adds but no gather
-    #   pass: about 15% off the CPU attention at N = 512. Not under autograd, where the backward of that
+    #   pass: 8-13% off the CPU attention at N = 512 in our runs. Not under autograd, where the backward of that
     #   view would scatter through the wider tensor.
     # The skew's GEMM is N + rows - 1 wide against the gather form's 2S: past about three times as wide
-    # (long sequences), the gather form is as fast or faster (N = 2048, 2S = 512 measured even).
+    # (long sequences), the gather form is as fast or faster (slightly faster at N = 2048, 2S = 512).
     if c2p_form is None:
         skew_c2p = has_c2p and not call.requires_grad and N + step - 1 <= 3 * call.pos_key.shape[-2]
     elif c2p_form in ("skew", "gather"):
