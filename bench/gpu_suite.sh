@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
-#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | test-triton | test-cuda | attention | model | all
+#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | test-triton | test-cuda | tests | attention | model | all
+#   TEST_TIMEOUT (seconds per test module, default 540) bounds the test steps.
 #
-# Every step starts with `setup` (idempotent): deberta_fast installed editable without dependencies (the GPU
-# machines have torch, triton and transformers, and no network), which builds the CUDA extension for sm_90
-# there (about a minute on 16 cores), plus any wheels carried in .whl/ (the peer kernels flashdeberta and
+# Every step starts with `setup` (idempotent): the CUDA extension built in place for sm_90 and the repository put
+# on PYTHONPATH (the GPU machines have torch, triton and transformers, and no network), plus any wheels carried in .whl/ (the peer kernels flashdeberta and
 # disentangled-flash and einops, for the benchmarks). Logs and JSON go to OUTDIR; copy the JSON into bench/results/
 # afterwards and regenerate the tables with bench/report.py.
 set -uo pipefail
@@ -22,9 +22,11 @@ setup() {
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
   export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-  # an old setuptools without PEP 660 editable wheels: fall back to setup.py develop
-  $PY -m pip install -q --no-deps --no-build-isolation -e . >"$out/setup.log" 2>&1 \
-    || $PY setup.py develop --no-deps >>"$out/setup.log" 2>&1 || { tail -50 "$out/setup.log"; return 1; }
+  # Built in place (no pip: without network pip's editable install would fetch build dependencies); the
+  # Triton kernels (kernels/, shipped as deberta_fast.kernels) are linked where the package expects them.
+  $PY setup.py build_ext --inplace >"$out/setup.log" 2>&1 || { tail -50 "$out/setup.log"; return 1; }
+  [ -e deberta_fast/kernels ] || ln -s ../kernels deberta_fast/kernels
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
   {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
     $PY -m deberta_fast.cli info
@@ -32,7 +34,7 @@ setup() {
 }
 
 run_tests() {  # $1: triton | cuda. One GPU test module, then the CLI parity check on the GPU.
-  timeout 540 $PY -m pytest -q -rs tests/test_gpu_$1.py --junitxml="$out/test_gpu_$1.xml" 2>&1 | tee "$out/test_$1.log"
+  timeout ${TEST_TIMEOUT:-540} $PY -m pytest -q -rfEs --tb=short tests/test_gpu_$1.py --junitxml="$out/test_gpu_$1.xml" 2>&1 | tee "$out/test_$1.log"
   local rc=${PIPESTATUS[0]}
   $PY -m deberta_fast.cli parity --device cuda 2>&1 | tee -a "$out/test_$1.log"
   return $(( rc || PIPESTATUS[0] ))
@@ -53,6 +55,7 @@ case "$step" in
   setup) ;;
   test-triton) run_tests triton ;;
   test-cuda) run_tests cuda ;;
+  tests) run_tests triton; r=$?; run_tests cuda; exit $(( r || $? )) ;;
   attention) run_attention ;;
   model) run_model ;;
   all) run_tests triton; run_tests cuda; run_attention; run_model ;;

@@ -65,7 +65,9 @@ Tensor kernel_operand(const Tensor& t) {
   const int64_t align = 16 / t.element_size();
   bool ok = t.stride(-1) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
   for (int dim = 0; ok && dim < t.dim() - 1; ++dim) ok = t.size(dim) == 1 || t.stride(dim) % align == 0;
-  return ok ? t : t.contiguous();
+  if (ok) return t;
+  // contiguous() returns a contiguous but misaligned view (a storage offset) unchanged: copy it instead.
+  return t.is_contiguous() ? t.clone() : t.contiguous();
 }
 
 Tensor unit_last_stride(const Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
