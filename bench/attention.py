@@ -424,8 +424,9 @@ def layer_rows(shape: Shape, providers: list[str], args) -> list[dict]:
     return rows
 
 
-def default_providers(device: str) -> tuple[list[str], list[str]]:
-    probe = make_call(*[torch.zeros(1, 1, 2, 8, device=device)] * 3, position_buckets=4, max_relative_positions=8)
+def default_providers(device: str, head_dim: int) -> tuple[list[str], list[str]]:
+    # probed with the benchmark's head dim: the cuda backend takes 32, 64 and 128 only
+    probe = make_call(*[torch.zeros(1, 1, 2, head_dim, device=device)] * 3, position_buckets=4, max_relative_positions=8)
     usable = [name for name, reasons in available_backends(probe).items() if not reasons]
     ops = [f"df-{name}" for name in usable] + ["sdpa-bias", "sdpa-floor"]
     layers = ["hf-eager"] + [f"df-{name}" for name in usable]
@@ -475,7 +476,7 @@ def main(argv=None) -> int:
     bad = [m for m in args.modes if m not in MODES]
     if bad:
         raise SystemExit(f"unknown modes {bad}; choose from {MODES}")
-    ops, layers = default_providers(args.device)
+    ops, layers = default_providers(args.device, args.head_dim)
     ops = args.op_providers.split(",") if args.op_providers else ops
     layers = args.layer_providers.split(",") if args.layer_providers else layers
     levels = args.levels.split(",")
