@@ -60,6 +60,9 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
+        # knobs that change what is measured (e.g. DEBERTA_FAST_TRITON_AUTOTUNE=0: default Triton configs)
+        "settings": {k: v for k, v in sorted(os.environ.items())
+                     if k.startswith("DEBERTA_FAST_") or k in ("TRITON_INTERPRET", "TORCH_CUDA_ARCH_LIST")},
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
-#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | test-triton | test-cuda | tests | attention | model | all
+#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | test-triton | test-cuda | tests | attention | model | profile | all
 #   TEST_TIMEOUT (seconds per test module, default 540) bounds the test steps.
 #
 # Every step starts with `setup` (idempotent): the CUDA extension built in place for sm_90 and the repository put
@@ -34,20 +34,40 @@ setup() {
 }
 
 run_tests() {  # $1: triton | cuda. One GPU test module, then the CLI parity check on the GPU.
-  timeout ${TEST_TIMEOUT:-540} $PY -m pytest -q -rfEs --tb=short tests/test_gpu_$1.py --junitxml="$out/test_gpu_$1.xml" 2>&1 | tee "$out/test_$1.log"
-  local rc=${PIPESTATUS[0]}
-  $PY -m deberta_fast.cli parity --device cuda 2>&1 | tee -a "$out/test_$1.log"
-  return $(( rc || PIPESTATUS[0] ))
+  # Output to a file, not through a pipe: torch.compile's worker processes outlive a timed-out pytest and
+  # would hold a pipe (and this step) open until the device call's own limit.
+  timeout -k 10 ${TEST_TIMEOUT:-540} $PY -m pytest -q -rfEs --tb=short tests/test_gpu_$1.py \
+    --junitxml="$out/test_gpu_$1.xml" >"$out/test_$1.log" 2>&1 </dev/null
+  local rc=$?
+  tail -25 "$out/test_$1.log"
+  timeout -k 10 120 $PY -m deberta_fast.cli parity --device cuda >>"$out/test_$1.log" 2>&1 </dev/null
+  local parity=$?
+  tail -12 "$out/test_$1.log"
+  return $(( rc || parity ))
+}
+
+run_profile() {  # where the fused backends' time goes, and which host-device synchronizations they make
+  for backend in triton cuda; do
+    timeout -k 10 150 $PY bench/profile_attention.py --backend $backend --seqlens 512,4096 --sync-debug \
+      --out "$out" >"$out/profile_$backend.log" 2>&1 </dev/null
+    tail -40 "$out/profile_$backend.log"
+  done
 }
 
 run_attention() {
-  timeout 560 $PY bench/attention.py --device cuda --dtype bfloat16 --out "$out/attention_cuda_bfloat16.json" \
-    2>&1 | tee "$out/attention.log"
+  timeout -k 10 560 $PY bench/attention.py --device cuda --dtype bfloat16 --out "$out/attention_cuda_bfloat16.json" \
+    >"$out/attention.log" 2>&1 </dev/null
+  local rc=$?
+  grep -v "it/s" "$out/attention.log" | tail -80
+  return $rc
 }
 
 run_model() {
-  timeout 560 $PY bench/model.py --device cuda --dtype bfloat16 --configs v3-base --seqlens 128,512,2048,4096 \
-    --out "$out/model_cuda_bfloat16.json" 2>&1 | tee "$out/model.log"
+  timeout -k 10 560 $PY bench/model.py --device cuda --dtype bfloat16 --configs v3-base --seqlens 128,512,2048,4096 \
+    --out "$out/model_cuda_bfloat16.json" >"$out/model.log" 2>&1 </dev/null
+  local rc=$?
+  grep -v "it/s" "$out/model.log" | tail -40
+  return $rc
 }
 
 setup || exit 1
@@ -58,6 +78,7 @@ case "$step" in
   tests) run_tests triton; r=$?; run_tests cuda; exit $(( r || $? )) ;;
   attention) run_attention ;;
   model) run_model ;;
+  profile) run_profile ;;
   all) run_tests triton; run_tests cuda; run_attention; run_model ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac

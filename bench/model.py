@@ -200,7 +200,8 @@ def main(argv=None) -> int:
         from deberta_fast.backends import available_backends
         from deberta_fast.backends.call import make_call
 
-        probe = make_call(*[torch.zeros(1, 1, 2, 8, device=device)] * 3, position_buckets=4, max_relative_positions=8)
+        # probed with the configs' head dim (64): the cuda backend takes 32, 64 and 128 only
+        probe = make_call(*[torch.zeros(1, 1, 2, 64, device=device)] * 3, position_buckets=4, max_relative_positions=8)
         providers = ["transformers"] + [f"df-{n}" for n, why in available_backends(probe).items() if not why]
     out = Path(args.out) if args.out else HERE / "results" / f"model_{args.device}_{args.dtype}.json"
 

@@ -92,6 +92,10 @@ def main(argv=None) -> int:
             if args.plot:
                 for written in plot_attention(record["rows"], path):
                     print(f"plot: {written}")
+        elif record.get("benchmark") == "model":
+            from model import table as model_table  # bench/model.py's own table, from the same rows
+
+            print(model_table(record["rows"]))
     return 0
 
 

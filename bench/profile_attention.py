@@ -1,0 +1,65 @@
+"""Where a fused backend's time goes: torch.profiler's table of CUDA kernels for forward and backward.
+
+    python bench/profile_attention.py --backend cuda --seqlens 512,2048 [--tokens 16384] [--sync-debug] [--out DIR]
+
+v3 settings (buckets 256, max relative 512), H 12, D 64, bf16, no padding, B * N = --tokens. Prints the kernels
+sorted by total CUDA time and, with --out, writes each table to DIR/profile_<backend>_N<N>.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import deberta_fast as df
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", default="cuda")
+    p.add_argument("--seqlens", default="512,2048")
+    p.add_argument("--tokens", type=int, default=16384)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--rows", type=int, default=25, help="kernels listed")
+    p.add_argument("--sync-debug", action="store_true", help="report host-device synchronizations of one step")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("profile_attention.py needs a CUDA device")
+    H, D = args.heads, args.head_dim
+    for n in (int(x) for x in args.seqlens.split(",")):
+        b = max(1, args.tokens // n)
+        q, k, v = (torch.randn(b, n, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        pk, pq = (torch.randn(512, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+
+        def step(q=q, k=k, v=v, pk=pk, pq=pq):
+            out = df.disentangled_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                            pk.transpose(0, 1), pq.transpose(0, 1), backend=args.backend)
+            out.backward(torch.ones_like(out))
+
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        if args.sync_debug:  # every operation that waits for the GPU (a blocking copy, .item()) warns, with where
+            torch.cuda.set_sync_debug_mode("warn")
+            step()
+            torch.cuda.set_sync_debug_mode("default")
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=90)
+        header = f"backend {args.backend}, B {b}, N {n}, H {H}, D {D}, bf16, 5 forward+backward steps"
+        print(header, table, sep="\n")
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            with open(os.path.join(args.out, f"profile_{args.backend}_N{n}.txt"), "w") as f:
+                f.write(header + "\n" + table)
+
+
+if __name__ == "__main__":
+    main()
