@@ -89,6 +89,14 @@ def test_module_archs_and_compatibility():
     assert not cuda_backend._runs_on(["sm_90"], (8, 0))
     assert not cuda_backend._runs_on(["sm_80"], (9, 0))
 
+    class Hopper:  # TORCH_CUDA_ARCH_LIST=9.0a (what the GPU suite built on the H100: info said "archs unknown")
+        cuda_archs = "sm90a"
+
+    assert cuda_backend._module_archs(Hopper()) == ["sm_90a"]
+    assert cuda_backend._runs_on(["sm_90a"], (9, 0))
+    assert not cuda_backend._runs_on(["sm_90a"], (10, 0))  # arch-specific code runs on that capability only
+    assert not cuda_backend._runs_on(["compute_90a"], (10, 0))
+
 
 SETUP_PROBE = """
 import sys
@@ -371,10 +379,10 @@ def _call(dtype=torch.float32, D=32, device="cpu"):
     return make_call(*(t.to(device, dtype) for t in tensors), **call_kwargs(case))
 
 
-def test_backend_is_registered_and_not_auto_selected():
+def test_backend_is_registered_and_auto_selectable():
     backend = get_backend("cuda")
     assert backend.name == "cuda" and backend is not None
-    assert backend.auto_select is False  # until tests/test_gpu_cuda.py has passed on an H100 / H200
+    assert backend.auto_select is True  # tests/test_gpu_cuda.py passed on an H100; selection.py orders it
     reasons = deberta_fast.available_backends()["cuda"]
     if not torch.cuda.is_available():
         assert "no CUDA device" in reasons

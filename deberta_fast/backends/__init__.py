@@ -6,7 +6,9 @@ A backend is an object with
 - ``not_supported_reasons(call) -> list[str]``: empty when it can serve the call, else why not;
 - ``forward(call) -> Tensor``: the attention output ``[B, H, N, D]`` (differentiable);
 - optionally ``auto_select = False``: never chosen by ``backend="auto"``, only when named (a backend not
-  yet verified on the hardware it targets).
+  yet verified on the hardware it targets);
+- optionally ``auto_reasons(call)``: the reasons ``backend="auto"`` uses instead of ``not_supported_reasons``
+  (the cuda backend's never start a just-in-time build).
 
 Backends are registered explicitly. Those whose modules need optional dependencies (Triton, the compiled
 CUDA extension) are registered by module path and imported on first use, so importing deberta_fast never
@@ -21,6 +23,7 @@ from typing import Protocol
 
 import torch
 
+from . import selection
 from .call import AttentionCall
 
 __all__ = [
@@ -62,8 +65,8 @@ class _Unloadable:
 
 # name -> backend object, or module path whose import registers it (lazy).
 _REGISTRY: dict[str, object] = {}
-# Preference on CUDA tensors; other devices use "torch" only.
-_CUDA_ORDER = ("cuda", "triton", "torch")
+# Preference on CUDA tensors where no benchmark was recorded (selection.py); other devices use "torch" only.
+_CUDA_ORDER = selection.DEFAULT_CUDA_ORDER
 
 
 def register_backend(backend: Backend | str, name: str | None = None) -> None:
@@ -110,6 +113,7 @@ def prepare_backends(requested: str = "auto") -> None:
         names.discard("auto")
         if torch.cuda.is_available():  # "auto" uses the fused backends on CUDA tensors only
             names.update(n for n in _CUDA_ORDER if n in _REGISTRY)
+            selection.remember_capabilities()  # read here, not inside a torch.compile trace
     for name in sorted(names):
         get_backend(name)
 
@@ -133,7 +137,7 @@ def available_backends(call: AttentionCall | None = None) -> dict[str, list[str]
 
 
 def _auto_order(call: AttentionCall) -> tuple[str, ...]:
-    return _CUDA_ORDER if call.query.device.type == "cuda" else ("torch",)
+    return selection.cuda_order(call) if call.query.device.type == "cuda" else ("torch",)
 
 
 def select_backend(call: AttentionCall, requested: str = "auto") -> Backend:
@@ -141,7 +145,8 @@ def select_backend(call: AttentionCall, requested: str = "auto") -> Backend:
 
     An explicit name must be able to serve the call, else ValueError with its reasons (no silent
     fallback). ``"auto"`` (overridden by the environment variable DEBERTA_FAST_BACKEND) takes the first
-    backend able to serve it, in the order cuda -> triton -> torch on CUDA tensors, torch elsewhere,
+    backend able to serve it: on CUDA tensors the fused backend the recorded benchmarks found faster for the
+    nearest measured shape first (:mod:`.selection`), else cuda -> triton -> torch; torch elsewhere;
     skipping backends with ``auto_select = False``.
     """
     if requested == "auto":
@@ -160,7 +165,7 @@ def select_backend(call: AttentionCall, requested: str = "auto") -> Backend:
         if not getattr(backend, "auto_select", True):
             tried.append(f"{name}: not chosen by 'auto' (select it explicitly)")
             continue
-        reasons = backend.not_supported_reasons(call)
+        reasons = getattr(backend, "auto_reasons", backend.not_supported_reasons)(call)
         if not reasons:
             return backend
         tried.append(f"{name}: " + "; ".join(reasons))

@@ -236,11 +236,11 @@ def extension_status() -> dict:
 
 
 def _module_archs(module) -> list[str]:
-    """["sm_80", "sm_90", "compute_90"] from the module's ``cuda_archs`` tag (sm80_sm90ptx)."""
+    """["sm_80", "sm_90a", "compute_90"] from the module's ``cuda_archs`` tag (sm80_sm90a_sm90ptx)."""
     out = []
     for tag in getattr(module, "cuda_archs", "").split("_"):
-        if tag.startswith("sm") and tag[2:].removesuffix("ptx").isdigit():
-            num = tag[2:].removesuffix("ptx")
+        num = tag[2:].removesuffix("ptx")
+        if tag.startswith("sm") and num.removesuffix("a").isdigit():
             out.append(f"sm_{num}")
             if tag.endswith("ptx"):
                 out.append(f"compute_{num}")
@@ -249,10 +249,16 @@ def _module_archs(module) -> list[str]:
 
 def _runs_on(archs: list[str], capability: tuple[int, int]) -> bool:
     """Whether code for ``archs`` runs on a device of ``capability`` (SASS: same major, minor <= device's;
-    PTX: any newer device)."""
+    PTX: any newer device; arch-specific "a" targets such as sm_90a: that exact capability only)."""
     for arch in archs:
         kind, num = arch.split("_")
+        specific = num.endswith("a")
+        num = num.removesuffix("a")
         major, minor = int(num[:-1]), int(num[-1])
+        if specific:
+            if (major, minor) == capability:
+                return True
+            continue
         if kind == "sm" and major == capability[0] and minor <= capability[1]:
             return True
         if kind == "compute" and (major, minor) <= capability:
@@ -313,9 +319,9 @@ class CudaBackend:
     modes, dropout)."""
 
     name = "cuda"
-    # backend="auto" does not pick this backend until tests/test_gpu_cuda.py has passed on an H100 / H200
-    # (issue 6); then this flips to True (and auto follows the recorded benchmarks per shape).
-    auto_select = False
+    # tests/test_gpu_cuda.py passed on an H100 (bench/results/h100_2026-11-22/): backend="auto" may pick it,
+    # where the recorded benchmarks found it faster (backends/selection.py).
+    auto_select = True
 
     def availability_reasons(self) -> list[str]:
         """Why the backend cannot run at all on this machine (empty if it can). Never compiles."""
@@ -330,7 +336,12 @@ class CudaBackend:
             reasons.append("no CUDA device")
         return reasons
 
-    def not_supported_reasons(self, call: AttentionCall) -> list[str]:
+    def auto_reasons(self, call: AttentionCall) -> list[str]:
+        """As :meth:`not_supported_reasons`, for backend="auto": never compiles the extension (a build takes
+        minutes; naming backend="cuda" once does it)."""
+        return self.not_supported_reasons(call, build=False)
+
+    def not_supported_reasons(self, call: AttentionCall, *, build: bool = True) -> list[str]:
         reasons = []
         device = call.device
         if device.type != "cuda":
@@ -348,7 +359,7 @@ class CudaBackend:
             if torch.compiler.is_compiling():
                 return ["the extension is not loaded (use the backend once, or build the model, before torch.compile)"]
             try:
-                load_extension(jit=True)
+                load_extension(jit=build)
             except RuntimeError as exc:
                 return [str(exc)]
         archs = _module_archs(_STATE.module)

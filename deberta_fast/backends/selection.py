@@ -1,0 +1,81 @@
+"""The order in which backend="auto" tries backends on CUDA tensors: measured where possible.
+
+The recorded GPU benchmarks (bench/results/attention_cuda_*.json, condensed into :mod:`.measured` by
+bench/make_selection.py) say which fused backend was faster for a (GPU capability, dtype, head dim, mode,
+sequence length). A call takes the order of the nearest recorded shape (closest GPU capability first, then
+dtype, then head dim, then the closest sequence length in log2 distance): on a GPU or dtype never measured
+that is an extrapolation from the nearest one measured, the best evidence there is. With nothing recorded,
+the default order cuda -> triton -> torch (DESIGN.md). Mode "fwd_bwd" when autograd will need the backward,
+else "fwd".
+
+The GPU capability is read once per device and cached; :func:`remember_capabilities` fills the cache
+outside torch.compile (models call it when built), and while compiling an uncached device falls back to
+the default order rather than query the device inside a trace.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import measured
+
+DEFAULT_CUDA_ORDER = ("cuda", "triton", "torch")
+
+_CAPABILITY: dict[int, str] = {}
+_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
+                torch.float64: "float64"}
+
+
+def remember_capabilities() -> None:
+    """Cache the compute capability of every visible CUDA device (initializes CUDA: call it lazily)."""
+    for index in range(torch.cuda.device_count()):
+        _capability(index)
+
+
+def _capability(index: int) -> str | None:
+    if index not in _CAPABILITY:
+        if torch.compiler.is_compiling():
+            return None
+        major, minor = torch.cuda.get_device_capability(index)
+        _CAPABILITY[index] = f"{major}.{minor}"
+    return _CAPABILITY[index]
+
+
+def measured_order(capability: str | None, dtype: str, head_dim: int, seq_len: int, mode: str,
+                   table: dict | None = None) -> tuple[str, ...] | None:
+    """The fused backends fastest first for this shape from ``table`` (default: the recorded one), or None
+    when nothing was recorded for ``mode``. ``dtype`` as its name ("bfloat16"), ``mode`` "fwd" or "fwd_bwd".
+
+    The recorded shape nearest the call wins: the same GPU capability (else the numerically closest), then
+    the same dtype, then the same (else the closest) head dim, then the closest sequence length in log2
+    distance.
+    """
+    table = measured.FASTEST if table is None else table
+    keys = [key for key in table if mode in table[key]]
+    if not keys:
+        return None
+    def distance(key):
+        gpu = abs(float(key[0]) - float(capability)) if capability is not None else 0.0
+        return gpu, key[1] != dtype, abs(key[2] - head_dim), key
+
+    key = min(keys, key=distance)
+    entries = table[key][mode]
+    _, order = min(entries, key=lambda e: (abs(math.log2(e[0]) - math.log2(max(seq_len, 1))), e[0]))
+    return tuple(order)
+
+
+def cuda_order(call) -> tuple[str, ...]:
+    """The order backend="auto" tries for ``call`` (CUDA tensors): measured fastest first, then the default
+    order for the rest."""
+    device = call.query.device
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad
+        for t in (call.query, call.key, call.value, call.pos_key, call.pos_query))
+    order = measured_order(_capability(index), _DTYPE_NAMES.get(call.query.dtype, ""),
+                           call.query.shape[-1], call.query.shape[-2], "fwd_bwd" if needs_grad else "fwd")
+    if order is None:
+        return DEFAULT_CUDA_ORDER
+    return tuple(order) + tuple(name for name in DEFAULT_CUDA_ORDER if name not in order)

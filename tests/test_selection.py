@@ -1,0 +1,144 @@
+"""backend="auto" on CUDA tensors: the order the recorded benchmarks measured (backends/selection.py)."""
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from deberta_fast import backends
+from deberta_fast.backends import measured, selection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TABLE = {
+    ("9.0", "bfloat16", 64): {
+        "fwd": [(512, ("triton", "cuda")), (2048, ("cuda", "triton")), (8192, ("triton", "cuda"))],
+        "fwd_bwd": [(512, ("cuda", "triton")), (8192, ("triton", "cuda"))],
+    },
+    ("9.0", "float16", 128): {"fwd": [(1024, ("cuda", "triton"))]},
+    ("8.0", "bfloat16", 64): {"fwd": [(1024, ("cuda",))]},
+}
+
+
+@pytest.mark.parametrize(
+    "capability,dtype,head_dim,seq_len,mode,expected",
+    [
+        ("9.0", "bfloat16", 64, 512, "fwd", ("triton", "cuda")),  # exact
+        ("9.0", "bfloat16", 64, 2048, "fwd", ("cuda", "triton")),
+        ("9.0", "bfloat16", 64, 700, "fwd", ("triton", "cuda")),  # log2: 700 is nearer 512 than 2048
+        ("9.0", "bfloat16", 64, 1100, "fwd", ("cuda", "triton")),  # and 1100 nearer 2048
+        ("9.0", "bfloat16", 64, 100000, "fwd", ("triton", "cuda")),  # beyond the largest measured
+        ("9.0", "bfloat16", 64, 1, "fwd_bwd", ("cuda", "triton")),
+        ("9.0", "bfloat16", 64, 4096, "fwd_bwd", ("triton", "cuda")),  # tie 2048..8192 -> 8192 is nearer
+        ("9.0", "float16", 128, 300, "fwd", ("cuda", "triton")),  # same dtype and head dim
+        ("9.0", "float16", 64, 300, "fwd", ("cuda", "triton")),  # same dtype beats same head dim
+        ("9.0", "float32", 32, 512, "fwd", ("triton", "cuda")),  # nothing matches: nearest head dim 64
+        ("8.0", "bfloat16", 64, 512, "fwd", ("cuda",)),  # the GPU's own table first
+        ("8.0", "bfloat16", 64, 512, "fwd_bwd", ("cuda", "triton")),  # not recorded there: the 9.0 table
+        ("10.0", "bfloat16", 64, 512, "fwd", ("triton", "cuda")),  # never measured: the closest GPU, 9.0
+        ("7.5", "bfloat16", 64, 512, "fwd", ("cuda",)),  # closest: 8.0
+    ],
+)
+def test_measured_order_takes_the_nearest_recorded_shape(capability, dtype, head_dim, seq_len, mode, expected):
+    assert selection.measured_order(capability, dtype, head_dim, seq_len, mode, table=TABLE) == expected
+
+
+def test_nothing_recorded_gives_none():
+    assert selection.measured_order("9.0", "bfloat16", 64, 512, "fwd", table={}) is None
+    assert selection.measured_order("9.0", "bfloat16", 64, 512, "bwd", table=TABLE) is None
+
+
+def fake_call(n=512, d=64, dtype=torch.bfloat16, requires_grad=False):
+    """What cuda_order reads of a call, on a device it never touches (the capability is stubbed)."""
+    query = SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype, shape=(1, 1, n, d),
+                            requires_grad=requires_grad)
+    return SimpleNamespace(query=query, key=query, value=query, pos_key=None, pos_query=None)
+
+
+@pytest.fixture
+def stub_gpu(monkeypatch):
+    monkeypatch.setattr(selection, "_CAPABILITY", {0: "9.0"})
+    monkeypatch.setattr(measured, "FASTEST", TABLE)
+
+
+def test_cuda_order_picks_mode_from_autograd(stub_gpu):
+    assert selection.cuda_order(fake_call(2048)) == ("cuda", "triton", "torch")  # fwd
+    assert selection.cuda_order(fake_call(512)) == ("triton", "cuda", "torch")
+    assert selection.cuda_order(fake_call(512, requires_grad=True)) == ("cuda", "triton", "torch")  # fwd_bwd
+    with torch.no_grad():  # requires_grad inputs under no_grad: no backward will run
+        assert selection.cuda_order(fake_call(512, requires_grad=True)) == ("triton", "cuda", "torch")
+
+
+def test_cuda_order_appends_the_default_order(stub_gpu):
+    assert selection.cuda_order(fake_call(512, dtype=torch.float16, d=128)) == ("cuda", "triton", "torch")
+    # an 8.0 GPU whose table names only cuda: the rest follow in the default order
+    selection._CAPABILITY[0] = "8.0"
+    assert selection.cuda_order(fake_call(1024)) == ("cuda", "triton", "torch")
+
+
+def test_cuda_order_without_records_is_the_default(monkeypatch):
+    monkeypatch.setattr(selection, "_CAPABILITY", {0: "9.0"})
+    monkeypatch.setattr(measured, "FASTEST", {})
+    assert selection.cuda_order(fake_call()) == selection.DEFAULT_CUDA_ORDER == ("cuda", "triton", "torch")
+
+
+def test_auto_dispatch_follows_the_measured_order(monkeypatch, stub_gpu):
+    """select_backend("auto") on a CUDA call tries backends in selection.cuda_order's order."""
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def not_supported_reasons(self, call):
+            return []
+
+    fakes = {name: Fake(name) for name in ("cuda", "triton", "torch")}
+    monkeypatch.setattr(backends, "get_backend", lambda name: fakes[name])
+    assert backends.select_backend(fake_call(2048), "auto").name == "cuda"
+    assert backends.select_backend(fake_call(512), "auto").name == "triton"
+    monkeypatch.setattr(fakes["triton"], "not_supported_reasons", lambda call: ["no triton"], raising=False)
+    assert backends.select_backend(fake_call(512), "auto").name == "cuda"
+
+
+def test_auto_never_builds_the_cuda_extension(monkeypatch):
+    """backend="auto" asks the cuda backend for its auto_reasons, which never start a just-in-time build."""
+    cuda = backends.get_backend("cuda")
+    if not hasattr(cuda, "auto_reasons"):
+        pytest.skip(f"cuda backend not loadable here: {cuda.not_supported_reasons(None)}")
+    from deberta_fast.backends import cuda_backend
+
+    calls = []
+
+    def load_extension(jit=True):
+        calls.append(jit)
+        raise RuntimeError("not built")
+
+    monkeypatch.setattr(cuda_backend._STATE, "module", None)
+    monkeypatch.setattr(cuda_backend, "_capability", lambda device: (9, 0))
+    monkeypatch.setattr(cuda_backend, "load_extension", load_extension)
+    call = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16, head_dim=64)
+    assert cuda.auto_reasons(call) == ["not built"]
+    assert calls == [False]
+    assert cuda.not_supported_reasons(call) == ["not built"]
+    assert calls == [False, True]
+
+
+def test_committed_table_is_generated_from_the_committed_benchmark():
+    """deberta_fast/backends/measured.py is what bench/make_selection.py makes of the recorded GPU JSON."""
+    spec = importlib.util.spec_from_file_location("make_selection", ROOT / "bench" / "make_selection.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    source = ROOT / "bench" / "results" / "attention_cuda_bfloat16.json"
+    assert module.generate([source]) == (ROOT / "deberta_fast" / "backends" / "measured.py").read_text()
+    record = json.loads(source.read_text())
+    # and the table says what the JSON's medians say, row by row
+    for row in record["rows"]:
+        if row["level"] == "op" and row["mode"] in ("fwd", "fwd_bwd") and row["provider"] == "df-triton":
+            other = next(r for r in record["rows"] if r["level"] == "op" and r["mode"] == row["mode"]
+                         and r["N"] == row["N"] and r["provider"] == "df-cuda")
+            faster = "triton" if row["median_ms"] < other["median_ms"] else "cuda"
+            key = (record["env"]["gpu_capability"], row["dtype"], row["D"])
+            order = dict(measured.FASTEST[key][row["mode"]])[row["N"]]
+            assert order[0] == faster
