@@ -142,3 +142,20 @@ def test_committed_table_is_generated_from_the_committed_benchmark():
             key = (record["env"]["gpu_capability"], row["dtype"], row["D"])
             order = dict(measured.FASTEST[key][row["mode"]])[row["N"]]
             assert order[0] == faster
+
+
+def test_cuda_order_traces_under_torch_compile_fullgraph(stub_gpu):
+    """The model calls select_backend inside torch.compile(fullgraph=True): the lookup must trace (it did
+    not with min(key=...)) and give the same order as eagerly."""
+    from deberta_fast.backends.call import make_call
+
+    def which(q):
+        order = selection.cuda_order(make_call(q, q, q, position_buckets=4, max_relative_positions=8))
+        return q * (2 if order[0] == "triton" else 3)
+
+    compiled = torch.compile(which, fullgraph=True, dynamic=False)
+    torch._dynamo.reset()
+    for n, factor in ((512, 2), (2048, 3)):  # TABLE, fwd (no grad): triton at 512, cuda at 2048
+        q = torch.randn(1, 1, n, 64, dtype=torch.bfloat16)
+        assert torch.equal(compiled(q), q * factor)
+    torch._dynamo.reset()

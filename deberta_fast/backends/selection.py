@@ -53,16 +53,23 @@ def measured_order(capability: str | None, dtype: str, head_dim: int, seq_len: i
     distance.
     """
     table = measured.FASTEST if table is None else table
-    keys = [key for key in table if mode in table[key]]
-    if not keys:
-        return None
-    def distance(key):
+    # Plain loops rather than min(key=...): torch.compile traces this at model-trace time (fullgraph).
+    best_key, best = None, None
+    for key, modes in table.items():
+        if mode not in modes:
+            continue
         gpu = abs(float(key[0]) - float(capability)) if capability is not None else 0.0
-        return gpu, key[1] != dtype, abs(key[2] - head_dim), key
-
-    key = min(keys, key=distance)
-    entries = table[key][mode]
-    _, order = min(entries, key=lambda e: (abs(math.log2(e[0]) - math.log2(max(seq_len, 1))), e[0]))
+        score = (gpu, key[1] != dtype, abs(key[2] - head_dim), key)
+        if best is None or score < best:
+            best_key, best = key, score
+    if best_key is None:
+        return None
+    target = math.log2(max(seq_len, 1))
+    order, best = None, None
+    for n, backends in table[best_key][mode]:
+        score = (abs(math.log2(n) - target), n)
+        if best is None or score < best:
+            order, best = backends, score
     return tuple(order)
 
 
@@ -70,7 +77,7 @@ def cuda_order(call) -> tuple[str, ...]:
     """The order backend="auto" tries for ``call`` (CUDA tensors): measured fastest first, then the default
     order for the rest."""
     device = call.query.device
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = device.index if device.index is not None else 0  # a CUDA tensor's device always has its index
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad
         for t in (call.query, call.key, call.value, call.pos_key, call.pos_query))
