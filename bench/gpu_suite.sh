@@ -55,14 +55,26 @@ run_profile() {  # where the fused backends' time goes, and which host-device sy
 }
 
 run_attention() {
-  timeout -k 10 560 $PY bench/attention.py --device cuda --dtype bfloat16 --out "$out/attention_cuda_bfloat16.json" \
-    >"$out/attention.log" 2>&1 </dev/null
+  # Two runs that fit one call: the op level over N 128..16384 (both fused backends, SDPA + bias, the floor;
+  # about 1.5 minutes at 5 sequence lengths on an H100 with default Triton configs), then whole attention
+  # layers against transformers' eager layer and the peer kernels at three lengths. Triton autotuning
+  # multiplies the compile time: DEBERTA_FAST_TRITON_AUTOTUNE=1 turns it on (recorded in env.settings).
+  export DEBERTA_FAST_TRITON_AUTOTUNE=${DEBERTA_FAST_TRITON_AUTOTUNE:-0}
+  timeout -k 10 300 $PY bench/attention.py --device cuda --dtype bfloat16 --levels op --rep 20 \
+    --op-providers df-triton,df-cuda,sdpa-bias,sdpa-floor \
+    --out "$out/attention_cuda_bfloat16.json" >"$out/attention.log" 2>&1 </dev/null
   local rc=$?
-  grep -v "it/s" "$out/attention.log" | tail -80
-  return $rc
+  grep -v "it/s" "$out/attention.log" | tail -40
+  timeout -k 10 230 $PY bench/attention.py --device cuda --dtype bfloat16 --levels layer --seqlens 512,2048,8192 \
+    --layer-providers hf-eager,df-triton,df-cuda,flashdeberta,disentangled-flash \
+    --rep 10 --out "$out/attention_layer_cuda_bfloat16.json" >"$out/attention_layer.log" 2>&1 </dev/null
+  local rc2=$?
+  grep -v "it/s" "$out/attention_layer.log" | tail -40
+  return $(( rc || rc2 ))
 }
 
 run_model() {
+  export DEBERTA_FAST_TRITON_AUTOTUNE=${DEBERTA_FAST_TRITON_AUTOTUNE:-0}
   timeout -k 10 560 $PY bench/model.py --device cuda --dtype bfloat16 --configs v3-base --seqlens 128,512,2048,4096 \
     --out "$out/model_cuda_bfloat16.json" >"$out/model.log" 2>&1 </dev/null
   local rc=$?
