@@ -158,4 +158,11 @@ def test_cuda_order_traces_under_torch_compile_fullgraph(stub_gpu):
     for n, factor in ((512, 2), (2048, 3)):  # TABLE, fwd (no grad): triton at 512, cuda at 2048
         q = torch.randn(1, 1, n, 64, dtype=torch.bfloat16)
         assert torch.equal(compiled(q), q * factor)
+    # a device not seen eagerly yet: the trace must not query it (here that would fail: no CUDA), and takes
+    # the nearest recorded shape of any GPU
+    selection._CAPABILITY.clear()
+    torch._dynamo.reset()
+    q = torch.randn(1, 1, 2048, 64, dtype=torch.bfloat16)
+    assert torch.equal(compiled(q), q * 3)
+    assert selection._CAPABILITY == {}
     torch._dynamo.reset()

@@ -113,7 +113,6 @@ def prepare_backends(requested: str = "auto") -> None:
         names.discard("auto")
         if torch.cuda.is_available():  # "auto" uses the fused backends on CUDA tensors only
             names.update(n for n in _CUDA_ORDER if n in _REGISTRY)
-            selection.remember_capabilities()  # read here, not inside a torch.compile trace
     for name in sorted(names):
         get_backend(name)
 

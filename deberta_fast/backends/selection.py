@@ -8,9 +8,9 @@ that is an extrapolation from the nearest one measured, the best evidence there 
 the default order cuda -> triton -> torch (DESIGN.md). Mode "fwd_bwd" when autograd will need the backward,
 else "fwd".
 
-The GPU capability is read once per device and cached; :func:`remember_capabilities` fills the cache
-outside torch.compile (models call it when built), and while compiling an uncached device falls back to
-the default order rather than query the device inside a trace.
+The GPU capability is read once per device, at the first eager call there (CUDA is initialized by then:
+building a model never initializes it), and cached; a torch.compile trace that meets an uncached device does
+not query it inside the trace but takes the nearest recorded shape of any GPU.
 """
 
 from __future__ import annotations
@@ -26,12 +26,6 @@ DEFAULT_CUDA_ORDER = ("cuda", "triton", "torch")
 _CAPABILITY: dict[int, str] = {}
 _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
                 torch.float64: "float64"}
-
-
-def remember_capabilities() -> None:
-    """Cache the compute capability of every visible CUDA device (initializes CUDA: call it lazily)."""
-    for index in range(torch.cuda.device_count()):
-        _capability(index)
 
 
 def _capability(index: int) -> str | None:
