@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
-#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | test-triton | test-cuda | tests | attention | model | profile | all
+#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | test-triton | test-cuda | tests | attention | attention-extra | model | profile | all
 #   TEST_TIMEOUT (seconds per test module, default 540) bounds the test steps.
 #
 # Every step starts with `setup` (idempotent): the CUDA extension built in place for sm_90 and the repository put
@@ -73,6 +73,20 @@ run_attention() {
   return $(( rc || rc2 ))
 }
 
+run_attention_extra() {  # the other cases issue 5 names: a padded batch, fp16, head dim 128 (op level)
+  export DEBERTA_FAST_TRITON_AUTOTUNE=${DEBERTA_FAST_TRITON_AUTOTUNE:-0}
+  local rc=0
+  for spec in "bfloat16 64 --padded" "float16 64" "bfloat16 128"; do
+    set -- $spec
+    local name="attention_cuda_$1${3:+_padded}$( [ "$2" = 64 ] || echo "_d$2" )"
+    timeout -k 10 170 $PY bench/attention.py --device cuda --dtype $1 --head-dim $2 ${3:-} --levels op \
+      --seqlens 512,2048,8192 --modes fwd,fwd_bwd --op-providers df-triton,df-cuda,sdpa-bias,sdpa-floor --rep 20 \
+      --out "$out/$name.json" >"$out/$name.log" 2>&1 </dev/null || rc=1
+    grep -v "it/s" "$out/$name.log" | tail -16
+  done
+  return $rc
+}
+
 run_model() {
   export DEBERTA_FAST_TRITON_AUTOTUNE=${DEBERTA_FAST_TRITON_AUTOTUNE:-0}
   timeout -k 10 560 $PY bench/model.py --device cuda --dtype bfloat16 --configs v3-base --seqlens 128,512,2048,4096 \
@@ -89,6 +103,7 @@ case "$step" in
   test-cuda) run_tests cuda ;;
   tests) run_tests triton; r=$?; run_tests cuda; exit $(( r || $? )) ;;
   attention) run_attention ;;
+  attention-extra) run_attention_extra ;;
   model) run_model ;;
   profile) run_profile ;;
   all) run_tests triton; run_tests cuda; run_attention; run_model ;;
