@@ -47,11 +47,9 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import environment, progress, write_json  # noqa: E402
+from common import environment, progress, usable_backends, write_json  # noqa: E402
 
 import deberta_fast as df  # noqa: E402
-from deberta_fast.backends import available_backends  # noqa: E402
-from deberta_fast.backends.call import make_call  # noqa: E402
 from deberta_fast.positions import relative_position_index  # noqa: E402
 
 MODES = ("fwd", "bwd", "fwd_bwd")
@@ -425,9 +423,7 @@ def layer_rows(shape: Shape, providers: list[str], args) -> list[dict]:
 
 
 def default_providers(device: str, head_dim: int) -> tuple[list[str], list[str]]:
-    # probed with the benchmark's head dim: the cuda backend takes 32, 64 and 128 only
-    probe = make_call(*[torch.zeros(1, 1, 2, head_dim, device=device)] * 3, position_buckets=4, max_relative_positions=8)
-    usable = [name for name, reasons in available_backends(probe).items() if not reasons]
+    usable = usable_backends(device, head_dim)
     ops = [f"df-{name}" for name in usable] + ["sdpa-bias", "sdpa-floor"]
     layers = ["hf-eager"] + [f"df-{name}" for name in usable]
     for package, provider in (("flashdeberta", "flashdeberta"), ("disentangled_flash", "disentangled-flash")):

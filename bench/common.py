@@ -77,6 +77,18 @@ def environment() -> dict:
     return env
 
 
+def usable_backends(device, head_dim: int) -> list[str]:
+    """The deberta_fast backends that can serve a call with this head dim on ``device``, probed with a tiny
+    call of that head dim (the cuda backend takes 32, 64 and 128 only)."""
+    import torch
+
+    from deberta_fast.backends import available_backends
+    from deberta_fast.backends.call import make_call
+
+    probe = make_call(*[torch.zeros(1, 1, 2, head_dim, device=device)] * 3, position_buckets=4, max_relative_positions=8)
+    return [name for name, reasons in available_backends(probe).items() if not reasons]
+
+
 def write_json(path: Path, record: dict) -> None:
     """Write ``record`` to ``path`` atomically (parent directories created)."""
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")

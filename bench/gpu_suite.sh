@@ -34,66 +34,72 @@ setup() {
 }
 
 run_tests() {  # $1: triton | cuda. One GPU test module, then the CLI parity check on the GPU.
-  # Output to a file, not through a pipe: torch.compile's worker processes outlive a timed-out pytest and
-  # would hold a pipe (and this step) open until the device call's own limit.
-  timeout -k 10 ${TEST_TIMEOUT:-540} $PY -m pytest -q -rfEs --tb=short tests/test_gpu_$1.py \
-    --junitxml="$out/test_gpu_$1.xml" >"$out/test_$1.log" 2>&1 </dev/null
+  logged "$out/test_$1.log" ${TEST_TIMEOUT:-540} 25 $PY -m pytest -q -rfEs --tb=short tests/test_gpu_$1.py \
+    --junitxml="$out/test_gpu_$1.xml"
   local rc=$?
-  tail -25 "$out/test_$1.log"
   timeout -k 10 120 $PY -m deberta_fast.cli parity --device cuda >>"$out/test_$1.log" 2>&1 </dev/null
   local parity=$?
   tail -12 "$out/test_$1.log"
   return $(( rc || parity ))
 }
 
+# logged LOG LIMIT LINES CMD...: CMD under a time limit with its output in LOG, not through a pipe (torch.compile's
+# worker processes outlive a timed-out command and would hold a pipe, and the step, open until the device
+# call's own limit); then LOG's last LINES lines without progress bars. Returns CMD's status.
+logged() {
+  local log=$1 limit=$2 lines=$3
+  shift 3
+  timeout -k 10 "$limit" "$@" >"$log" 2>&1 </dev/null
+  local rc=$?
+  grep -v "it/s" "$log" | tail -"$lines"
+  return $rc
+}
+
+# bench LOG LIMIT LINES SCRIPT ARGS...: a benchmark script through `logged`. Triton runs its default block
+# configs unless DEBERTA_FAST_TRITON_AUTOTUNE=1 is set (autotuning multiplies the compile time; the JSON
+# records the setting in env.settings).
+bench() {
+  local log=$1 limit=$2 lines=$3
+  shift 3
+  logged "$log" "$limit" "$lines" env DEBERTA_FAST_TRITON_AUTOTUNE="${DEBERTA_FAST_TRITON_AUTOTUNE:-0}" $PY "$@"
+}
+
 run_profile() {  # where the fused backends' time goes, and which host-device synchronizations they make
   for backend in triton cuda; do
-    timeout -k 10 150 $PY bench/profile_attention.py --backend $backend --seqlens 512,4096 --sync-debug \
-      --out "$out" >"$out/profile_$backend.log" 2>&1 </dev/null
-    tail -40 "$out/profile_$backend.log"
+    logged "$out/profile_$backend.log" 150 40 $PY bench/profile_attention.py --backend $backend --seqlens 512,4096 \
+      --sync-debug --out "$out"
   done
+  return 0
 }
 
 run_attention() {
   # Two runs that fit one call: the op level over N 128..16384 (both fused backends, SDPA + bias, the floor;
   # about 1.5 minutes at 5 sequence lengths on an H100 with default Triton configs), then whole attention
-  # layers against transformers' eager layer and the peer kernels at three lengths. Triton autotuning
-  # multiplies the compile time: DEBERTA_FAST_TRITON_AUTOTUNE=1 turns it on (recorded in env.settings).
-  export DEBERTA_FAST_TRITON_AUTOTUNE=${DEBERTA_FAST_TRITON_AUTOTUNE:-0}
-  timeout -k 10 300 $PY bench/attention.py --device cuda --dtype bfloat16 --levels op --rep 20 \
-    --op-providers df-triton,df-cuda,sdpa-bias,sdpa-floor \
-    --out "$out/attention_cuda_bfloat16.json" >"$out/attention.log" 2>&1 </dev/null
+  # layers against transformers' eager layer and the peer kernels at three lengths.
+  bench "$out/attention.log" 300 40 bench/attention.py --device cuda --dtype bfloat16 --levels op --rep 20 \
+    --op-providers df-triton,df-cuda,sdpa-bias,sdpa-floor --out "$out/attention_cuda_bfloat16.json"
   local rc=$?
-  grep -v "it/s" "$out/attention.log" | tail -40
-  timeout -k 10 230 $PY bench/attention.py --device cuda --dtype bfloat16 --levels layer --seqlens 512,2048,8192 \
-    --layer-providers hf-eager,df-triton,df-cuda,flashdeberta,disentangled-flash \
-    --rep 10 --out "$out/attention_layer_cuda_bfloat16.json" >"$out/attention_layer.log" 2>&1 </dev/null
-  local rc2=$?
-  grep -v "it/s" "$out/attention_layer.log" | tail -40
-  return $(( rc || rc2 ))
+  bench "$out/attention_layer.log" 230 40 bench/attention.py --device cuda --dtype bfloat16 --levels layer \
+    --seqlens 512,2048,8192 --layer-providers hf-eager,df-triton,df-cuda,flashdeberta,disentangled-flash \
+    --rep 10 --out "$out/attention_layer_cuda_bfloat16.json"
+  return $(( rc || $? ))
 }
 
 run_attention_extra() {  # the other cases issue 5 names: a padded batch, fp16, head dim 128 (op level)
-  export DEBERTA_FAST_TRITON_AUTOTUNE=${DEBERTA_FAST_TRITON_AUTOTUNE:-0}
   local rc=0
   for spec in "bfloat16 64 --padded" "float16 64" "bfloat16 128"; do
     set -- $spec
     local name="attention_cuda_$1${3:+_padded}$( [ "$2" = 64 ] || echo "_d$2" )"
-    timeout -k 10 170 $PY bench/attention.py --device cuda --dtype $1 --head-dim $2 ${3:-} --levels op \
+    bench "$out/$name.log" 170 16 bench/attention.py --device cuda --dtype $1 --head-dim $2 ${3:-} --levels op \
       --seqlens 512,2048,8192 --modes fwd,fwd_bwd --op-providers df-triton,df-cuda,sdpa-bias,sdpa-floor --rep 20 \
-      --out "$out/$name.json" >"$out/$name.log" 2>&1 </dev/null || rc=1
-    grep -v "it/s" "$out/$name.log" | tail -16
+      --out "$out/$name.json" || rc=1
   done
   return $rc
 }
 
 run_model() {
-  export DEBERTA_FAST_TRITON_AUTOTUNE=${DEBERTA_FAST_TRITON_AUTOTUNE:-0}
-  timeout -k 10 560 $PY bench/model.py --device cuda --dtype bfloat16 --configs v3-base --seqlens 128,512,2048,4096 \
-    --out "$out/model_cuda_bfloat16.json" >"$out/model.log" 2>&1 </dev/null
-  local rc=$?
-  grep -v "it/s" "$out/model.log" | tail -40
-  return $rc
+  bench "$out/model.log" 560 40 bench/model.py --device cuda --dtype bfloat16 --configs v3-base \
+    --seqlens 128,512,2048,4096 --out "$out/model_cuda_bfloat16.json"
 }
 
 setup || exit 1
