@@ -312,10 +312,17 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key,
 // ------------------------------------------------------------------------------------------------------
 // Backward.
 
+// a @ b batched with a float32 result: half-precision operands stay half (tensor cores, float32 accumulation
+// and output).
+Tensor matmul_f32(const Tensor& a, const Tensor& b) {
+  if (a.scalar_type() == at::kFloat) return at::bmm(a, b.to(at::kFloat));
+  return at::bmm(a, b.to(a.scalar_type()), at::kFloat);
+}
+
 // Fold one position term's gradient into dx (float32 [nb, H, N, D] when band is given) and dpos (float32
-// [H, 2S, D]): band [H, nb, N, W] holds dS by distance; sat [2, nb, H, N] dS summed over the pairs using
-// row 0 / row 2S - 1 (the kernels already added their part of dx); x is the content side (q for c2p, k
-// for p2c), pos its position table.
+// [H, 2S, D]): band [H, nb, N, W] (input dtype) holds dS by distance; sat [2, nb, H, N] (float32) dS summed
+// over the pairs using row 0 / row 2S - 1 (the kernels already added their part of dx); x is the content
+// side (q for c2p, k for p2c), pos its position table. Nothing here synchronizes with the host.
 void position_grad(const Tensor& band, const Tensor& sat, const Tensor& x, const Tensor& pos, const SeqGeometry& geo,
                    double scale, const Tensor& dx, Tensor& dpos) {
   const int64_t H = pos.size(0), two_s = pos.size(1), D = pos.size(2);
@@ -327,11 +334,11 @@ void position_grad(const Tensor& band, const Tensor& sat, const Tensor& x, const
   const Tensor index = geo.band_index(N);
   const int64_t width = index.numel();
   const Tensor rows = band.view({H, nb * N, width});
-  const Tensor extra = at::bmm(rows, pos.to(at::kFloat).index_select(1, index));  // [H, nb * N, D]
+  const Tensor extra = matmul_f32(rows, pos.index_select(1, index));  // [H, nb * N, D]
   dx.add_(extra.view({H, nb, N, D}).transpose(0, 1), scale);
-  const Tensor per_distance = at::bmm(rows.transpose(1, 2), x32.transpose(0, 1).reshape({H, nb * N, D}));  // [H, W, D]
-  Tensor onehot = at::zeros({two_s, width}, x32.options());
-  onehot.index_put_({index, at::arange(width, index.options())}, 1.0);
+  const Tensor per_distance = matmul_f32(rows.transpose(1, 2), x.transpose(0, 1).reshape({H, nb * N, D}));  // [H, W, D]
+  // [2S, W] one-hot of the band's rows, by a comparison (an indexed assignment would synchronize).
+  const Tensor onehot = at::arange(two_s, index.options()).unsqueeze(1).eq(index.unsqueeze(0)).to(at::kFloat);
   dpos.add_(at::matmul(onehot, per_distance), scale);
 }
 
@@ -381,13 +388,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
   Tensor dpos_query = in.has_p2c ? at::zeros(in.pos_query.sizes(), f32) : Tensor();
 
   const int64_t per_sequence =
-      (in.has_c2p + in.has_p2c) * in.H * in.N * (in.two_s * query.element_size() + width * 4);
+      (in.has_c2p + in.has_p2c) * in.H * in.N * (in.two_s + width) * query.element_size();
   const int64_t step = slice_step(in.B, per_sequence);
   for (int64_t b0 = 0; b0 < in.B; b0 += step) {
     const int64_t nb = std::min(step, in.B - b0);
     auto [c2p, p2c] = position_scores(in, b0, nb);
-    Tensor band_q = band_c2p ? at::zeros({in.H, nb, in.N, width}, f32) : Tensor();
-    Tensor band_k = band_p2c ? at::zeros({in.H, nb, in.N, width}, f32) : Tensor();
+    Tensor band_q = band_c2p ? at::zeros({in.H, nb, in.N, width}, query.options()) : Tensor();
+    Tensor band_k = band_p2c ? at::zeros({in.H, nb, in.N, width}, query.options()) : Tensor();
     Tensor sat_q = in.has_c2p ? at::empty({2, nb, in.H, in.N}, f32) : Tensor();
     Tensor sat_k = in.has_p2c ? at::empty({2, nb, in.H, in.N}, f32) : Tensor();
     Tensor dq_s = dq.narrow(0, b0, nb), dk_s = dk.narrow(0, b0, nb), dv_s = dv.narrow(0, b0, nb);
@@ -415,8 +422,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
       p.pq_stride_h = in.pos_query.stride(0), p.pq_stride_n = in.pos_query.stride(1);
       p.sat_k = sat_k.data_ptr<float>();
     }
-    if (band_q.defined()) p.band_q = band_q.data_ptr<float>();
-    if (band_k.defined()) p.band_k = band_k.data_ptr<float>();
+    if (band_q.defined()) p.band_q = band_q.data_ptr();
+    if (band_k.defined()) p.band_k = band_k.data_ptr();
     p.band_w = static_cast<int>(std::max<int64_t>(width, 1));
     DF_ELEM_SWITCH(in.elem, ELEM, [&] {
       DF_HEADDIM_SWITCH(in.D, HEAD_DIM, [&] {

@@ -64,10 +64,10 @@ struct SlotSums {
   }
 
   // ds: dS of the tile in the accumulator layout; row_abs(mf, hh) / col_abs(c): absolute row / column
-  // indices; qk(row, col) -> (query, key). band: this (batch, head)'s band rows ([N][W]).
-  template <bool kTrans>
+  // indices; qk(row, col) -> (query, key). band: this (batch, head)'s band rows ([N][W], input dtype T).
+  template <bool kTrans, typename T>
   __device__ void add(const AttnParams& p, int mode, const float (&ds)[MF][NF][4], int row0, int col0,
-                      float* band, int band_w) {
+                      T* band, int band_w) {
     const int lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
@@ -95,7 +95,7 @@ struct SlotSums {
               } else if (dist <= -p.r_lo) {
                 sum_lo += x;
               } else if (qi < p.N && kj < p.N) {
-                band[static_cast<int64_t>(r) * band_w + (dist + p.r_lo - 1)] = x;
+                band[static_cast<int64_t>(r) * band_w + (dist + p.r_lo - 1)] = ElemTraits<T>::from_float(x);
               }
             }
           }
@@ -169,7 +169,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
   const bool has_mask = p.mask != nullptr;
   const bool has_dropout = p.philox != nullptr;
   const float fill = p.masked_zero ? -INFINITY : 0.f;
-  float* band = p.band_k != nullptr ? p.band_k + (static_cast<int64_t>(h) * p.B + b) * N * p.band_w : nullptr;
+  T* band = p.band_k != nullptr ? static_cast<T*>(p.band_k) + (static_cast<int64_t>(h) * p.B + b) * N * p.band_w : nullptr;
 
   float p2c_hi[MF][2], p2c_lo[MF][2];
   bool key_ok[MF][2], key_in[MF][2];
@@ -362,7 +362,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
   const bool has_mask = p.mask != nullptr;
   const bool has_dropout = p.philox != nullptr;
   const float fill = p.masked_zero ? -INFINITY : 0.f;
-  float* band = p.band_q != nullptr ? p.band_q + (static_cast<int64_t>(h) * p.B + b) * N * p.band_w : nullptr;
+  T* band = p.band_q != nullptr ? static_cast<T*>(p.band_q) + (static_cast<int64_t>(h) * p.B + b) * N * p.band_w : nullptr;
 
   float c2p_hi[MF][2], c2p_lo[MF][2], lse2[MF][2], delta[MF][2];
   bool row_pad[MF][2];

@@ -69,9 +69,9 @@ struct BwdParams : AttnParams {
   const void* pos_query = nullptr;
   int64_t pq_stride_h = 0, pq_stride_n = 0;
 
-  // dS stored by distance for the band pairs, float32 [H, B, N, W] (slot i - j + r_lo - 1), or null.
-  float* band_q = nullptr;  // c2p: rows are queries
-  float* band_k = nullptr;  // p2c: rows are keys
+  // dS stored by distance for the band pairs, in the input dtype, [H, B, N, W] (slot i - j + r_lo - 1), or null.
+  void* band_q = nullptr;  // c2p: rows are queries
+  void* band_k = nullptr;  // p2c: rows are keys
   int band_w = 0;
   // dS summed over the saturated pairs, float32 [2, B, H, N]: [0] row 0 of the table, [1] row 2S - 1.
   float* sat_q = nullptr;

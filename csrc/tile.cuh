@@ -23,6 +23,7 @@ template <>
 struct ElemTraits<__half> {
   static constexpr bool kTensorCores = true;
   __device__ static float to_float(__half x) { return __half2float(x); }
+  __device__ static __half from_float(float x) { return __float2half_rn(x); }
   __device__ static uint32_t pack(float lo, float hi) {
     __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
@@ -36,6 +37,7 @@ template <>
 struct ElemTraits<__nv_bfloat16> {
   static constexpr bool kTensorCores = true;
   __device__ static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+  __device__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
   __device__ static uint32_t pack(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
@@ -49,6 +51,7 @@ template <>
 struct ElemTraits<float> {
   static constexpr bool kTensorCores = false;
   __device__ static float to_float(float x) { return x; }
+  __device__ static float from_float(float x) { return x; }
   __device__ static void store2(float* dst, float a, float b) { *reinterpret_cast<float2*>(dst) = make_float2(a, b); }
 };
 

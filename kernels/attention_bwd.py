@@ -12,7 +12,9 @@
    dK += scale band_k E_k and dpos_query = scale M (band_k^T K) with M the [2S, W] one-hot of
    band_index; the same for dQ / dpos_key; the saturated sums add to rows 0 and 2S - 1.
 
-Band buffers are plain stores (each pair's distance slot is written once: no atomics, deterministic).
+Band buffers are plain stores in the inputs' dtype (each pair's distance slot is written once: no atomics,
+deterministic; dS rounded to the inputs' dtype, as the dK / dQ GEMMs of the kernels round it), and the
+GEMMs of step 4 run on tensor cores with float32 accumulation and results.
 Their width W = r_lo + r_hi - 1 is the band of distances where the index is not clamped (1017 for
 DeBERTa-v3), so memory is O(N * W): no N x N tensor exists at any point. Batches whose position buffers
 exceed common.CHUNK_BYTES run in slices of whole sequences (steps 2-4 per slice).
@@ -125,7 +127,7 @@ def _dkdv_tiles(
                 t_hi += tl.sum(tl.where(r >= R_HI, ds, 0.0), 1)
                 t_lo += tl.sum(tl.where(r <= -R_LO, ds, 0.0), 1)
                 in_band = (r > -R_LO) & (r < R_HI) & valid
-                tl.store(BAND_K + offs_n[:, None] * W + (r + (R_LO - 1)), ds, mask=in_band)
+                tl.store(BAND_K + offs_n[:, None] * W + (r + (R_LO - 1)), ds.to(BAND_K.dtype.element_ty), mask=in_band)
     return dk, dv, t_hi, t_lo
 
 
@@ -287,7 +289,7 @@ def _dq_tiles(
                 s_hi += tl.sum(tl.where(r >= R_HI, ds, 0.0), 1)
                 s_lo += tl.sum(tl.where(r <= -R_LO, ds, 0.0), 1)
                 in_band = (r > -R_LO) & (r < R_HI) & valid
-                tl.store(BAND_Q + offs_m[:, None] * W + (r + (R_LO - 1)), ds, mask=in_band)
+                tl.store(BAND_Q + offs_m[:, None] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty), mask=in_band)
     return dq, s_hi, s_lo
 
 
@@ -404,13 +406,25 @@ def _grad_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(B, N, H, D, dtype=dtype, device=x.device).transpose(1, 2)
 
 
+def _matmul_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.bmm(a, b)`` with a float32 result. Half-precision operands stay half on CUDA (tensor cores,
+    float32 accumulation and output); elsewhere (the CPU under the interpreter) they are upcast first."""
+    if a.dtype == torch.float32:
+        return torch.bmm(a, b.float())
+    b = b.to(a.dtype)
+    if a.is_cuda:
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return torch.bmm(a.float(), b.float())
+
+
 def _position_grad(band, sat, x, pos, geometry, scale, dx, dpos) -> None:
     """Fold one position term's gradient into ``dx`` (fp32 [B, H, N, D] when ``band`` is given) and ``dpos``
     (fp32 [H, 2S, D]), in place.
 
-    ``band`` [H, B, N, W] (or None): dS by distance; ``sat`` [2, B, H, N]: dS summed over the pairs using
-    row 0 / row 2S - 1 (the kernels already added their part of ``dx``); ``x`` the content side of the
-    term (q for c2p, k for p2c), ``pos`` its position table.
+    ``band`` [H, B, N, W] (or None), in the inputs' dtype: dS by distance, as the kernels stored it;
+    ``sat`` [2, B, H, N] fp32: dS summed over the pairs using row 0 / row 2S - 1 (the kernels already added
+    their part of ``dx``); ``x`` the content side of the term (q for c2p, k for p2c), ``pos`` its table.
+    Every operation here is asynchronous (no host-device synchronization).
     """
     H, two_s, D = pos.shape
     B, _, N, _ = x.shape
@@ -422,11 +436,11 @@ def _position_grad(band, sat, x, pos, geometry, scale, dx, dpos) -> None:
     index = geometry.band_index  # [W]: the position row of each band distance
     width = index.numel()
     band = band.view(H, B * N, width)
-    extra = torch.bmm(band, pos.float().index_select(1, index))  # [H, B * N, D]
+    extra = _matmul_f32(band, pos.index_select(1, index))  # [H, B * N, D]
     dx.add_(extra.view(H, B, N, D).transpose(0, 1), alpha=scale)
-    per_distance = torch.bmm(band.transpose(1, 2), x32.transpose(0, 1).reshape(H, B * N, D))  # [H, W, D]
-    onehot = torch.zeros(two_s, width, dtype=torch.float32, device=x.device)
-    onehot[index, torch.arange(width, device=x.device)] = 1.0
+    per_distance = _matmul_f32(band.transpose(1, 2), x.transpose(0, 1).reshape(H, B * N, D))  # [H, W, D]
+    # [2S, W] one-hot of the band's rows, built by a comparison (an indexed assignment would synchronize).
+    onehot = (torch.arange(two_s, device=x.device)[:, None] == index[None, :]).float()
     dpos.add_(torch.matmul(onehot, per_distance), alpha=scale)
 
 
@@ -476,13 +490,13 @@ def attention_backward(
         MASKED_ZERO=bool(masked_zero), DROPOUT=dropout, PREC=precision, UPCAST=upcast_dots(q.dtype),
     )
     mask_strides = mask.stride() if mask is not None else (0, 0)
-    per_sequence = (has_c2p + has_p2c) * H * N * (two_s * q.element_size() + width * 4)
+    per_sequence = (has_c2p + has_p2c) * H * N * (two_s + width) * q.element_size()
     for part in batch_slices(B, per_sequence):
         nb = part.stop - part.start
         qs, ks, vs, dos = q[part], k[part], v[part], dout[part]
         c2p, p2c = position_scores(qs, ks, pos_key, pos_query)
-        band_q = torch.zeros(H, nb, N, width, dtype=f32, device=dev) if band_c2p else None
-        band_k = torch.zeros(H, nb, N, width, dtype=f32, device=dev) if band_p2c else None
+        band_q = torch.zeros(H, nb, N, width, dtype=q.dtype, device=dev) if band_c2p else None
+        band_k = torch.zeros(H, nb, N, width, dtype=q.dtype, device=dev) if band_p2c else None
         sat_q = torch.empty(2, nb, H, N, dtype=f32, device=dev) if has_c2p else dummy
         sat_k = torch.empty(2, nb, H, N, dtype=f32, device=dev) if has_p2c else dummy
         dqs, dks, dvs = dq[part], dk[part], dv[part]

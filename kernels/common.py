@@ -88,7 +88,7 @@ def position_geometry(seq_len: int, position_buckets: int, max_relative_position
     return PositionGeometry(table, min(r_hi, seq_len), min(r_lo, seq_len))
 
 
-# The O(N) position buffers (C2P / P2C in the input dtype, the backward's fp32 band buffers) are built for
+# The O(N) position buffers (C2P / P2C in the input dtype, the backward's band buffers) are built for
 # at most this many bytes at a time: larger batches run in slices of whole sequences.
 CHUNK_BYTES = 1 << 30
 
