@@ -421,7 +421,8 @@ def _position_grad(band, sat, x, pos, geometry, scale, dx, dpos) -> None:
     """Fold one position term's gradient into ``dx`` (fp32 [B, H, N, D] when ``band`` is given) and ``dpos``
     (fp32 [H, 2S, D]), in place.
 
-    ``band`` [H, B, N, W] (or None), in the inputs' dtype: dS by distance, as the kernels stored it;
+    ``band`` [H, B, N, >= W] (or None), in the inputs' dtype: dS by distance, as the kernels stored it (row
+    padding zero);
     ``sat`` [2, B, H, N] fp32: dS summed over the pairs using row 0 / row 2S - 1 (the kernels already added
     their part of ``dx``); ``x`` the content side of the term (q for c2p, k for p2c), ``pos`` its table.
     Every operation here is asynchronous (no host-device synchronization).
@@ -435,13 +436,22 @@ def _position_grad(band, sat, x, pos, geometry, scale, dx, dpos) -> None:
         return
     index = geometry.band_index  # [W]: the position row of each band distance
     width = index.numel()
-    band = band.view(H, B * N, width)
-    extra = _matmul_f32(band, pos.index_select(1, index))  # [H, B * N, D]
+    padded = band.shape[-1]  # rows padded to a multiple of 8 elements: aligned for cuBLAS's fast kernels
+    band = band.view(H, B * N, padded)
+    rows = pos.index_select(1, index)  # [H, W, D]: the position row of each distance, zero rows past W
+    if padded > width:
+        rows = torch.nn.functional.pad(rows, (0, 0, 0, padded - width))
+    extra = _matmul_f32(band, rows)  # [H, B * N, D]
     dx.add_(extra.view(H, B, N, D).transpose(0, 1), alpha=scale)
-    per_distance = _matmul_f32(band.transpose(1, 2), x.transpose(0, 1).reshape(H, B * N, D))  # [H, W, D]
+    per_distance = _matmul_f32(band.transpose(1, 2), x.transpose(0, 1).reshape(H, B * N, D))  # [H, padded, D]
     # [2S, W] one-hot of the band's rows, built by a comparison (an indexed assignment would synchronize).
     onehot = (torch.arange(two_s, device=x.device)[:, None] == index[None, :]).float()
-    dpos.add_(torch.matmul(onehot, per_distance), alpha=scale)
+    dpos.add_(torch.matmul(onehot, per_distance[:, :width]), alpha=scale)
+
+
+def _band_stride(width: int) -> int:
+    """Row length of a band buffer: ``width`` rounded up to 8 elements (16-byte aligned half rows)."""
+    return max(8, (width + 7) // 8 * 8)
 
 
 def attention_backward(
@@ -490,13 +500,14 @@ def attention_backward(
         MASKED_ZERO=bool(masked_zero), DROPOUT=dropout, PREC=precision, UPCAST=upcast_dots(q.dtype),
     )
     mask_strides = mask.stride() if mask is not None else (0, 0)
-    per_sequence = (has_c2p + has_p2c) * H * N * (two_s + width) * q.element_size()
+    stride = _band_stride(width)
+    per_sequence = (has_c2p + has_p2c) * H * N * (two_s + stride) * q.element_size()
     for part in batch_slices(B, per_sequence):
         nb = part.stop - part.start
         qs, ks, vs, dos = q[part], k[part], v[part], dout[part]
         c2p, p2c = position_scores(qs, ks, pos_key, pos_query)
-        band_q = torch.zeros(H, nb, N, width, dtype=q.dtype, device=dev) if band_c2p else None
-        band_k = torch.zeros(H, nb, N, width, dtype=q.dtype, device=dev) if band_p2c else None
+        band_q = torch.zeros(H, nb, N, stride, dtype=q.dtype, device=dev) if band_c2p else None
+        band_k = torch.zeros(H, nb, N, stride, dtype=q.dtype, device=dev) if band_p2c else None
         sat_q = torch.empty(2, nb, H, N, dtype=f32, device=dev) if has_c2p else dummy
         sat_k = torch.empty(2, nb, H, N, dtype=f32, device=dev) if has_p2c else dummy
         dqs, dks, dvs = dq[part], dk[part], dv[part]
@@ -505,7 +516,7 @@ def attention_backward(
             mask[part].view(torch.uint8) if mask is not None else dummy, philox if dropout else dummy,
             lse[part], delta[part],
         )
-        common = (nb, H, N, part.start * H, r_hi, r_lo, two_s, max(width, 1), scale, scale * LOG2E,
+        common = (nb, H, N, part.start * H, r_hi, r_lo, two_s, stride, scale, scale * LOG2E,
                   float(dropout_p), seq_bucket(N))
         launch(
             _dkdv_kernel, lambda meta, nb=nb: (triton.cdiv(N, meta["BLOCK_N"]) * nb * H,),
