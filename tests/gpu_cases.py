@@ -27,6 +27,28 @@ def peak_bytes(backend: str, n: int, device: str = "cuda") -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
+def step_without_sync(backend: str, n: int = 1024, device: str = "cuda") -> None:
+    """One bf16 forward + backward (v3 settings, a padding mask, every position term) with torch's sync debug
+    mode at "error": any operation that waits for the GPU (a blocking copy, .item(), an indexed assignment of a
+    CPU scalar) raises. Run once before, so that one-time work (tables, compiling) is done."""
+    case = Case(B=2, H=4, N=n, D=64, mask="right", **V3)
+    tensors, mask = make_inputs(case, dtype=torch.bfloat16, device=device, strided=True)
+    leaves = [t.requires_grad_(True) for t in tensors]
+
+    def step():
+        out = disentangled_attention(*leaves, mask, backend=backend, **call_kwargs(case))
+        out.backward(torch.ones_like(out))
+
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+
+
 def model_config(**over) -> deberta_fast.DebertaV2Config:
     cfg = dict(
         vocab_size=1000, hidden_size=384, num_hidden_layers=2, num_attention_heads=6, intermediate_size=768,

@@ -31,7 +31,7 @@ from deberta_fast.backends.call import make_call  # noqa: E402
 from deberta_fast.positions import relative_index_table  # noqa: E402
 
 from attention_cases import Case, assert_within_rule, call_kwargs, make_inputs, max_err, reference  # noqa: E402
-from gpu_cases import V3, model_batch, model_config, peak_bytes, run_model  # noqa: E402
+from gpu_cases import V3, model_batch, model_config, peak_bytes, run_model, step_without_sync  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 DEVICE = "cuda"
@@ -348,6 +348,12 @@ def test_compile_fullgraph_forward_and_backward():
 
 
 # --- memory -----------------------------------------------------------------------------------
+
+
+def test_forward_backward_never_waits_for_the_gpu():
+    # A host-device synchronization in the backward (there was one: an indexed assignment) stalls every
+    # training step's launch queue; torch's sync debug mode turns any into an error.
+    step_without_sync("cuda", device=DEVICE)
 
 
 def _peak_bytes(n):

@@ -20,7 +20,7 @@ from deberta_fast.kernels import attention_bwd, attention_fwd  # noqa: E402
 from deberta_fast.kernels import common as kernel_common  # noqa: E402
 
 from attention_cases import Case, assert_within_rule, call_kwargs, make_inputs, max_err, reference  # noqa: E402
-from gpu_cases import V3, model_batch, model_config, peak_bytes, run_model  # noqa: E402
+from gpu_cases import V3, model_batch, model_config, peak_bytes, run_model, step_without_sync  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 DEVICE = "cuda"
@@ -156,6 +156,12 @@ def test_dropout_keep_rate_and_reproducibility():
 
 
 # --- memory -----------------------------------------------------------------------------------
+
+
+def test_forward_backward_never_waits_for_the_gpu():
+    # A host-device synchronization in the backward (there was one: an indexed assignment) stalls every
+    # training step's launch queue; torch's sync debug mode turns any into an error.
+    step_without_sync("triton", device=DEVICE)
 
 
 def _peak_bytes(n):
