@@ -276,7 +276,8 @@ def measure(name, level, run, make_args, leaves_of, reference, shape, mode, args
     try:
         sets = [make_args(seed) for seed in range(args.rotate)]
         call_args = sets[0]
-        out = run(*call_args)
+        with torch.set_grad_enabled(mode != "fwd"):  # forward mode is checked as it is timed: without autograd
+            out = run(*call_args)
         if mode != "fwd":
             grad = torch.ones_like(out) / math.sqrt(out.numel())
             out.backward(grad)

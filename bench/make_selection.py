@@ -1,6 +1,6 @@
 """Write deberta_fast/backends/measured.py, the table behind backend="auto" on CUDA, from recorded benchmarks.
 
-    python bench/make_selection.py bench/results/attention_cuda_bfloat16.json [more JSON ...]
+    python bench/make_selection.py [JSON ...]     # default: SOURCES, the committed runs
 
 For every recorded (GPU capability, dtype, head dim, mode, N) of the op-level benchmark it keeps the fused
 deberta_fast backends (df-cuda, df-triton) that ran and agreed with the reference, fastest (median) first.
@@ -23,6 +23,11 @@ from deberta_fast.io import atomic_write_text
 
 TARGET = ROOT / "deberta_fast" / "backends" / "measured.py"
 FUSED = ("df-cuda", "df-triton")
+# The committed op-level runs that measured both fused backends in the same run (a run of one backend alone,
+# such as attention_cuda_bfloat16_triton_aligned.json, is not a comparison and is left out).
+SOURCES = [ROOT / "bench" / "results" / name for name in (
+    "attention_cuda_bfloat16.json", "attention_cuda_float16.json", "attention_cuda_bfloat16_d128.json",
+)]
 MODES = ("fwd", "fwd_bwd")
 
 
@@ -80,10 +85,10 @@ def generate(paths: list[Path]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("json", nargs="+", type=Path)
+    p.add_argument("json", nargs="*", type=Path, help="benchmark JSON (default: the committed SOURCES)")
     p.add_argument("--out", type=Path, default=TARGET)
     args = p.parse_args()
-    atomic_write_text(args.out, generate(args.json))
+    atomic_write_text(args.out, generate(args.json or SOURCES))
     print(f"written to {args.out}")
 
 

@@ -130,18 +130,20 @@ def test_committed_table_is_generated_from_the_committed_benchmark():
     spec = importlib.util.spec_from_file_location("make_selection", ROOT / "bench" / "make_selection.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    source = ROOT / "bench" / "results" / "attention_cuda_bfloat16.json"
-    assert module.generate([source]) == (ROOT / "deberta_fast" / "backends" / "measured.py").read_text()
-    record = json.loads(source.read_text())
-    # and the table says what the JSON's medians say, row by row
-    for row in record["rows"]:
-        if row["level"] == "op" and row["mode"] in ("fwd", "fwd_bwd") and row["provider"] == "df-triton":
-            other = next(r for r in record["rows"] if r["level"] == "op" and r["mode"] == row["mode"]
-                         and r["N"] == row["N"] and r["provider"] == "df-cuda")
-            faster = "triton" if row["median_ms"] < other["median_ms"] else "cuda"
-            key = (record["env"]["gpu_capability"], row["dtype"], row["D"])
-            order = dict(measured.FASTEST[key][row["mode"]])[row["N"]]
-            assert order[0] == faster
+    assert module.generate(module.SOURCES) == (ROOT / "deberta_fast" / "backends" / "measured.py").read_text()
+    checked = 0
+    for source in module.SOURCES:  # and the table says what each JSON's medians say, row by row
+        record = json.loads(source.read_text())
+        for row in record["rows"]:
+            if row["level"] == "op" and row["mode"] in ("fwd", "fwd_bwd") and row["provider"] == "df-triton":
+                other = next(r for r in record["rows"] if r["level"] == "op" and r["mode"] == row["mode"]
+                             and r["N"] == row["N"] and r["provider"] == "df-cuda")
+                faster = "triton" if row["median_ms"] < other["median_ms"] else "cuda"
+                key = (record["env"]["gpu_capability"], row["dtype"], row["D"])
+                order = dict(measured.FASTEST[key][row["mode"]])[row["N"]]
+                assert order[0] == faster
+                checked += 1
+    assert checked >= 10
 
 
 def test_cuda_order_traces_under_torch_compile_fullgraph(stub_gpu):
