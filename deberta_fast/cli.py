@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import itertools
 import platform
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = ["main"]
@@ -76,7 +78,7 @@ class Row:
         return self.error <= self.bound
 
 
-def _op_rows(device: str) -> list[Row]:
+def _op_rows(device: str) -> Iterator[Row]:
     """Forward and all gradients of every backend able to serve the call, against the float64 torch backend,
     with the rule err <= 2 * err(torch backend in the same dtype) + floor."""
     import torch
@@ -107,7 +109,6 @@ def _op_rows(device: str) -> list[Row]:
     names = ["out", "dq", "dk", "dv", "dpos_key", "dpos_query"]
     dtypes = [torch.float32] + ([torch.bfloat16, torch.float16] if device == "cuda" else [torch.bfloat16])
     probe = make_call(*[t.to(device=device, dtype=torch.float32) for t in base], mask.to(device), **opts)
-    rows = []
     for name, reasons in available_backends(probe).items():
         if reasons:
             continue
@@ -121,11 +122,10 @@ def _op_rows(device: str) -> list[Row]:
                 base_err = (lo.double() - r).abs().max().item()
                 floor = 1e-5 if dtype == torch.float32 else 1e-2
                 bound = 2 * base_err + floor if name != "torch" else (1e-4 if dtype == torch.float32 else 0.1)
-                rows.append(Row(f"op {label}", name, str(dtype).removeprefix("torch."), err, bound))
-    return rows
+                yield Row(f"op {label}", name, str(dtype).removeprefix("torch."), err, bound)
 
 
-def _model_rows(device: str) -> list[Row]:
+def _model_rows(device: str) -> Iterator[Row]:
     """A random-init model on each backend against the torch backend, and against transformers when installed."""
     import tempfile
 
@@ -145,7 +145,6 @@ def _model_rows(device: str) -> list[Row]:
     mask[0, 50:] = 0
     torch.manual_seed(0)
     model = df.DebertaV2ForMaskedLM(df.DebertaV2Config(**cfg, attn_backend="torch")).eval()
-    rows = []
     with torch.no_grad():
         ref = model.double()(ids, attention_mask=mask).logits
         model.float()
@@ -160,8 +159,8 @@ def _model_rows(device: str) -> list[Row]:
                 model.save_pretrained(tmp)
                 hf = transformers.DebertaV2ForMaskedLM.from_pretrained(tmp).eval()
                 hf_logits = hf(ids, attention_mask=mask).logits
-            rows.append(Row("model vs transformers", "torch", "float32",
-                            (hf_logits.double() - ref).abs().max().item(), 1e-5 * scale + 1e-6))
+            yield Row("model vs transformers", "torch", "float32",
+                      (hf_logits.double() - ref).abs().max().item(), 1e-5 * scale + 1e-6)
         model.to(device)
         low = model(ids.to(device), attention_mask=mask.to(device)).logits.double().cpu()
         base_err = (low - ref).abs().max().item()
@@ -174,8 +173,7 @@ def _model_rows(device: str) -> list[Row]:
             got = model(ids.to(device), attention_mask=mask.to(device)).logits.double().cpu()
             err = (got - ref).abs().max().item()
             bound = 2 * base_err + 1e-5 * scale if name != "torch" else 1e-4 * scale
-            rows.append(Row("model vs float64", name, "float32", err, bound))
-    return rows
+            yield Row("model vs float64", name, "float32", err, bound)
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
@@ -185,12 +183,16 @@ def cmd_parity(args: argparse.Namespace) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda, but torch sees no CUDA device", file=sys.stderr)
         return 2
-    rows = _op_rows(device) + _model_rows(device)
     print(f"parity on {device}: error = max |x - float64 reference|; bound: a fixed tolerance for the torch "
           "backend, 2 x the torch backend's error in the same dtype + a floor for the others")
-    print(f"{'check':<22} {'backend':<8} {'dtype':<9} {'error':>10} {'bound':>10}  result")
-    for r in rows:
-        print(f"{r.check:<22} {r.backend:<8} {r.dtype:<9} {r.error:>10.2e} {r.bound:>10.2e}  {'ok' if r.ok else 'FAIL'}")
+    if device == "cuda":
+        print("(the first run compiles the Triton kernels for each dtype: a minute or two)")
+    print(f"{'check':<22} {'backend':<8} {'dtype':<9} {'error':>10} {'bound':>10}  result", flush=True)
+    rows = []
+    for r in itertools.chain(_op_rows(device), _model_rows(device)):  # each printed as soon as it is known
+        rows.append(r)
+        print(f"{r.check:<22} {r.backend:<8} {r.dtype:<9} {r.error:>10.2e} {r.bound:>10.2e}  {'ok' if r.ok else 'FAIL'}",
+              flush=True)
     failed = [r for r in rows if not r.ok]
     print(f"{len(rows) - len(failed)} of {len(rows)} checks passed")
     return 1 if failed else 0
