@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
-#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | test-triton | test-cuda | tests | parity | attention | attention-extra | model | profile | all
+#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | test-triton | test-cuda | tests | parity | attention | attention-extra | model | profile | ncu | all
 #   TEST_TIMEOUT (seconds per test module, default 480) bounds the test steps.
 #
 # One device call per step. On a fresh machine (cold Triton cache) the Triton test module alone needs about
@@ -75,6 +75,16 @@ run_profile() {  # where the fused backends' time goes, and which host-device sy
   return 0
 }
 
+run_ncu() {  # Nsight Compute on the Triton kernels (N 512: every tile a band tile), one launch of each, full set
+  local kernel
+  for kernel in _dq_kernel _dkdv_kernel _attn_fwd_kernel; do
+    logged "$out/ncu_$kernel.log" 170 30 env DEBERTA_FAST_TRITON_AUTOTUNE=0 ncu --kernel-name "regex:^$kernel\$" \
+      --launch-skip 2 --launch-count 1 --set full $PY bench/profile_attention.py --backend triton --seqlens 512 \
+      --no-profiler
+  done
+  return 0
+}
+
 run_attention() {
   # Two runs that fit one call: the op level over N 128..16384 (both fused backends, SDPA + bias, the floor;
   # about 1.5 minutes at 5 sequence lengths on an H100 with default Triton configs), then whole attention
@@ -116,6 +126,7 @@ case "$step" in
   attention-extra) run_attention_extra ;;
   model) run_model ;;
   profile) run_profile ;;
+  ncu) run_ncu ;;
   all) run_tests triton; run_tests cuda; run_parity; run_attention; run_model ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac

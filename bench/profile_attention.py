@@ -1,6 +1,8 @@
 """Where a fused backend's time goes: torch.profiler's table of CUDA kernels for forward and backward.
 
     python bench/profile_attention.py --backend cuda --seqlens 512,2048 [--tokens 16384] [--sync-debug] [--out DIR]
+    ncu --kernel-name regex:_dq_kernel --launch-skip 2 --launch-count 1 --set full \
+        python bench/profile_attention.py --backend triton --seqlens 512 --no-profiler   # one kernel, in depth
 
 v3 settings (buckets 256, max relative 512), H 12, D 64, bf16, no padding, B * N = --tokens. Prints the kernels
 sorted by total CUDA time and, with --out, writes each table to DIR/profile_<backend>_N<N>.txt.
@@ -26,6 +28,8 @@ def main() -> None:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--rows", type=int, default=25, help="kernels listed")
     p.add_argument("--sync-debug", action="store_true", help="report host-device synchronizations of one step")
+    p.add_argument("--no-profiler", action="store_true",
+                   help="only run the steps (for an outside profiler such as Nsight Compute)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -44,6 +48,8 @@ def main() -> None:
         for _ in range(3):
             step()
         torch.cuda.synchronize()
+        if args.no_profiler:
+            continue
         if args.sync_debug:  # every operation that waits for the GPU (a blocking copy, .item()) warns, with where
             torch.cuda.set_sync_debug_mode("warn")
             step()

@@ -37,8 +37,8 @@ def _pointer_types(kernel_name: str, dtype: torch.dtype) -> dict[str, str]:
         return dict(common, O=io)
     common.update(DO=io, DELTA="*fp32")
     if kernel_name == "dkdv":
-        return dict(common, POS_Q=io, DK="*fp32", DV=io, BAND_K="*fp32", SAT_K="*fp32")
-    return dict(common, POS_K=io, DQ="*fp32", BAND_Q="*fp32", SAT_Q="*fp32")
+        return dict(common, POS_Q=io, DK="*fp32", DV=io, BAND_K=io, SAT_K="*fp32")
+    return dict(common, POS_K=io, DQ="*fp32", BAND_Q=io, SAT_Q="*fp32")
 
 
 KERNELS = {
