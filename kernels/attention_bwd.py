@@ -98,7 +98,7 @@ def _dkdv_tiles(
                     c2p_sat = tl.load(C2P_ROW + offs_m * two_s, mask=row_in, other=0.0).to(tl.float32)[None, :]
             valid = col_in[:, None] & row_in[None, :]
             s += position_bias(offs_m[None, :], offs_n[:, None], valid, C2P, P2C, TABLE, two_s, N,
-                               c2p_sat, p2c_sat, MODE, HAS_C2P, HAS_P2C)
+                               c2p_sat, p2c_sat, MODE, HAS_C2P, HAS_P2C, False)
         s = s * qk_scale
         row_ok = row_in
         if HAS_MASK:
@@ -264,7 +264,7 @@ def _dq_tiles(
                 if MODE != BAND:
                     p2c_sat = tl.load(P2C_COL + offs_n * two_s, mask=col_in, other=0.0).to(tl.float32)[None, :]
             s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, two_s, N,
-                               c2p_sat, p2c_sat, MODE, HAS_C2P, HAS_P2C)
+                               c2p_sat, p2c_sat, MODE, HAS_C2P, HAS_P2C, True)
         s = s * qk_scale
         col_ok = col_in
         if HAS_MASK:
@@ -296,7 +296,7 @@ def _dq_tiles(
 @autotuned(_DQ_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M")
 @triton.jit
 def _dq_kernel(
-    Q, K, V, DO, C2P, P2C, TABLE, MASK, PHILOX, LSE, DELTA, POS_K, DQ, BAND_Q, SAT_Q,
+    Q, K, V, DO, C2P, P2C, TABLE, MASK, PHILOX, LSE, DELTA, POS_K, DQ, BAND_Q, SAT_Q,  # TABLE: table_rev
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -494,7 +494,8 @@ def attention_backward(
     dpos_key = torch.zeros(pos_key.shape, dtype=f32, device=dev) if has_c2p else None
     dpos_query = torch.zeros(pos_query.shape, dtype=f32, device=dev) if has_p2c else None
 
-    table = geometry.table if geometry is not None else dummy
+    table = geometry.table if geometry is not None else dummy  # dK/dV tiles run queries along the fast axis
+    table_rev = geometry.table_rev if geometry is not None else dummy  # dQ tiles run keys along it
     flags = dict(
         HEAD_DIM=D, BLOCK_D=BD, HAS_C2P=has_c2p, HAS_P2C=has_p2c, HAS_MASK=mask is not None,
         MASKED_ZERO=bool(masked_zero), DROPOUT=dropout, PREC=precision, UPCAST=upcast_dots(q.dtype),
@@ -511,16 +512,14 @@ def attention_backward(
         sat_q = torch.empty(2, nb, H, N, dtype=f32, device=dev) if has_c2p else dummy
         sat_k = torch.empty(2, nb, H, N, dtype=f32, device=dev) if has_p2c else dummy
         dqs, dks, dvs = dq[part], dk[part], dv[part]
-        shared = (
-            c2p if c2p is not None else dummy, p2c if p2c is not None else dummy, table,
-            mask[part].view(torch.uint8) if mask is not None else dummy, philox if dropout else dummy,
-            lse[part], delta[part],
-        )
+        scores = (c2p if c2p is not None else dummy, p2c if p2c is not None else dummy)
+        rest = (mask[part].view(torch.uint8) if mask is not None else dummy, philox if dropout else dummy,
+                lse[part], delta[part])
         common = (nb, H, N, part.start * H, r_hi, r_lo, two_s, stride, scale, scale * LOG2E,
                   float(dropout_p), seq_bucket(N))
         launch(
             _dkdv_kernel, lambda meta, nb=nb: (triton.cdiv(N, meta["BLOCK_N"]) * nb * H,),
-            qs, ks, vs, dos, *shared, pos_query if has_p2c else dummy, dks, dvs,
+            qs, ks, vs, dos, *scores, table, *rest, pos_query if has_p2c else dummy, dks, dvs,
             band_k if band_k is not None else dummy, sat_k,
             *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dks.stride(), *dvs.stride(),
             *(pos_query.stride() if has_p2c else (0, 0, 0)), *mask_strides,
@@ -528,7 +527,7 @@ def attention_backward(
         )
         launch(
             _dq_kernel, lambda meta, nb=nb: (triton.cdiv(N, meta["BLOCK_M"]) * nb * H,),
-            qs, ks, vs, dos, *shared, pos_key if has_c2p else dummy, dqs,
+            qs, ks, vs, dos, *scores, table_rev, *rest, pos_key if has_c2p else dummy, dqs,
             band_q if band_q is not None else dummy, sat_q,
             *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dqs.stride(),
             *(pos_key.stride() if has_c2p else (0, 0, 0)), *mask_strides,

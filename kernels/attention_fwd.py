@@ -58,7 +58,7 @@ def _fwd_tiles(
                     p2c_sat = tl.load(P2C_COL + offs_n * two_s, mask=col_in, other=0.0).to(tl.float32)[None, :]
             valid = (offs_m[:, None] < N) & col_in[None, :]
             s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, two_s, N,
-                               c2p_sat, p2c_sat, MODE, HAS_C2P, HAS_P2C)
+                               c2p_sat, p2c_sat, MODE, HAS_C2P, HAS_P2C, True)
         s = s * qk_scale
         col_ok = col_in
         if HAS_MASK:
@@ -80,7 +80,7 @@ def _fwd_tiles(
 @autotuned(_FWD_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M", wide_owned=128)
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, C2P, P2C, TABLE, MASK, PHILOX, O, LSE,
+    Q, K, V, C2P, P2C, TABLE, MASK, PHILOX, O, LSE,  # TABLE: PositionGeometry.table_rev (keys along the fast axis)
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -211,7 +211,7 @@ def attention_forward(
         heads = (part.stop - part.start) * H
         launch(
             _attn_fwd_kernel, lambda meta, heads=heads: (triton.cdiv(N, meta["BLOCK_M"]) * heads,),
-            q[part], k[part], v[part], _or(c2p, lse), _or(p2c, lse), geometry.table if geometry else lse,
+            q[part], k[part], v[part], _or(c2p, lse), _or(p2c, lse), geometry.table_rev if geometry else lse,
             part_mask.view(torch.uint8) if mask is not None else lse, philox if dropout else lse,
             out[part], lse[part],
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *(mask.stride() if mask is not None else (0, 0)),

@@ -44,7 +44,10 @@ _MIN_TABLE = 1 << 16  # the index is guaranteed bit-identical to transformers fo
 class PositionGeometry:
     """The relative-position index of one sequence length as the kernels read it.
 
-    ``table``: int32 ``[2N - 1]``, ``table[i - j + N - 1] = d(i, j)``. Pairs with ``i - j >= r_hi`` use row
+    ``table``: int32 ``[2N - 1]``, ``table[i - j + N - 1] = d(i, j)``; ``table_rev`` the same reversed, for
+    tiles whose key index runs along the fast axis (addresses then grow along that axis, as the c2p / p2c
+    gathers' do, and Triton keeps one layout for both instead of moving a tile of pointers through shared
+    memory). Pairs with ``i - j >= r_hi`` use row
     2S - 1, pairs with ``i - j <= -r_lo`` row 0 (both clamped to N, so r_hi = N means "never"). The band
     ``-r_lo < i - j < r_hi`` has ``width = r_hi + r_lo - 1`` distances; column ``c`` of a band buffer holds
     the distance ``i - j = c - (r_lo - 1)``, whose row is ``band_index[c]``.
@@ -53,6 +56,7 @@ class PositionGeometry:
     table: torch.Tensor
     r_hi: int
     r_lo: int
+    table_rev: torch.Tensor  # ``table`` reversed: ``table_rev[j - i + N - 1] = d(i, j)``
 
     @property
     def width(self) -> int:
@@ -85,7 +89,14 @@ def position_geometry(seq_len: int, position_buckets: int, max_relative_position
     length = max(_MIN_TABLE, 1 << (seq_len - 1).bit_length())
     r_hi, r_lo = _saturation(position_buckets, max_relative_positions, device, length)
     table = relative_index_table(seq_len, position_buckets, max_relative_positions, device)
-    return PositionGeometry(table, min(r_hi, seq_len), min(r_lo, seq_len))
+    key = (seq_len, position_buckets, max_relative_positions, device)
+    table_rev = _REVERSED.get(key)
+    if table_rev is None:
+        table_rev = _REVERSED[key] = table.flip(0)
+    return PositionGeometry(table, min(r_hi, seq_len), min(r_lo, seq_len), table_rev)
+
+
+_REVERSED: dict[tuple, torch.Tensor] = {}
 
 
 # The O(N) position buffers (C2P / P2C in the input dtype, the backward's band buffers) are built for
@@ -282,15 +293,18 @@ def query_regions(j0, N, R_HI, R_LO, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexp
 
 @triton.jit
 def position_bias(i, j, valid, C2P, P2C, TABLE, two_s, N, c2p_sat, p2c_sat,
-                  MODE: tl.constexpr, HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr):
+                  MODE: tl.constexpr, HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, REVERSED: tl.constexpr):
     """Unscaled q_i . pos_key[d] + k_j . pos_query[d] for the pairs (i, j) of a tile (i, j broadcast).
 
-    BAND tiles gather d from the table and the terms from the [N, 2S] matrices C2P = Q pos_key^T and
+    BAND tiles gather d from the table (REVERSED: TABLE is ``PositionGeometry.table_rev``) and the terms from the [N, 2S] matrices C2P = Q pos_key^T and
     P2C = K pos_query^T; saturated tiles add the per-row ``c2p_sat`` and per-column ``p2c_sat`` vectors
     the caller loaded (0.0 for an absent term).
     """
     if MODE == BAND:
-        d = tl.load(TABLE + (i - j + N - 1), mask=valid, other=0)
+        if REVERSED:
+            d = tl.load(TABLE + (j - i + N - 1), mask=valid, other=0)
+        else:
+            d = tl.load(TABLE + (i - j + N - 1), mask=valid, other=0)
         if HAS_C2P:
             bias = tl.load(C2P + i * two_s + d, mask=valid, other=0.0).to(tl.float32)
             if HAS_P2C:

@@ -95,6 +95,13 @@ def ptxas_report(compiled, arch=90) -> dict:
             "shared": compiled.metadata.shared}
 
 
+def pointer_layout_conversions(compiled) -> int:
+    """How many ``ttg.convert_layout`` of pointer tensors the compiled kernel has. Each moves a whole tile of
+    64-bit addresses through shared memory; the band tiles' gathers had two per tile in the forward and dQ
+    kernels until their table was read in key order (``PositionGeometry.table_rev``)."""
+    return sum(1 for line in compiled.asm["ttgir"].splitlines() if "ttg.convert_layout" in line and "!tt.ptr" in line)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90)
@@ -112,7 +119,9 @@ def main(argv=None) -> None:
         for variant in variants:
             configs = kernel.configs if args.all else [default_config(name, variant["dtype"], variant["head_dim"])]
             for config in configs:
-                report = ptxas_report(compile_kernel(name, config, arch=args.arch, **variant), args.arch)
+                compiled = compile_kernel(name, config, arch=args.arch, **variant)
+                report = ptxas_report(compiled, args.arch)
+                report["pointer_layout_conversions"] = pointer_layout_conversions(compiled)
                 shown = {k: (str(v).removeprefix("torch.") if k == "dtype" else v) for k, v in variant.items()}
                 print(name, config, shown, report, flush=True)
 

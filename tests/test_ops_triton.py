@@ -402,18 +402,24 @@ def test_torch_backend_replays_kernel_mask_shape_check():
 
 COMPILE_CHECK = """
 import torch
-from deberta_fast.kernels.compile_check import KERNELS, compile_kernel, default_config, ptxas_report
+from deberta_fast.kernels.compile_check import (
+    KERNELS, compile_kernel, default_config, pointer_layout_conversions, ptxas_report,
+)
 for name in KERNELS:
     for flags in (dict(), dict(DROPOUT=True, MASKED_ZERO=True, HAS_P2C=False)):
         config = default_config(name, torch.bfloat16, 64)
-        report = ptxas_report(compile_kernel(name, config, dtype=torch.bfloat16, head_dim=64, **flags))
+        compiled = compile_kernel(name, config, dtype=torch.bfloat16, head_dim=64, **flags)
+        report = ptxas_report(compiled)
         assert report["registers"], (name, report)
+        # no tile of addresses moved between layouts (the forward and dQ kernels had two per band tile)
+        assert pointer_layout_conversions(compiled) == 0, (name, flags)
         print(name, flags, report)
 """
 
 
 def test_kernels_compile_for_sm90():
-    """The interpreter never compiles: build the kernels for sm_90 with Triton's ptxas (no GPU needed)."""
+    """The interpreter never compiles: build the kernels for sm_90 with Triton's ptxas (no GPU needed), and
+    check the compiled layouts keep the gathers' addresses where they are computed."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_CHECK], cwd=REPO.parent, env=env,
                             capture_output=True, text=True, timeout=600)
