@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
-#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | test-triton | test-cuda | tests | parity | attention | attention-extra | model | profile | ncu | all
+#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | test-triton | test-cuda | tests | parity | attention | attention-extra | model | model-large | profile | ncu | all
 #   TEST_TIMEOUT (seconds per test module, default 480) bounds the test steps.
 #
 # One device call per step. On a fresh machine (cold Triton cache) the Triton test module alone needs about
@@ -110,9 +110,14 @@ run_attention_extra() {  # the other cases issue 5 names: a padded batch, fp16, 
   return $rc
 }
 
-run_model() {
+run_model() {  # v3-base at N 128..4096 (N 512 and 2048 alone took about a minute on an H100)
   bench "$out/model.log" 560 40 bench/model.py --device cuda --dtype bfloat16 --configs v3-base \
     --seqlens 128,512,2048,4096 --out "$out/model_cuda_bfloat16.json"
+}
+
+run_model_large() {  # v3-large at two lengths, a call of its own
+  bench "$out/model_large.log" 560 40 bench/model.py --device cuda --dtype bfloat16 --configs v3-large \
+    --seqlens 512,2048 --out "$out/model_cuda_bfloat16_large.json"
 }
 
 setup || exit 1
@@ -125,6 +130,7 @@ case "$step" in
   attention) run_attention ;;
   attention-extra) run_attention_extra ;;
   model) run_model ;;
+  model-large) run_model_large ;;
   profile) run_profile ;;
   ncu) run_ncu ;;
   all) run_tests triton; run_tests cuda; run_parity; run_attention; run_model ;;
