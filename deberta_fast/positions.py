@@ -72,25 +72,29 @@ def _build_table(length: int, position_buckets: int, max_relative_positions: int
 
 
 def relative_index_table(
-    seq_len: int, position_buckets: int, max_relative_positions: int, device: torch.device | str | None = None
+    seq_len: int, position_buckets: int, max_relative_positions: int, device: torch.device | str | None = None,
+    reverse: bool = False,
 ) -> torch.Tensor:
     """The clamped index as a table over distances: int32 ``[2 * seq_len - 1]`` with
-    ``table[(i - j) + seq_len - 1] = d(i, j)``.
+    ``table[(i - j) + seq_len - 1] = d(i, j)`` (``reverse``: the same table reversed,
+    ``table[(j - i) + seq_len - 1] = d(i, j)``).
 
     Computed on ``device`` (as transformers computes it on the activations' device) and cached there;
-    tables are built for power-of-two lengths and sliced.
+    tables are built for power-of-two lengths and sliced (a reversed table's slice is the same range of the
+    reversed power-of-two table).
     """
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     device = torch.device(device) if device is not None else torch.device("cpu")
     if torch.compiler.is_compiling():
-        return _build_table(seq_len, position_buckets, max_relative_positions, device)
+        table = _build_table(seq_len, position_buckets, max_relative_positions, device)
+        return table.flip(0) if reverse else table
     length = 1 << (seq_len - 1).bit_length()
-    key = (position_buckets, max_relative_positions, device, length)
+    key = (position_buckets, max_relative_positions, device, length, reverse)
     table = _TABLES.get(key)
     if table is None:
         table = _build_table(length, position_buckets, max_relative_positions, device)
-        _TABLES[key] = table
+        _TABLES[key] = table = table.flip(0) if reverse else table
     return table[length - seq_len : length + seq_len - 1]
 
 

@@ -89,14 +89,8 @@ def position_geometry(seq_len: int, position_buckets: int, max_relative_position
     length = max(_MIN_TABLE, 1 << (seq_len - 1).bit_length())
     r_hi, r_lo = _saturation(position_buckets, max_relative_positions, device, length)
     table = relative_index_table(seq_len, position_buckets, max_relative_positions, device)
-    key = (seq_len, position_buckets, max_relative_positions, device)
-    table_rev = _REVERSED.get(key)
-    if table_rev is None:
-        table_rev = _REVERSED[key] = table.flip(0)
+    table_rev = relative_index_table(seq_len, position_buckets, max_relative_positions, device, reverse=True)
     return PositionGeometry(table, min(r_hi, seq_len), min(r_lo, seq_len), table_rev)
-
-
-_REVERSED: dict[tuple, torch.Tensor] = {}
 
 
 # The O(N) position buffers (C2P / P2C in the input dtype, the backward's band buffers) are built for
@@ -296,8 +290,8 @@ def position_bias(i, j, valid, C2P, P2C, TABLE, two_s, N, c2p_sat, p2c_sat,
                   MODE: tl.constexpr, HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, REVERSED: tl.constexpr):
     """Unscaled q_i . pos_key[d] + k_j . pos_query[d] for the pairs (i, j) of a tile (i, j broadcast).
 
-    BAND tiles gather d from the table (REVERSED: TABLE is ``PositionGeometry.table_rev``) and the terms from the [N, 2S] matrices C2P = Q pos_key^T and
-    P2C = K pos_query^T; saturated tiles add the per-row ``c2p_sat`` and per-column ``p2c_sat`` vectors
+    BAND tiles gather d from the table (REVERSED: TABLE is ``PositionGeometry.table_rev``) and the terms
+    from the [N, 2S] matrices C2P = Q pos_key^T and P2C = K pos_query^T; saturated tiles add the per-row ``c2p_sat`` and per-column ``p2c_sat`` vectors
     the caller loaded (0.0 for an absent term).
     """
     if MODE == BAND:

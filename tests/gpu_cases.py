@@ -13,16 +13,25 @@ from attention_cases import Case, call_kwargs, make_inputs
 V3 = dict(buckets=256, max_rel=512)
 
 
+def _forward_backward(backend: str, case: Case, device: str):
+    """A function running one bf16 forward + backward of ``case`` (strided inputs, its mask) on fixed leaves."""
+    tensors, mask = make_inputs(case, dtype=torch.bfloat16, device=device, strided=True)
+    leaves = [t.requires_grad_(True) for t in tensors]
+
+    def step():
+        out = disentangled_attention(*leaves, mask, backend=backend, **call_kwargs(case))
+        out.backward(torch.ones_like(out))
+
+    return step
+
+
 def peak_bytes(backend: str, n: int, device: str = "cuda") -> int:
     """Peak CUDA memory above the inputs of one bf16 forward + backward, B=1, H=12, D=64, v3 settings."""
-    case = Case(B=1, H=12, N=n, D=64, **V3)
-    tensors, _ = make_inputs(case, dtype=torch.bfloat16, device=device, strided=True)
-    leaves = [t.requires_grad_(True) for t in tensors]
+    step = _forward_backward(backend, Case(B=1, H=12, N=n, D=64, **V3), device)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    out = disentangled_attention(*leaves, backend=backend, **call_kwargs(case))
-    out.backward(torch.ones_like(out))
+    step()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - base
 
@@ -31,14 +40,7 @@ def step_without_sync(backend: str, n: int = 1024, device: str = "cuda") -> None
     """One bf16 forward + backward (v3 settings, a padding mask, every position term) with torch's sync debug
     mode at "error": any operation that waits for the GPU (a blocking copy, .item(), an indexed assignment of a
     CPU scalar) raises. Run once before, so that one-time work (tables, compiling) is done."""
-    case = Case(B=2, H=4, N=n, D=64, mask="right", **V3)
-    tensors, mask = make_inputs(case, dtype=torch.bfloat16, device=device, strided=True)
-    leaves = [t.requires_grad_(True) for t in tensors]
-
-    def step():
-        out = disentangled_attention(*leaves, mask, backend=backend, **call_kwargs(case))
-        out.backward(torch.ones_like(out))
-
+    step = _forward_backward(backend, Case(B=2, H=4, N=n, D=64, mask="right", **V3), device)
     step()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
