@@ -20,8 +20,9 @@ import tempfile
 
 import torch
 import triton
-from triton.backends.compiler import GPUTarget
+from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
+from triton.runtime.jit import native_specialize_impl
 
 from . import attention_bwd, attention_fwd
 from .common import INTERPRET, block_d
@@ -55,8 +56,29 @@ def default_config(name: str, dtype: torch.dtype, head_dim: int, seq_len: int = 
     return kernel.early_config_prune(kernel.configs, args, HEAD_DIM=head_dim)[0]
 
 
+def launch_values(name: str, *, head_dim: int = 64, seq_len: int = 4096, batch: int = 4, heads: int = 12,
+                  two_s: int = 512, r_hi: int = 509, r_lo: int = 509) -> dict:
+    """Representative integer arguments of a launch of kernel ``name`` (the model's ``[B, N, H, D]`` views,
+    v3 position settings). A real launch specializes on them: an integer equal to 1 becomes a constant (so
+    unit strides make contiguous, vectorizable rows) and one divisible by 16 is marked so; compiling with
+    bare ``i32`` arguments would report code the GPU never runs."""
+    rows = dict(b=seq_len * heads * head_dim, h=head_dim, n=heads * head_dim, d=1)  # [B, N, H, D] views
+    values = {}
+    for arg in KERNELS[name].fn.arg_names:
+        match = re.fullmatch(r"stride_[a-z]+([bhnd])", arg)
+        if match:
+            values[arg] = rows[match.group(1)]
+    values.update(stride_ph=two_s * head_dim, stride_pn=head_dim, stride_pd=1, stride_mb=seq_len, stride_mn=1)
+    width = (r_hi + r_lo - 1 + 7) // 8 * 8
+    values.update(B=batch, H=heads, N=seq_len, BH0=0, R_HI=r_hi, R_LO=r_lo, two_s=two_s, W=width,
+                  SEQ_BUCKET=seq_len)
+    return values
+
+
 def compile_kernel(name: str, config: triton.Config, *, dtype=torch.bfloat16, head_dim=64, arch=90, **flags):
-    """Compile kernel ``name`` ("fwd", "dkdv", "dq") with ``config`` and feature ``flags`` for sm_``arch``."""
+    """Compile kernel ``name`` ("fwd", "dkdv", "dq") with ``config`` and feature ``flags`` for sm_``arch``,
+    its arguments specialized as a launch with :func:`launch_values` specializes them (16-byte aligned
+    pointers)."""
     jit = KERNELS[name].fn
     constexprs = dict(
         HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim), HAS_C2P=True, HAS_P2C=True, HAS_MASK=True,
@@ -65,15 +87,26 @@ def compile_kernel(name: str, config: triton.Config, *, dtype=torch.bfloat16, he
     constexprs.update(flags)
     constexprs.update(config.kwargs)
     pointers = _pointer_types(name, dtype)
-    signature = {}
-    for arg in jit.arg_names:
+    values = launch_values(name, head_dim=head_dim)
+    signature, attrs = {}, {}
+    for index, arg in enumerate(jit.arg_names):
         if arg in constexprs:
             signature[arg] = "constexpr"
-        elif arg in pointers:
-            signature[arg] = pointers[arg]
+            continue
+        if arg in pointers:
+            kind, spec = pointers[arg], "D"
+        elif arg in _FLOATS:
+            kind, spec = "fp32", None
         else:
-            signature[arg] = "fp32" if arg in _FLOATS else "i32"
-    source = ASTSource(jit, signature, constexprs=constexprs)
+            kind, spec = native_specialize_impl(BaseBackend, values[arg], False, True, True)
+            if kind == "constexpr":
+                constexprs[arg] = spec
+                signature[arg] = "constexpr"
+                continue
+        signature[arg] = kind
+        if spec:
+            attrs[(index,)] = BaseBackend.parse_attr(spec)
+    source = ASTSource(jit, signature, constexprs=constexprs, attrs=attrs)
     options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
@@ -102,6 +135,13 @@ def pointer_layout_conversions(compiled) -> int:
     return sum(1 for line in compiled.asm["ttgir"].splitlines() if "ttg.convert_layout" in line and "!tt.ptr" in line)
 
 
+def pipelined_copies(compiled) -> int:
+    """How many asynchronous global -> shared copies (cp.async, software pipelining of the tile loads) the
+    compiled kernel has. Loads Triton cannot prove contiguous and aligned (e.g. rows with an unknown inner
+    stride) are not pipelined."""
+    return compiled.asm["ttgir"].count("ttg.async_copy_global_to_local")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90)
@@ -122,6 +162,7 @@ def main(argv=None) -> None:
                 compiled = compile_kernel(name, config, arch=args.arch, **variant)
                 report = ptxas_report(compiled, args.arch)
                 report["pointer_layout_conversions"] = pointer_layout_conversions(compiled)
+                report["pipelined_copies"] = pipelined_copies(compiled)
                 shown = {k: (str(v).removeprefix("torch.") if k == "dtype" else v) for k, v in variant.items()}
                 print(name, config, shown, report, flush=True)
 

@@ -403,7 +403,7 @@ def test_torch_backend_replays_kernel_mask_shape_check():
 COMPILE_CHECK = """
 import torch
 from deberta_fast.kernels.compile_check import (
-    KERNELS, compile_kernel, default_config, pointer_layout_conversions, ptxas_report,
+    KERNELS, compile_kernel, default_config, pipelined_copies, pointer_layout_conversions, ptxas_report,
 )
 for name in KERNELS:
     for flags in (dict(), dict(DROPOUT=True, MASKED_ZERO=True, HAS_P2C=False)):
@@ -413,13 +413,16 @@ for name in KERNELS:
         assert report["registers"], (name, report)
         # no tile of addresses moved between layouts (the forward and dQ kernels had two per band tile)
         assert pointer_layout_conversions(compiled) == 0, (name, flags)
+        # the K / V (or Q / dO) tiles of the inner loop are loaded asynchronously, ahead of their use
+        assert pipelined_copies(compiled) > 0, (name, flags)
         print(name, flags, report)
 """
 
 
 def test_kernels_compile_for_sm90():
-    """The interpreter never compiles: build the kernels for sm_90 with Triton's ptxas (no GPU needed), and
-    check the compiled layouts keep the gathers' addresses where they are computed."""
+    """The interpreter never compiles: build the kernels for sm_90 with Triton's ptxas (no GPU needed), their
+    arguments specialized as a launch specializes them, and check the compiled layouts keep the gathers'
+    addresses where they are computed and the tile loads stay pipelined."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_CHECK], cwd=REPO.parent, env=env,
                             capture_output=True, text=True, timeout=600)
