@@ -319,8 +319,13 @@ Tensor matmul_f32(const Tensor& a, const Tensor& b) {
   return at::bmm(a, b.to(a.scalar_type()), at::kFloat);
 }
 
+// Row length of a band buffer: the band width rounded up to 8 elements (16-byte aligned half-precision rows,
+// which cuBLAS needs for its fast kernels; an odd width such as DeBERTa-v3's 1017 made it fall back to
+// align1 kernels in the Triton backend, which pads the same way).
+int64_t band_stride(int64_t width) { return std::max<int64_t>(8, (width + 7) / 8 * 8); }
+
 // Fold one position term's gradient into dx (float32 [nb, H, N, D] when band is given) and dpos (float32
-// [H, 2S, D]): band [H, nb, N, W] (input dtype) holds dS by distance; sat [2, nb, H, N] (float32) dS summed
+// [H, 2S, D]): band [H, nb, N, >= W] (input dtype; row padding zero) holds dS by distance; sat [2, nb, H, N] (float32) dS summed
 // over the pairs using row 0 / row 2S - 1 (the kernels already added their part of dx); x is the content
 // side (q for c2p, k for p2c), pos its position table. Nothing here synchronizes with the host.
 void position_grad(const Tensor& band, const Tensor& sat, const Tensor& x, const Tensor& pos, const SeqGeometry& geo,
@@ -333,13 +338,16 @@ void position_grad(const Tensor& band, const Tensor& sat, const Tensor& x, const
   if (!band.defined()) return;
   const Tensor index = geo.band_index(N);
   const int64_t width = index.numel();
-  const Tensor rows = band.view({H, nb * N, width});
-  const Tensor extra = matmul_f32(rows, pos.index_select(1, index));  // [H, nb * N, D]
+  const int64_t padded = band.size(-1);
+  const Tensor rows = band.view({H, nb * N, padded});
+  // The position row of each distance, zero rows for the padding.
+  const Tensor table = at::constant_pad_nd(pos.index_select(1, index), {0, 0, 0, padded - width});
+  const Tensor extra = matmul_f32(rows, table);  // [H, nb * N, D]
   dx.add_(extra.view({H, nb, N, D}).transpose(0, 1), scale);
-  const Tensor per_distance = matmul_f32(rows.transpose(1, 2), x.transpose(0, 1).reshape({H, nb * N, D}));  // [H, W, D]
+  const Tensor per_distance = matmul_f32(rows.transpose(1, 2), x.transpose(0, 1).reshape({H, nb * N, D}));  // [H, padded, D]
   // [2S, W] one-hot of the band's rows, by a comparison (an indexed assignment would synchronize).
   const Tensor onehot = at::arange(two_s, index.options()).unsqueeze(1).eq(index.unsqueeze(0)).to(at::kFloat);
-  dpos.add_(at::matmul(onehot, per_distance), scale);
+  dpos.add_(at::matmul(onehot, per_distance.narrow(1, 0, width)), scale);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
@@ -387,14 +395,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
   Tensor dpos_key = in.has_c2p ? at::zeros(in.pos_key.sizes(), f32) : Tensor();
   Tensor dpos_query = in.has_p2c ? at::zeros(in.pos_query.sizes(), f32) : Tensor();
 
+  const int64_t stride = band_stride(width);
   const int64_t per_sequence =
-      (in.has_c2p + in.has_p2c) * in.H * in.N * (in.two_s + width) * query.element_size();
+      (in.has_c2p + in.has_p2c) * in.H * in.N * (in.two_s + stride) * query.element_size();
   const int64_t step = slice_step(in.B, per_sequence);
   for (int64_t b0 = 0; b0 < in.B; b0 += step) {
     const int64_t nb = std::min(step, in.B - b0);
     auto [c2p, p2c] = position_scores(in, b0, nb);
-    Tensor band_q = band_c2p ? at::zeros({in.H, nb, in.N, width}, query.options()) : Tensor();
-    Tensor band_k = band_p2c ? at::zeros({in.H, nb, in.N, width}, query.options()) : Tensor();
+    Tensor band_q = band_c2p ? at::zeros({in.H, nb, in.N, stride}, query.options()) : Tensor();
+    Tensor band_k = band_p2c ? at::zeros({in.H, nb, in.N, stride}, query.options()) : Tensor();
     Tensor sat_q = in.has_c2p ? at::empty({2, nb, in.H, in.N}, f32) : Tensor();
     Tensor sat_k = in.has_p2c ? at::empty({2, nb, in.H, in.N}, f32) : Tensor();
     Tensor dq_s = dq.narrow(0, b0, nb), dk_s = dk.narrow(0, b0, nb), dv_s = dv.narrow(0, b0, nb);
@@ -424,7 +433,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
     }
     if (band_q.defined()) p.band_q = band_q.data_ptr();
     if (band_k.defined()) p.band_k = band_k.data_ptr();
-    p.band_w = static_cast<int>(std::max<int64_t>(width, 1));
+    p.band_w = static_cast<int>(stride);  // row stride of the band buffers
     DF_ELEM_SWITCH(in.elem, ELEM, [&] {
       DF_HEADDIM_SWITCH(in.D, HEAD_DIM, [&] {
         run_dkdv<ELEM, HEAD_DIM>(p, stream);

@@ -69,7 +69,8 @@ struct BwdParams : AttnParams {
   const void* pos_query = nullptr;
   int64_t pq_stride_h = 0, pq_stride_n = 0;
 
-  // dS stored by distance for the band pairs, in the input dtype, [H, B, N, W] (slot i - j + r_lo - 1), or null.
+  // dS stored by distance for the band pairs, in the input dtype, [H, B, N, band_w] (slot i - j + r_lo - 1; rows
+  // padded from the band width W to band_w, a multiple of 8), or null.
   void* band_q = nullptr;  // c2p: rows are queries
   void* band_k = nullptr;  // p2c: rows are keys
   int band_w = 0;
