@@ -4,19 +4,40 @@
     ncu --kernel-name regex:_dq_kernel --launch-skip 2 --launch-count 1 --set full \
         python bench/profile_attention.py --backend triton --seqlens 512 --no-profiler   # one kernel, in depth
 
-v3 settings (buckets 256, max relative 512), H 12, D 64, bf16, no padding, B * N = --tokens. Prints the kernels
-sorted by total CUDA time and, with --out, writes each table to DIR/profile_<backend>_N<N>.txt.
+v3 settings (buckets 256, max relative 512), H 12, D 64, bf16, no padding, B * N = --tokens. First, without
+the profiler, the host's time to issue a forward+backward step against the step's GPU time: when the two are
+close, the step is bound by the host (Python, dispatch, launches), not by the kernels. Then the kernels sorted
+by total CUDA time; with --out, each table goes to DIR/profile_<backend>_N<N>.txt.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import deberta_fast as df
+
+
+def issue_times(step, steps: int = 10) -> tuple[float, float]:
+    """(host ms, GPU ms) of one step, medians over ``steps``: the host's wall time from the call to its
+    return (the GPU idle before it, so no queue hides the host's work) and the CUDA-event span of its work,
+    which the host's pace stretches: a span close to the host time means the host is the bound."""
+    host, gpu = [], []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0 = time.perf_counter()
+        start.record()
+        step()
+        end.record()
+        host.append(1e3 * (time.perf_counter() - t0))
+        torch.cuda.synchronize()
+        gpu.append(start.elapsed_time(end))
+    return sorted(host)[steps // 2], sorted(gpu)[steps // 2]
 
 
 def main() -> None:
@@ -50,6 +71,10 @@ def main() -> None:
         torch.cuda.synchronize()
         if args.no_profiler:
             continue
+        host, gpu = issue_times(step)
+        timing = (f"host issue {host:.3f} ms a step, GPU span {gpu:.3f} ms a step (median of 10 single steps; "
+                  f"{'host-bound' if host >= 0.8 * gpu else 'GPU-bound'})")
+        print(f"backend {args.backend}, N {n}: {timing}", flush=True)
         if args.sync_debug:  # every operation that waits for the GPU (a blocking copy, .item()) warns, with where
             torch.cuda.set_sync_debug_mode("warn")
             step()
@@ -59,7 +84,7 @@ def main() -> None:
                 step()
             torch.cuda.synchronize()
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=90)
-        header = f"backend {args.backend}, B {b}, N {n}, H {H}, D {D}, bf16, 5 forward+backward steps"
+        header = f"backend {args.backend}, B {b}, N {n}, H {H}, D {D}, bf16, 5 forward+backward steps; {timing}"
         print(header, table, sep="\n")
         if args.out:
             os.makedirs(args.out, exist_ok=True)

@@ -132,7 +132,7 @@ def _dkdv_tiles(
     return dk, dv, t_hi, t_lo
 
 
-@autotuned(_DKDV_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_N")
+@autotuned("dkdv", _DKDV_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_N")
 @triton.jit
 def _dkdv_kernel(
     Q, K, V, DO, C2P, P2C, TABLE, MASK, PHILOX, LSE, DELTA, POS_Q, DK, DV, BAND_K, SAT_K,
@@ -294,7 +294,7 @@ def _dq_tiles(
     return dq, s_hi, s_lo
 
 
-@autotuned(_DQ_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M")
+@autotuned("dq", _DQ_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M")
 @triton.jit
 def _dq_kernel(
     Q, K, V, DO, C2P, P2C, TABLE, MASK, PHILOX, LSE, DELTA, POS_K, DQ, BAND_Q, SAT_Q,  # TABLE: table_rev

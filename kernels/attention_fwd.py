@@ -79,7 +79,7 @@ def _fwd_tiles(
     return acc, l_i, m_i
 
 
-@autotuned(_FWD_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M", wide_owned=128)
+@autotuned("fwd", _FWD_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M", wide_owned=128)
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, C2P, P2C, TABLE, MASK, PHILOX, O, LSE,  # TABLE: PositionGeometry.table_rev (keys along the fast axis)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ import triton
 import triton.language as tl
 
 from ..positions import attention_span, relative_index_table
+from .tuned import FASTEST
 
 # Decided when the kernels are defined, as triton.jit decides: TRITON_INTERPRET=1 runs them on the CPU.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -155,8 +157,8 @@ def prune_configs(configs, named_args, owned="BLOCK_M", wide_owned=64, **kwargs)
 
     ``owned`` names the block a program owns (BLOCK_M: queries; BLOCK_N: keys); above head dim 64 it
     may hold at most ``wide_owned`` rows (their fp32 accumulators live in registers). The first config
-    left is the default when autotuning is off, so config lists are ordered best-guess first (guided by
-    ptxas register / spill reports for sm_90; to be confirmed by measurements).
+    left is the default when autotuning is off and ``tuned.py`` has no measurement for the call, so config
+    lists are ordered best-guess first (guided by ptxas register / spill reports for sm_90).
     """
     args = {**named_args, **kwargs}
     limit = max(16, 1 << (args["N"] - 1).bit_length())
@@ -182,14 +184,69 @@ def autotune_enabled() -> bool:
     return os.environ.get(AUTOTUNE_ENV, "1") != "0"
 
 
-def autotuned(shapes, interpret_blocks: tuple[int, int], owned: str, wide_owned: int = 64):
-    """``triton.autotune`` over ``make_configs(shapes)`` keyed on AUTOTUNE_KEY, with the prune filter."""
+def autotuned(name: str, shapes, interpret_blocks: tuple[int, int], owned: str, wide_owned: int = 64):
+    """``triton.autotune`` over ``make_configs(shapes)`` keyed on AUTOTUNE_KEY, with the prune filter; ``name``
+    ("fwd", "dkdv", "dq") is the kernel's name in the measured-defaults table (``tuned.py``)."""
     prune = functools.partial(prune_configs, owned=owned, wide_owned=wide_owned)
-    return triton.autotune(
-        configs=make_configs(shapes, interpret_blocks),
-        key=AUTOTUNE_KEY,
-        prune_configs_by={"early_config_prune": prune},
-    )
+
+    def decorate(fn):
+        kernel = triton.autotune(
+            configs=make_configs(shapes, interpret_blocks),
+            key=AUTOTUNE_KEY,
+            prune_configs_by={"early_config_prune": prune},
+        )(fn)
+        kernel.deberta_name = name
+        return kernel
+
+    return decorate
+
+
+def config_shape(config: triton.Config) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of a config, as the shape lists and ``tuned.py`` write it."""
+    return (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages)
+
+
+_SAME_WIDTH = {"float16": "bfloat16", "bfloat16": "float16"}
+
+
+def measured_shape(name: str | None, capability: str, dtype: torch.dtype, head_dim: int, seq_len: int):
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) the recorded tuning runs (``tuned.FASTEST``) found fastest
+    for kernel ``name`` on this GPU capability, dtype (float16 and bfloat16 stand in for each other) and head
+    dim (padded to a power of two), at the measured sequence length nearest ``seq_len`` in log scale (the
+    shorter on a tie); None without a measurement."""
+    name_of = str(dtype).removeprefix("torch.")
+    entries = None
+    for measured in (name_of, _SAME_WIDTH.get(name_of)):  # fp16 and bf16 run the same code: either's measurement
+        entries = entries or FASTEST.get((capability, measured, block_d(head_dim), name))
+    if not entries:
+        return None
+    target = math.log2(max(seq_len, 1))
+    _, shape = min(entries, key=lambda entry: (abs(math.log2(entry[0]) - target), entry[0]))
+    return tuple(shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"{major}.{minor}"
+
+
+def default_config(kernel, named_args: dict, capability: str | None = None, **kwargs) -> triton.Config:
+    """The config a launch uses when autotuning is off: among the configs the prune filter keeps, the one
+    the recorded tuning runs found fastest for this GPU capability, dtype, head dim and nearest sequence length
+    (``tuned.py``); without a measurement, the prune filter's first. ``capability`` ("9.0") defaults to
+    the device of ``named_args["Q"]`` (CUDA tensors only)."""
+    kept = kernel.early_config_prune(kernel.configs, named_args, **kwargs)
+    query = named_args["Q"]
+    if capability is None and query.is_cuda:
+        capability = _capability(query.device.index if query.device.index is not None else torch.cuda.current_device())
+    if capability is not None:
+        shape = measured_shape(getattr(kernel, "deberta_name", None), capability, query.dtype,
+                               kwargs["HEAD_DIM"], named_args["N"])
+        for config in kept:
+            if config_shape(config) == shape:
+                return config
+    return kept[0]
 
 
 # kernel -> triton.Config that ``launch`` must use (tests check every config this way).
@@ -207,13 +264,13 @@ def forced_config(kernel, config):
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:
-    """Run an ``autotuned`` kernel; with autotuning off, its default config without benchmarking."""
+    """Run an ``autotuned`` kernel; with autotuning off, its :func:`default_config` without benchmarking."""
     config = _FORCED.get(kernel)
     if config is None:
         if INTERPRET or autotune_enabled():
             kernel[grid](*args, **kwargs)
             return
-        config = kernel.early_config_prune(kernel.configs, dict(zip(kernel.arg_names, args)), **kwargs)[0]
+        config = default_config(kernel, dict(zip(kernel.arg_names, args)), **kwargs)
     kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
 
 

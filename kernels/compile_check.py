@@ -24,7 +24,7 @@ from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import native_specialize_impl
 
-from . import attention_bwd, attention_fwd
+from . import attention_bwd, attention_fwd, common
 from .common import INTERPRET, block_d
 
 _PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
@@ -49,11 +49,10 @@ KERNELS = {
 }
 
 
-def default_config(name: str, dtype: torch.dtype, head_dim: int, seq_len: int = 4096) -> triton.Config:
-    """The config ``launch`` uses for kernel ``name`` when autotuning is off."""
-    kernel = KERNELS[name]
+def default_config(name: str, dtype: torch.dtype, head_dim: int, seq_len: int = 4096, arch: int = 90) -> triton.Config:
+    """The config ``launch`` uses for kernel ``name`` on an sm_``arch`` GPU when autotuning is off."""
     args = {"N": seq_len, "Q": torch.empty(0, dtype=dtype)}
-    return kernel.early_config_prune(kernel.configs, args, HEAD_DIM=head_dim)[0]
+    return common.default_config(KERNELS[name], args, f"{arch // 10}.{arch % 10}", HEAD_DIM=head_dim)
 
 
 def launch_values(name: str, *, head_dim: int = 64, seq_len: int = 4096, batch: int = 4, heads: int = 12,
@@ -157,7 +156,7 @@ def main(argv=None) -> None:
     ]
     for name, kernel in KERNELS.items():
         for variant in variants:
-            configs = kernel.configs if args.all else [default_config(name, variant["dtype"], variant["head_dim"])]
+            configs = kernel.configs if args.all else [default_config(name, variant["dtype"], variant["head_dim"], arch=args.arch)]
             for config in configs:
                 compiled = compile_kernel(name, config, arch=args.arch, **variant)
                 report = ptxas_report(compiled, args.arch)

@@ -1,0 +1,138 @@
+"""Time every block config of the Triton kernels, one kernel at a time, and record the JSON that
+bench/make_tuned.py turns into deberta_fast/kernels/tuned.py (the defaults used when autotuning is off).
+
+    python bench/tune_triton.py --dtype bfloat16 --head-dims 64,128 --seqlens 512,2048,8192
+
+For each head dim and sequence length (B = tokens // N, H 12, v3 position settings, no padding, no dropout):
+the forward op is timed once per forward config; the backward op once per dK/dV config (dQ at its
+prune-first config) and once per dQ config (dK/dV at its prune-first config). Each timing is the whole op
+(its GEMMs and buffers included), so rows of one kernel differ only by that kernel's config. Every config
+the prune filter keeps for the shape is timed; a config that fails (compile error, out of resources) is
+recorded with its error, not timed. On the CPU (TRITON_INTERPRET=1 set before anything imports triton) it
+runs the single interpreter config: a smoke test of this script, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from attention import DTYPES, _quantile, time_fn  # noqa: E402
+from common import environment, progress, write_json  # noqa: E402
+
+KERNEL_NAMES = ("fwd", "dkdv", "dq")
+
+
+def _kernels():
+    from deberta_fast.kernels import attention_bwd, attention_fwd, common
+
+    kernels = {"fwd": attention_fwd._attn_fwd_kernel, "dkdv": attention_bwd._dkdv_kernel, "dq": attention_bwd._dq_kernel}
+    return kernels, attention_fwd, attention_bwd, common
+
+
+def inputs(B: int, N: int, H: int, D: int, S: int, dtype: torch.dtype, device: str, seed: int = 0):
+    """q, k, v ``[B, H, N, D]`` views of ``[B, N, H, D]``, pos tables ``[H, 2S, D]`` views of ``[2S, H, D]``
+    (the model's layouts), and dO like q."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rnd(*size):
+        return torch.randn(*size, generator=g).to(device=device, dtype=dtype)
+
+    q, k, v, dout = (rnd(B, N, H, D).transpose(1, 2) for _ in range(4))
+    pos_key, pos_query = (rnd(2 * S, H, D).transpose(0, 1) for _ in range(2))
+    return q, k, v, pos_key, pos_query, dout
+
+
+def shape_rows(D: int, N: int, args) -> list[dict]:
+    """Timed rows of every kept config of the three kernels at one head dim and sequence length."""
+    kernels, attention_fwd, attention_bwd, common = _kernels()
+    dtype = DTYPES[args.dtype]
+    B = max(1, args.tokens // N)
+    S = args.buckets
+    q, k, v, pos_key, pos_query, dout = inputs(B, N, args.heads, D, S, dtype, args.device)
+    settings = dict(position_buckets=args.buckets, max_relative_positions=args.max_rel, scale=D ** -0.5,
+                    dropout_p=0.0, masked_zero=False, precision="ieee")
+    named = {"N": N, "Q": q}
+
+    def kept(name):
+        kernel = kernels[name]
+        return kernel.early_config_prune(kernel.configs, named, HEAD_DIM=D)
+
+    first = {name: kept(name)[0] for name in KERNEL_NAMES}  # the other kernels' configs, held fixed
+    with common.forced_config(kernels["fwd"], first["fwd"]):
+        out, lse = attention_fwd.attention_forward(q, k, v, pos_key, pos_query, None, None, **settings)
+
+    def run_forward():
+        attention_fwd.attention_forward(q, k, v, pos_key, pos_query, None, None, **settings)
+
+    def run_backward():
+        attention_bwd.attention_backward(dout, q, k, v, pos_key, pos_query, None, None, out, lse, **settings)
+
+    device = torch.device(args.device)
+    rows = []
+    for name in KERNEL_NAMES:
+        fixed = [n for n in ("dkdv", "dq") if n != name] if name != "fwd" else []
+        for config in kept(name):
+            row = dict(kernel=name, dtype=args.dtype, D=D, N=N, B=B, H=args.heads, position_buckets=args.buckets,
+                       max_relative_positions=args.max_rel, config=list(common.config_shape(config)),
+                       prune_first=common.config_shape(config) == common.config_shape(first[name]), timed="forward op" if name == "fwd" else "backward op")
+            try:
+                with contextlib.ExitStack() as stack:
+                    stack.enter_context(common.forced_config(kernels[name], config))
+                    for other in fixed:
+                        stack.enter_context(common.forced_config(kernels[other], first[other]))
+                    times = time_fn(run_forward if name == "fwd" else run_backward, device, args.rep, args.warmup)
+                row.update(status="ok", times_ms=times, median_ms=statistics.median(times),
+                           p20_ms=_quantile(times, 0.2), p80_ms=_quantile(times, 0.8))
+            except Exception as exc:  # e.g. out of shared memory on this GPU: recorded, not timed
+                row.update(status=f"error: {type(exc).__name__}: {exc}"[:500])
+                traceback.print_exc()
+            print(f"{name:5s} D {D:3d} N {N:6d} {row['config']} {row['status']:>3s} "
+                  f"{row.get('median_ms', float('nan')):9.3f} ms", flush=True)
+            rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument("--head-dims", default="64,128")
+    p.add_argument("--seqlens", default="512,2048,8192")
+    p.add_argument("--tokens", type=int, default=16384, help="B * N of every shape")
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--buckets", type=int, default=256)
+    p.add_argument("--max-rel", type=int, default=512)
+    p.add_argument("--rep", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/triton_configs_<device>_<dtype>.json)")
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here (on the CPU, set TRITON_INTERPRET=1 and pass --device cpu)")
+    if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise SystemExit("--device cpu runs the kernels under Triton's interpreter: set TRITON_INTERPRET=1")
+    if args.buckets <= 0:
+        raise SystemExit("--buckets must be positive (the v3 setting is 256)")
+    out = args.out or Path(__file__).resolve().parent / "results" / f"triton_configs_{args.device.split(':')[0]}_{args.dtype}.json"
+    rows = []
+    shapes = [(int(d), int(n)) for d in args.head_dims.split(",") for n in args.seqlens.split(",")]
+    for D, N in progress(shapes, "tune"):
+        rows.extend(shape_rows(D, N, args))
+        write_json(out, {"benchmark": "triton_configs", "env": environment(), "args": vars(args) | {"out": str(out)},
+                         "rows": rows})  # after every shape: a cut-off run keeps what it measured
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
