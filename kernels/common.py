@@ -179,9 +179,12 @@ def prune_configs(configs, named_args, owned="BLOCK_M", wide_owned=64, **kwargs)
 AUTOTUNE_ENV = "DEBERTA_FAST_TRITON_AUTOTUNE"
 
 
-def autotune_enabled() -> bool:
-    """Autotuning is on unless DEBERTA_FAST_TRITON_AUTOTUNE=0 (then: the first config the prune filter keeps)."""
-    return os.environ.get(AUTOTUNE_ENV, "1") != "0"
+def autotune_mode() -> str:
+    """DEBERTA_FAST_TRITON_AUTOTUNE: "1" always autotune; "0" never (:func:`default_config`: the measured config,
+    else the prune filter's first); unset (or anything else): "auto", the measured config where ``tuned.py``
+    has one for the GPU, dtype and head dim, else autotune."""
+    value = os.environ.get(AUTOTUNE_ENV, "auto")
+    return value if value in ("0", "1") else "auto"
 
 
 def autotuned(name: str, shapes, interpret_blocks: tuple[int, int], owned: str, wide_owned: int = 64):
@@ -231,22 +234,49 @@ def _capability(index: int) -> str:
     return f"{major}.{minor}"
 
 
+def _device_capability(named_args: dict) -> str | None:
+    query = named_args["Q"]
+    if not query.is_cuda:
+        return None
+    return _capability(query.device.index if query.device.index is not None else torch.cuda.current_device())
+
+
+def measured_config(kernel, named_args: dict, capability: str | None = None, **kwargs) -> triton.Config | None:
+    """The config ``tuned.py`` records as fastest for this call, if the prune filter keeps it; else None."""
+    capability = capability or _device_capability(named_args)
+    if capability is None:
+        return None
+    return _measured_config(kernel, capability, named_args["Q"].dtype, kwargs["HEAD_DIM"], named_args["N"])
+
+
+@functools.lru_cache(maxsize=4096)  # every launch asks: one lookup and prune per kernel and shape
+def _measured_config(kernel, capability: str, dtype: torch.dtype, head_dim: int, seq_len: int):
+    shape = measured_shape(getattr(kernel, "deberta_name", None), capability, dtype, head_dim, seq_len)
+    if shape is None:
+        return None
+    probe = {"N": seq_len, "Q": torch.empty(0, dtype=dtype)}  # what the prune filter reads
+    for config in kernel.early_config_prune(kernel.configs, probe, HEAD_DIM=head_dim):
+        if config_shape(config) == shape:
+            return config
+    return None
+
+
 def default_config(kernel, named_args: dict, capability: str | None = None, **kwargs) -> triton.Config:
     """The config a launch uses when autotuning is off: among the configs the prune filter keeps, the one
     the recorded tuning runs found fastest for this GPU capability, dtype, head dim and nearest sequence length
     (``tuned.py``); without a measurement, the prune filter's first. ``capability`` ("9.0") defaults to
     the device of ``named_args["Q"]`` (CUDA tensors only)."""
-    kept = kernel.early_config_prune(kernel.configs, named_args, **kwargs)
-    query = named_args["Q"]
-    if capability is None and query.is_cuda:
-        capability = _capability(query.device.index if query.device.index is not None else torch.cuda.current_device())
-    if capability is not None:
-        shape = measured_shape(getattr(kernel, "deberta_name", None), capability, query.dtype,
-                               kwargs["HEAD_DIM"], named_args["N"])
-        for config in kept:
-            if config_shape(config) == shape:
-                return config
-    return kept[0]
+    measured = measured_config(kernel, named_args, capability, **kwargs)
+    return measured if measured is not None else kernel.early_config_prune(kernel.configs, named_args, **kwargs)[0]
+
+
+def launch_config(kernel, named_args: dict, mode: str, capability: str | None = None, **kwargs) -> triton.Config | None:
+    """The config a launch in autotune ``mode`` ("0", "1", "auto") runs, or None: the autotuner picks."""
+    if mode == "1":
+        return None
+    if mode == "0":
+        return default_config(kernel, named_args, capability, **kwargs)
+    return measured_config(kernel, named_args, capability, **kwargs)
 
 
 # kernel -> triton.Config that ``launch`` must use (tests check every config this way).
@@ -264,13 +294,14 @@ def forced_config(kernel, config):
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:
-    """Run an ``autotuned`` kernel; with autotuning off, its :func:`default_config` without benchmarking."""
+    """Run an ``autotuned`` kernel with the config :func:`launch_config` gives for the autotune mode, or
+    through the autotuner (benchmarking its configs on the first call of each key)."""
     config = _FORCED.get(kernel)
+    if config is None and not INTERPRET:
+        config = launch_config(kernel, dict(zip(kernel.arg_names, args)), autotune_mode(), **kwargs)
     if config is None:
-        if INTERPRET or autotune_enabled():
-            kernel[grid](*args, **kwargs)
-            return
-        config = default_config(kernel, dict(zip(kernel.arg_names, args)), **kwargs)
+        kernel[grid](*args, **kwargs)
+        return
     kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
 
 

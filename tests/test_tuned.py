@@ -82,8 +82,7 @@ TABLE = {
     ("9.0", torch.float32, 64, 512, None),  # no measurement for the dtype
     ("8.0", torch.bfloat16, 64, 512, None),  # nor for the GPU
 ])
-def test_measured_shape_takes_the_nearest_recorded_length(monkeypatch, capability, dtype, head_dim, seq_len, expected):
-    monkeypatch.setattr(kernel_common, "FASTEST", TABLE)
+def test_measured_shape_takes_the_nearest_recorded_length(table, capability, dtype, head_dim, seq_len, expected):
     assert kernel_common.measured_shape("fwd", capability, dtype, head_dim, seq_len) == expected
     assert kernel_common.measured_shape("dq", capability, dtype, head_dim, seq_len) is None
 
@@ -97,8 +96,15 @@ class _Kernel:
     early_config_prune = functools.partial(kernel_common.prune_configs, owned="BLOCK_M", wide_owned=64)
 
 
-def test_default_config_prefers_the_measured_shape(monkeypatch):
+@pytest.fixture
+def table(monkeypatch):
     monkeypatch.setattr(kernel_common, "FASTEST", TABLE)
+    kernel_common._measured_config.cache_clear()
+    yield
+    kernel_common._measured_config.cache_clear()
+
+
+def test_default_config_prefers_the_measured_shape(table):
     shape = kernel_common.config_shape
     args = {"N": 4096, "Q": torch.empty(1, dtype=torch.bfloat16)}
     assert shape(kernel_common.default_config(_Kernel, args, "9.0", HEAD_DIM=64)) == (128, 32, 8, 3)
@@ -110,6 +116,28 @@ def test_default_config_prefers_the_measured_shape(monkeypatch):
     # the measured 128 x 128 at head dim 128 is one the prune filter drops (128 rows of D 128): not taken
     args["N"] = 2048
     assert shape(kernel_common.default_config(_Kernel, args, "9.0", HEAD_DIM=128)) == (64, 64, 8, 3)
+
+
+def test_launch_config_per_autotune_mode(table, monkeypatch):
+    """"1": the autotuner (None); "0": the measured config, else the prune filter's first; "auto" (the default):
+    the measured config, else the autotuner."""
+    shape = kernel_common.config_shape
+    args = {"N": 512, "Q": torch.empty(1, dtype=torch.bfloat16)}
+
+    def pick(mode, capability):
+        config = kernel_common.launch_config(_Kernel, args, mode, capability, HEAD_DIM=64)
+        return None if config is None else shape(config)
+
+    assert pick("1", "9.0") is None
+    assert pick("0", "9.0") == (64, 64, 8, 3)
+    assert pick("0", "8.0") == (128, 64, 8, 3)
+    assert pick("auto", "9.0") == (64, 64, 8, 3)
+    assert pick("auto", "8.0") is None
+    monkeypatch.delenv(kernel_common.AUTOTUNE_ENV, raising=False)
+    assert kernel_common.autotune_mode() == "auto"
+    for value, mode in (("0", "0"), ("1", "1"), ("yes", "auto")):
+        monkeypatch.setenv(kernel_common.AUTOTUNE_ENV, value)
+        assert kernel_common.autotune_mode() == mode
 
 
 def test_every_kernel_names_itself_for_the_table():
