@@ -7,7 +7,8 @@ For each head dim and sequence length (B = tokens // N, H 12, v3 position settin
 the forward op is timed once per forward config; the backward op once per dK/dV config (dQ at its
 prune-first config) and once per dQ config (dK/dV at its prune-first config). Each timing is the whole op
 (its GEMMs and buffers included), so rows of one kernel differ only by that kernel's config. Every config
-the prune filter keeps for the shape is timed; a config that fails (compile error, out of resources) is
+the prune filter keeps for the shape is timed, and the fused backward (DEBERTA_FAST_TRITON_BACKWARD=fused,
+kernel "dkdv+dq") once per dK/dV config; a config that fails (compile error, out of resources) is
 recorded with its error, not timed. On the CPU (TRITON_INTERPRET=1 set before anything imports triton) it
 runs the single interpreter config: a smoke test of this script, not a measurement.
 """
@@ -30,13 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from attention import DTYPES, _quantile, time_fn  # noqa: E402
 from common import environment, progress, write_json  # noqa: E402
 
-KERNEL_NAMES = ("fwd", "dkdv", "dq")
+# "dkdv+dq": the fused backward (DEBERTA_FAST_TRITON_BACKWARD=fused), the dK/dV kernel that also adds dQ.
+KERNEL_NAMES = ("fwd", "dkdv", "dq", "dkdv+dq")
 
 
 def _kernels():
     from deberta_fast.kernels import attention_bwd, attention_fwd, common
 
-    kernels = {"fwd": attention_fwd._attn_fwd_kernel, "dkdv": attention_bwd._dkdv_kernel, "dq": attention_bwd._dq_kernel}
+    kernels = {"fwd": attention_fwd._attn_fwd_kernel, "dkdv": attention_bwd._dkdv_kernel, "dq": attention_bwd._dq_kernel,
+               "dkdv+dq": attention_bwd._dkdv_kernel}
     return kernels, attention_fwd, attention_bwd, common
 
 
@@ -78,20 +81,33 @@ def shape_rows(D: int, N: int, args) -> list[dict]:
     def run_backward():
         attention_bwd.attention_backward(dout, q, k, v, pos_key, pos_query, None, None, out, lse, **settings)
 
+    def run_fused_backward():
+        previous = os.environ.get(attention_bwd.BACKWARD_ENV)
+        os.environ[attention_bwd.BACKWARD_ENV] = "fused"
+        try:
+            run_backward()
+        finally:
+            if previous is None:
+                os.environ.pop(attention_bwd.BACKWARD_ENV)
+            else:
+                os.environ[attention_bwd.BACKWARD_ENV] = previous
+
+    runs = {"fwd": run_forward, "dkdv": run_backward, "dq": run_backward, "dkdv+dq": run_fused_backward}
+
     device = torch.device(args.device)
     rows = []
     for name in KERNEL_NAMES:
-        fixed = [n for n in ("dkdv", "dq") if n != name] if name != "fwd" else []
+        fixed = {"dkdv": ["dq"], "dq": ["dkdv"]}.get(name, [])
         for config in kept(name):
             row = dict(kernel=name, dtype=args.dtype, D=D, N=N, B=B, H=args.heads, position_buckets=args.buckets,
                        max_relative_positions=args.max_rel, config=list(common.config_shape(config)),
-                       prune_first=common.config_shape(config) == common.config_shape(first[name]), timed="forward op" if name == "fwd" else "backward op")
+                       prune_first=common.config_shape(config) == common.config_shape(first[name]), timed="forward op" if name == "fwd" else "backward op" + (" (fused)" if name == "dkdv+dq" else ""))
             try:
                 with contextlib.ExitStack() as stack:
                     stack.enter_context(common.forced_config(kernels[name], config))
                     for other in fixed:
                         stack.enter_context(common.forced_config(kernels[other], first[other]))
-                    times = time_fn(run_forward if name == "fwd" else run_backward, device, args.rep, args.warmup)
+                    times = time_fn(runs[name], device, args.rep, args.warmup)
                 row.update(status="ok", times_ms=times, median_ms=statistics.median(times),
                            p20_ms=_quantile(times, 0.2), p80_ms=_quantile(times, 0.8))
             except Exception as exc:  # e.g. out of shared memory on this GPU: recorded, not timed

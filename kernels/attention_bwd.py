@@ -12,6 +12,11 @@
    dK += scale band_k E_k and dpos_query = scale M (band_k^T K) with M the [2S, W] one-hot of
    band_index; the same for dQ / dpos_key; the saturated sums add to rows 0 and 2S - 1.
 
+DEBERTA_FAST_TRITON_BACKWARD=fused (``backward_mode``) runs steps 2 and 3 as one kernel: the dK/dV programs also
+add scale dS^T K into a zeroed fp32 dQ, and the c2p part of dS into zeroed saturated sums, atomically, and
+store it by distance (the probabilities computed once instead of twice; the summation order of dQ is not
+fixed, so dQ may differ between runs in its last bits). Not the default until GPU measurements say so.
+
 Band buffers are plain stores in the inputs' dtype (each pair's distance slot is written once: no atomics,
 deterministic; dS rounded to the inputs' dtype, as the dK / dQ GEMMs of the kernels round it), and the
 GEMMs of step 4 run on tensor cores with float32 accumulation and results.
@@ -21,6 +26,8 @@ exceed common.CHUNK_BYTES run in slices of whole sequences (steps 2-4 per slice)
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -75,14 +82,19 @@ def _delta_kernel(
 def _dkdv_tiles(
     dk, dv, t_hi, t_lo, k, v, col_ok, p2c_sat, j0, offs_n, start, end,
     Q, DO, LSE, DELTA, C2P, C2P_ROW, P2C, TABLE, MASK_B, BAND_K, seed, offset, bh,
+    DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
     stride_qn, stride_qd, stride_dn, stride_dd, stride_mn,
     N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
     MODE: tl.constexpr, CHECK_M: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
-    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FUSED_DQ: tl.constexpr,
 ):
-    """Accumulate over the query tiles [start, end) of one kind (MODE); scores are transposed [keys, queries]."""
+    """Accumulate over the query tiles [start, end) of one kind (MODE); scores are transposed [keys, queries].
+
+    FUSED_DQ: also the dQ kernel's work for these pairs, added atomically: scale dS^T K into DQ (fp32, zeroed),
+    the c2p part of dS summed over saturated pairs into SAT_Q_LO / SAT_Q_HI (fp32, zeroed) and stored by
+    distance in BAND_Q (``band_q[i, i - j + r_lo - 1]``)."""
     col_in = offs_n < N
     for start_m in range(start, end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -129,25 +141,45 @@ def _dkdv_tiles(
                 t_lo += tl.sum(tl.where(r <= -R_LO, ds, 0.0), 1)
                 in_band = (r > -R_LO) & (r < R_HI) & valid
                 tl.store(BAND_K + offs_n[:, None] * W + (r + (R_LO - 1)), ds.to(BAND_K.dtype.element_ty), mask=in_band)
+        if FUSED_DQ:
+            if not HAS_MASK:  # keys past N (whose dK / dV rows are never stored) must not reach the queries' sums
+                ds = tl.where(col_in[:, None], ds, 0.0)
+            offs_d = tl.arange(0, BLOCK_D)
+            dq = dot(tl.trans(ds.to(k.dtype)), k, tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), PREC, UPCAST)
+            tl.atomic_add(DQ + offs_m[:, None] * stride_dqn + offs_d[None, :] * stride_dqd, dq * scale,
+                          mask=row_in[:, None] & (offs_d[None, :] < HEAD_DIM), sem="relaxed")
+            if HAS_C2P:
+                if MODE == SAT_HI:
+                    tl.atomic_add(SAT_Q_HI + offs_m, tl.sum(ds, 0), mask=row_in, sem="relaxed")
+                elif MODE == SAT_LO:
+                    tl.atomic_add(SAT_Q_LO + offs_m, tl.sum(ds, 0), mask=row_in, sem="relaxed")
+                else:
+                    r = offs_m[None, :] - offs_n[:, None]
+                    tl.atomic_add(SAT_Q_HI + offs_m, tl.sum(tl.where(r >= R_HI, ds, 0.0), 0), mask=row_in, sem="relaxed")
+                    tl.atomic_add(SAT_Q_LO + offs_m, tl.sum(tl.where(r <= -R_LO, ds, 0.0), 0), mask=row_in, sem="relaxed")
+                    in_band = (r > -R_LO) & (r < R_HI) & valid
+                    tl.store(BAND_Q + offs_m[None, :] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty),
+                             mask=in_band)
     return dk, dv, t_hi, t_lo
 
 
 @autotuned("dkdv", _DKDV_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_N")
 @triton.jit
 def _dkdv_kernel(
-    Q, K, V, DO, C2P, P2C, TABLE, MASK, PHILOX, LSE, DELTA, POS_Q, DK, DV, BAND_K, SAT_K,
+    Q, K, V, DO, C2P, P2C, TABLE, MASK, PHILOX, LSE, DELTA, POS_Q, DK, DV, BAND_K, SAT_K, DQ, BAND_Q, SAT_Q,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_don, stride_dod,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    stride_dqb, stride_dqh, stride_dqn, stride_dqd,
     stride_ph, stride_pn, stride_pd,
     stride_mb, stride_mn,
     B, H, N, BH0, R_HI, R_LO, two_s, W, scale, qk_scale, dropout_p, SEQ_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
-    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FUSED_DQ: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     n_blocks = tl.cdiv(N, BLOCK_N)
@@ -166,6 +198,10 @@ def _dkdv_kernel(
     DELTA += bh64 * N
     MASK += b * stride_mb
     BAND_K += (h * B + b) * N * W
+    DQ += b * stride_dqb + h * stride_dqh
+    BAND_Q += (h * B + b) * N * W
+    SAT_Q_LO = SAT_Q + bh64 * N
+    SAT_Q_HI = SAT_Q + (B * H + bh64) * N
 
     offs_n = j0 + tl.arange(0, BLOCK_N)
     col_in = offs_n < N
@@ -196,32 +232,36 @@ def _dkdv_kernel(
         dk, dv, t_hi, t_lo = _dkdv_tiles(
             dk, dv, t_hi, t_lo, k, v, col_ok, p2c_lo, j0, offs_n, 0, lo_end,
             Q, DO, LSE, DELTA, C2P, C2P, P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
+            DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
             dk, dv, t_hi, t_lo, k, v, col_ok, 0.0, j0, offs_n, lo_end, hi_start,
             Q, DO, LSE, DELTA, C2P, C2P, P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
+            DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
             dk, dv, t_hi, t_lo, k, v, col_ok, p2c_hi, j0, offs_n, hi_start, N,
             Q, DO, LSE, DELTA, C2P, C2P + (two_s - 1), P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
+            DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ)
     else:
         dk, dv, t_hi, t_lo = _dkdv_tiles(
             dk, dv, t_hi, t_lo, k, v, col_ok, 0.0, j0, offs_n, 0, N,
             Q, DO, LSE, DELTA, C2P, C2P, P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
+            DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ)
 
     dk = dk * scale
     if HAS_P2C:  # saturated pairs: their p2c gradient flows through pos_query rows 0 and 2S - 1
@@ -450,6 +490,19 @@ def _position_grad(band, sat, x, pos, geometry, scale, dx, dpos) -> None:
     dpos.add_(torch.matmul(onehot, per_distance[:, :width]), alpha=scale)
 
 
+BACKWARD_ENV = "DEBERTA_FAST_TRITON_BACKWARD"
+
+
+def backward_mode() -> str:
+    """DEBERTA_FAST_TRITON_BACKWARD: "split" (default: a dK/dV kernel and a dQ kernel, each recomputing the
+    probabilities; deterministic) or "fused" (one kernel over key tiles that also adds dQ, and the c2p part
+    of dS, atomically: the probabilities computed once, summation order not fixed)."""
+    mode = os.environ.get(BACKWARD_ENV, "split")
+    if mode not in ("split", "fused"):
+        raise ValueError(f"{BACKWARD_ENV} must be 'split' or 'fused', got {mode!r}")
+    return mode
+
+
 def _band_stride(width: int) -> int:
     """Row length of a band buffer: ``width`` rounded up to 8 elements (16-byte aligned half rows)."""
     return max(8, (width + 7) // 8 * 8)
@@ -489,7 +542,10 @@ def attention_backward(
 
     band_c2p = has_c2p and width > 0
     band_p2c = has_p2c and width > 0
-    dq = _grad_like(q, f32 if band_c2p else q.dtype)
+    fused = backward_mode() == "fused"
+    dq = _grad_like(q, f32 if band_c2p or fused else q.dtype)
+    if fused:
+        dq.zero_()  # accumulated atomically
     dk = _grad_like(k, f32 if band_p2c else k.dtype)
     dv = _grad_like(v, v.dtype)
     dpos_key = torch.zeros(pos_key.shape, dtype=f32, device=dev) if has_c2p else None
@@ -510,7 +566,7 @@ def attention_backward(
         c2p, p2c = position_scores(qs, ks, pos_key, pos_query)
         band_q = torch.zeros(H, nb, N, stride, dtype=q.dtype, device=dev) if band_c2p else None
         band_k = torch.zeros(H, nb, N, stride, dtype=q.dtype, device=dev) if band_p2c else None
-        sat_q = torch.empty(2, nb, H, N, dtype=f32, device=dev) if has_c2p else dummy
+        sat_q = (torch.zeros if fused else torch.empty)(2, nb, H, N, dtype=f32, device=dev) if has_c2p else dummy
         sat_k = torch.empty(2, nb, H, N, dtype=f32, device=dev) if has_p2c else dummy
         dqs, dks, dvs = dq[part], dk[part], dv[part]
         scores = (c2p if c2p is not None else dummy, p2c if p2c is not None else dummy)
@@ -521,26 +577,31 @@ def attention_backward(
         launch(
             _dkdv_kernel, lambda meta, nb=nb: (triton.cdiv(N, meta["BLOCK_N"]) * nb * H,),
             qs, ks, vs, dos, *scores, table, *rest, pos_query if has_p2c else dummy, dks, dvs,
-            band_k if band_k is not None else dummy, sat_k,
-            *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dks.stride(), *dvs.stride(),
+            band_k if band_k is not None else dummy, sat_k, dqs, band_q if band_q is not None else dummy, sat_q,
+            *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dks.stride(), *dvs.stride(), *dqs.stride(),
             *(pos_query.stride() if has_p2c else (0, 0, 0)), *mask_strides,
-            *common, **flags,
+            *common, **flags, FUSED_DQ=fused,
         )
-        launch(
-            _dq_kernel, lambda meta, nb=nb: (triton.cdiv(N, meta["BLOCK_M"]) * nb * H,),
-            qs, ks, vs, dos, *scores, table_rev, *rest, pos_key if has_c2p else dummy, dqs,
-            band_q if band_q is not None else dummy, sat_q,
-            *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dqs.stride(),
-            *(pos_key.stride() if has_c2p else (0, 0, 0)), *mask_strides,
-            *common, **flags,
-        )
+        if fused:
+            if has_c2p:  # the saturated pairs' c2p gradient (the dQ kernel adds it in the split backward)
+                dqs.add_(sat_q[0, ..., None] * pos_key[None, :, 0, None].float(), alpha=scale)
+                dqs.add_(sat_q[1, ..., None] * pos_key[None, :, two_s - 1, None].float(), alpha=scale)
+        else:
+            launch(
+                _dq_kernel, lambda meta, nb=nb: (triton.cdiv(N, meta["BLOCK_M"]) * nb * H,),
+                qs, ks, vs, dos, *scores, table_rev, *rest, pos_key if has_c2p else dummy, dqs,
+                band_q if band_q is not None else dummy, sat_q,
+                *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dqs.stride(),
+                *(pos_key.stride() if has_c2p else (0, 0, 0)), *mask_strides,
+                *common, **flags,
+            )
         if has_c2p:
             _position_grad(band_q, sat_q, qs, pos_key, geometry, scale, dqs, dpos_key)
         if has_p2c:
             _position_grad(band_k, sat_k, ks, pos_query, geometry, scale, dks, dpos_query)
         del c2p, p2c, band_q, band_k  # free this slice's buffers before the next
 
-    if band_c2p:
+    if band_c2p or fused:
         dq = dq.to(q.dtype)
     if band_p2c:
         dk = dk.to(k.dtype)

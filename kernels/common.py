@@ -129,7 +129,7 @@ def upcast_dots(dtype: torch.dtype) -> bool:
 
 
 # The autotuner also keys on every tensor argument's dtype.
-AUTOTUNE_KEY = ["SEQ_BUCKET", "HEAD_DIM", "HAS_C2P", "HAS_P2C", "HAS_MASK", "MASKED_ZERO", "DROPOUT", "PREC"]
+AUTOTUNE_KEY = ["SEQ_BUCKET", "HEAD_DIM", "HAS_C2P", "HAS_P2C", "HAS_MASK", "MASKED_ZERO", "DROPOUT", "PREC", "FUSED_DQ"]
 
 
 def seq_bucket(n: int) -> int:
@@ -246,12 +246,15 @@ def measured_config(kernel, named_args: dict, capability: str | None = None, **k
     capability = capability or _device_capability(named_args)
     if capability is None:
         return None
-    return _measured_config(kernel, capability, named_args["Q"].dtype, kwargs["HEAD_DIM"], named_args["N"])
+    name = getattr(kernel, "deberta_name", None)
+    if kwargs.get("FUSED_DQ"):
+        name = f"{name}+dq"  # the fused backward's dK/dV kernel: a different kernel, measured on its own
+    return _measured_config(kernel, name, capability, named_args["Q"].dtype, kwargs["HEAD_DIM"], named_args["N"])
 
 
 @functools.lru_cache(maxsize=4096)  # every launch asks: one lookup and prune per kernel and shape
-def _measured_config(kernel, capability: str, dtype: torch.dtype, head_dim: int, seq_len: int):
-    shape = measured_shape(getattr(kernel, "deberta_name", None), capability, dtype, head_dim, seq_len)
+def _measured_config(kernel, name, capability: str, dtype: torch.dtype, head_dim: int, seq_len: int):
+    shape = measured_shape(name, capability, dtype, head_dim, seq_len)
     if shape is None:
         return None
     probe = {"N": seq_len, "Q": torch.empty(0, dtype=dtype)}  # what the prune filter reads

@@ -38,7 +38,7 @@ def _pointer_types(kernel_name: str, dtype: torch.dtype) -> dict[str, str]:
         return dict(common, O=io)
     common.update(DO=io, DELTA="*fp32")
     if kernel_name == "dkdv":
-        return dict(common, POS_Q=io, DK="*fp32", DV=io, BAND_K=io, SAT_K="*fp32")
+        return dict(common, POS_Q=io, DK="*fp32", DV=io, BAND_K=io, SAT_K="*fp32", DQ="*fp32", BAND_Q=io, SAT_Q="*fp32")
     return dict(common, POS_K=io, DQ="*fp32", BAND_Q=io, SAT_Q="*fp32")
 
 
@@ -83,6 +83,8 @@ def compile_kernel(name: str, config: triton.Config, *, dtype=torch.bfloat16, he
         HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim), HAS_C2P=True, HAS_P2C=True, HAS_MASK=True,
         MASKED_ZERO=False, DROPOUT=False, PREC="ieee", UPCAST=False,
     )
+    if name == "dkdv":
+        constexprs["FUSED_DQ"] = False
     constexprs.update(flags)
     constexprs.update(config.kwargs)
     pointers = _pointer_types(name, dtype)

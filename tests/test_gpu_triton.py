@@ -74,6 +74,21 @@ def test_realistic_sizes(case, dtype):
     check(case, dtype)
 
 
+FUSED = [
+    (Case(B=2, H=4, N=512, D=64, mask="right", **V3), torch.bfloat16),
+    (Case(B=2, H=2, N=2048, D=64, mask="left", **V3), torch.bfloat16),
+    (Case(B=1, H=2, N=2048, D=128, mask="right", **V3), torch.float16),
+    (Case(B=2, H=2, N=1025, D=48, buckets=-1, max_rel=24, mask="all_pad", masked_rows="zero"), torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("case,dtype", FUSED, ids=str)
+def test_fused_backward(case, dtype, monkeypatch):
+    """DEBERTA_FAST_TRITON_BACKWARD=fused: dQ added atomically by the dK/dV kernel."""
+    monkeypatch.setenv(attention_bwd.BACKWARD_ENV, "fused")
+    check(case, dtype)
+
+
 FEATURES = [
     Case(B=2, H=2, N=2048, D=64, p2c=False, mask="right", **V3),
     Case(B=2, H=2, N=2048, D=64, c2p=False, mask="left", **V3),

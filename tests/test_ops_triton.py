@@ -275,6 +275,61 @@ def test_dropout_matches_torch_given_the_kernel_mask(case, p):
     check_against_reference(case, torch.float32, dropout_p=p, keep=keep)
 
 
+# --- the fused backward (DEBERTA_FAST_TRITON_BACKWARD=fused): dQ added atomically by the dK/dV kernel ---
+
+FUSED_CASES = [
+    Case(N=1, D=32),
+    Case(N=17, D=64, mask="left", masked_rows="zero"),
+    Case(N=97, D=32, mask="right"),  # saturated-high, band and saturated-low tiles
+    Case(N=97, D=48, p2c=False, mask="left"),
+    Case(N=97, D=32, c2p=False, mask="right", masked_rows="zero"),
+    Case(N=97, D=32, c2p=False, p2c=False, mask="all_pad"),
+    Case(N=97, D=32, buckets=-1, max_rel=24, mask="mixed"),
+    Case(B=1, H=2, N=300, D=64, buckets=16, max_rel=64, masked_rows="zero", mask="all_pad"),
+]
+
+
+@pytest.fixture
+def fused_backward(monkeypatch):
+    from deberta_fast.kernels import attention_bwd
+
+    monkeypatch.setenv(attention_bwd.BACKWARD_ENV, "fused")
+    assert attention_bwd.backward_mode() == "fused"
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=str)
+def test_fused_backward_matches_reference(case, fused_backward):
+    check_against_reference(case, torch.float32)
+
+
+def test_fused_backward_low_precision_and_dropout(fused_backward):
+    check_against_reference(Case(N=97, D=32, mask="right"), torch.bfloat16)
+    case, p = Case(N=70, D=48, buckets=4, max_rel=8, mask="all_pad"), 0.3
+    torch.manual_seed(1234)
+    keep = triton_backend.dropout_keep_mask(triton_backend.draw_philox(DEVICE), case.B, case.H, case.N, p).cpu()
+    torch.manual_seed(1234)
+    check_against_reference(case, torch.float32, dropout_p=p, keep=keep)
+
+
+def test_fused_backward_agrees_with_split(monkeypatch):
+    """The two backwards compute the same sums in different orders: equal up to fp32 rounding."""
+    from deberta_fast.kernels import attention_bwd
+
+    case = Case(B=2, H=2, N=97, D=32, mask="mixed")
+    tensors, mask = make_inputs(case)
+    grad_out = torch.randn(case.B, case.H, case.N, case.D, dtype=torch.float64)
+    results = {}
+    for mode in ("split", "fused"):
+        monkeypatch.setenv(attention_bwd.BACKWARD_ENV, mode)
+        results[mode] = run_triton(case, tensors, mask, torch.float32, grad_out)
+    assert torch.equal(results["split"][0], results["fused"][0])  # the forward is shared
+    for name, a, b in zip(GRADS, results["split"][1], results["fused"][1]):
+        assert max_err(a, b) <= 1e-5 * max(1.0, a.abs().max().item()), name
+    monkeypatch.setenv(attention_bwd.BACKWARD_ENV, "both")
+    with pytest.raises(ValueError, match="DEBERTA_FAST_TRITON_BACKWARD must be 'split' or 'fused'"):
+        attention_bwd.backward_mode()
+
+
 def test_dropout_is_reproducible_for_a_seed():
     case = Case(N=33, D=32, mask="right")
     tensors, mask = make_inputs(case)
@@ -406,7 +461,10 @@ from deberta_fast.kernels.compile_check import (
     KERNELS, compile_kernel, default_config, pipelined_copies, pointer_layout_conversions, ptxas_report,
 )
 for name in KERNELS:
-    for flags in (dict(), dict(DROPOUT=True, MASKED_ZERO=True, HAS_P2C=False)):
+    variants = [dict(), dict(DROPOUT=True, MASKED_ZERO=True, HAS_P2C=False)]
+    if name == "dkdv":
+        variants.append(dict(FUSED_DQ=True))
+    for flags in variants:
         config = default_config(name, torch.bfloat16, 64)
         compiled = compile_kernel(name, config, dtype=torch.bfloat16, head_dim=64, **flags)
         report = ptxas_report(compiled)

@@ -133,6 +133,8 @@ def test_launch_config_per_autotune_mode(table, monkeypatch):
     assert pick("0", "8.0") == (128, 64, 8, 3)
     assert pick("auto", "9.0") == (64, 64, 8, 3)
     assert pick("auto", "8.0") is None
+    # the fused backward's dK/dV kernel is looked up under its own name ("fwd+dq" for this stand-in)
+    assert kernel_common.launch_config(_Kernel, args, "auto", "9.0", HEAD_DIM=64, FUSED_DQ=True) is None
     monkeypatch.delenv(kernel_common.AUTOTUNE_ENV, raising=False)
     assert kernel_common.autotune_mode() == "auto"
     for value, mode in (("0", "0"), ("1", "1"), ("yes", "auto")):
@@ -160,6 +162,6 @@ def test_tuning_script_smoke(tmp_path):
         capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert sorted(r["kernel"] for r in rows) == ["dkdv", "dq", "fwd"]
+    assert sorted(r["kernel"] for r in rows) == ["dkdv", "dkdv+dq", "dq", "fwd"]
     assert all(r["status"] == "ok" and r["median_ms"] > 0 and r["prune_first"] for r in rows)
     assert _load("make_tuned.py").fastest_table([json.loads(out.read_text())]) == {}
