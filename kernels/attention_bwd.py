@@ -18,7 +18,8 @@ store it by distance (the probabilities computed once instead of twice; the summ
 fixed, so dQ may differ between runs in its last bits). Not the default until GPU measurements say so.
 
 Band buffers are plain stores in the inputs' dtype (each pair's distance slot is written once: no atomics,
-deterministic; dS rounded to the inputs' dtype, as the dK / dQ GEMMs of the kernels round it), and the
+deterministic; the slots no pair has, row padding and distances reaching past the sequence, are zeroed by
+``_band_edges_kernel`` instead of a fill of the whole buffer; dS rounded to the inputs' dtype, as the dK / dQ GEMMs of the kernels round it), and the
 GEMMs of step 4 run on tensor cores with float32 accumulation and results.
 Their width W = r_lo + r_hi - 1 is the band of distances where the index is not clamped (1017 for
 DeBERTa-v3), so memory is O(N * W): no N x N tensor exists at any point. Batches whose position buffers
@@ -72,6 +73,58 @@ def _delta_kernel(
     do = load_rows(DO + b * stride_db + h * stride_dh, offs_m, stride_dn, stride_dd, N, HEAD_DIM, BLOCK_D, True)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + bh.to(tl.int64) * N + offs_m, delta, mask=offs_m < N)
+
+
+@triton.jit
+def _band_edges_kernel(
+    BAND, rows_per_program, N, W, STRIDE, R_LO,
+    ROWS_ARE_QUERIES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Zero the slots of a band buffer ``[H * B, N, STRIDE]`` that no tile writes: columns past the band width
+    W (row padding) and distances whose other index falls outside [0, N). Every other slot is written
+    exactly once by the dK/dV or dQ kernel, so the buffer needs no full zero fill.
+
+    Row x is a query (band_q: slot c is the key x - c + r_lo - 1) or a key (band_k: slot c is the query
+    x + c - r_lo + 1); the written slots of row x are c in [lo(x), hi(x)] with c < W."""
+    pid = tl.program_id(0)
+    seq = pid // rows_per_program
+    rows = (pid % rows_per_program) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_in = rows < N
+    if ROWS_ARE_QUERIES:
+        lo = rows + R_LO - N
+        hi = rows + R_LO - 1
+    else:
+        lo = R_LO - 1 - rows
+        hi = N + R_LO - 2 - rows
+    hi = tl.minimum(hi, W - 1)
+    base = BAND + seq.to(tl.int64) * N * STRIDE + rows[:, None].to(tl.int64) * STRIDE
+    zeros = tl.zeros([BLOCK_R, BLOCK_C], dtype=BAND.dtype.element_ty)
+    # columns left of every row's written run, then right of it (only the chunks that hold such slots)
+    left_end = tl.minimum(tl.max(tl.where(row_in, lo, 0), 0), STRIDE)
+    right_start = tl.maximum(tl.min(tl.where(row_in, hi + 1, STRIDE), 0), left_end)
+    for c0 in range(0, left_end, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        tl.store(base + cols[None, :], zeros, mask=row_in[:, None] & (cols[None, :] < lo[:, None]))
+    for c0 in range(right_start // BLOCK_C * BLOCK_C, STRIDE, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        outside = (cols[None, :] > hi[:, None]) & (cols[None, :] < STRIDE)
+        tl.store(base + cols[None, :], zeros, mask=row_in[:, None] & outside)
+
+
+_EDGE_ROWS, _EDGE_COLS = 16, 64
+
+
+def _band_buffer(rows_are_queries: bool, heads: int, batch: int, N: int, width: int, stride: int, r_lo: int,
+                 dtype: torch.dtype, device) -> torch.Tensor:
+    """A band buffer ``[heads, batch, N, stride]`` whose slots the kernels never write are zero (the rest is
+    left for them to write)."""
+    band = torch.empty(heads, batch, N, stride, dtype=dtype, device=device)
+    rows_per_program = triton.cdiv(N, _EDGE_ROWS)
+    _band_edges_kernel[(rows_per_program * heads * batch,)](
+        band, rows_per_program, N, width, stride, r_lo,
+        ROWS_ARE_QUERIES=rows_are_queries, BLOCK_R=_EDGE_ROWS, BLOCK_C=_EDGE_COLS,
+    )
+    return band
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -564,8 +617,8 @@ def attention_backward(
         nb = part.stop - part.start
         qs, ks, vs, dos = q[part], k[part], v[part], dout[part]
         c2p, p2c = position_scores(qs, ks, pos_key, pos_query)
-        band_q = torch.zeros(H, nb, N, stride, dtype=q.dtype, device=dev) if band_c2p else None
-        band_k = torch.zeros(H, nb, N, stride, dtype=q.dtype, device=dev) if band_p2c else None
+        band_q = _band_buffer(True, H, nb, N, width, stride, r_lo, q.dtype, dev) if band_c2p else None
+        band_k = _band_buffer(False, H, nb, N, width, stride, r_lo, q.dtype, dev) if band_p2c else None
         sat_q = (torch.zeros if fused else torch.empty)(2, nb, H, N, dtype=f32, device=dev) if has_c2p else dummy
         sat_k = torch.empty(2, nb, H, N, dtype=f32, device=dev) if has_p2c else dummy
         dqs, dks, dvs = dq[part], dk[part], dv[part]

@@ -112,6 +112,17 @@ def compile_kernel(name: str, config: triton.Config, *, dtype=torch.bfloat16, he
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
 
+def compile_band_edges(dtype=torch.bfloat16, arch=90, rows_are_queries=True):
+    """Compile the backward's ``_band_edges_kernel`` (zeroes the band slots no pair writes) for sm_``arch``."""
+    jit = attention_bwd._band_edges_kernel
+    constexprs = dict(ROWS_ARE_QUERIES=rows_are_queries, BLOCK_R=attention_bwd._EDGE_ROWS,
+                      BLOCK_C=attention_bwd._EDGE_COLS)
+    signature = {arg: "constexpr" if arg in constexprs else "i32" for arg in jit.arg_names}
+    signature["BAND"] = _PTR[dtype]
+    source = ASTSource(jit, signature, constexprs=constexprs, attrs={(0,): BaseBackend.parse_attr("D")})
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
+
+
 def ptxas_report(compiled, arch=90) -> dict:
     """Registers per thread and spill bytes of a compiled kernel, from Triton's bundled ptxas."""
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")

@@ -23,6 +23,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import deberta_fast  # noqa: E402
+import triton  # noqa: E402
 from deberta_fast import disentangled_attention  # noqa: E402
 from deberta_fast.backends import get_backend  # noqa: E402
 from deberta_fast.backends.call import make_call  # noqa: E402
@@ -275,6 +276,35 @@ def test_dropout_matches_torch_given_the_kernel_mask(case, p):
     check_against_reference(case, torch.float32, dropout_p=p, keep=keep)
 
 
+@pytest.mark.parametrize("n,buckets,max_rel", [(1, 8, 32), (23, 8, 32), (70, 4, 8), (40, -1, 100), (97, 256, 512)])
+@pytest.mark.parametrize("rows_are_queries", [True, False], ids=["band_q", "band_k"])
+def test_band_buffer_zeroes_exactly_the_slots_no_pair_writes(n, buckets, max_rel, rows_are_queries):
+    """The backward's band buffers start uninitialized: _band_edges_kernel must zero every slot no (query,
+    key) pair writes (row padding, distances reaching outside the sequence) and leave the others to the
+    kernels. Checked on a NaN-filled buffer against the slots enumerated from the pairs."""
+    from deberta_fast.kernels import attention_bwd
+
+    geometry = kernel_common.position_geometry(n, buckets, max_rel, DEVICE)
+    width, r_lo, r_hi = geometry.width, geometry.r_lo, geometry.r_hi
+    stride = attention_bwd._band_stride(width)
+    heads, batch = 2, 3
+    band = torch.full((heads, batch, n, stride), float("nan"), device=DEVICE)
+    rows_per_program = triton.cdiv(n, attention_bwd._EDGE_ROWS)
+    attention_bwd._band_edges_kernel[(rows_per_program * heads * batch,)](
+        band, rows_per_program, n, width, stride, r_lo, ROWS_ARE_QUERIES=rows_are_queries,
+        BLOCK_R=attention_bwd._EDGE_ROWS, BLOCK_C=attention_bwd._EDGE_COLS,
+    )
+    written = torch.zeros(n, stride, dtype=torch.bool)
+    i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    r = i - j
+    pairs = (r > -r_lo) & (r < r_hi)
+    rows = (i if rows_are_queries else j)[pairs]
+    written[rows, (r + r_lo - 1)[pairs]] = True
+    band = band.cpu()
+    assert bool(torch.isnan(band[..., written]).all()), "a slot some pair writes was overwritten"
+    assert bool((band[..., ~written] == 0).all()), "a slot no pair writes was left uninitialized"
+
+
 # --- the fused backward (DEBERTA_FAST_TRITON_BACKWARD=fused): dQ added atomically by the dK/dV kernel ---
 
 FUSED_CASES = [
@@ -458,7 +488,8 @@ def test_torch_backend_replays_kernel_mask_shape_check():
 COMPILE_CHECK = """
 import torch
 from deberta_fast.kernels.compile_check import (
-    KERNELS, compile_kernel, default_config, pipelined_copies, pointer_layout_conversions, ptxas_report,
+    KERNELS, compile_band_edges, compile_kernel, default_config, pipelined_copies, pointer_layout_conversions,
+    ptxas_report,
 )
 for name in KERNELS:
     variants = [dict(), dict(DROPOUT=True, MASKED_ZERO=True, HAS_P2C=False)]
@@ -474,6 +505,8 @@ for name in KERNELS:
         # the K / V (or Q / dO) tiles of the inner loop are loaded asynchronously, ahead of their use
         assert pipelined_copies(compiled) > 0, (name, flags)
         print(name, flags, report)
+for rows_are_queries in (True, False):
+    assert ptxas_report(compile_band_edges(rows_are_queries=rows_are_queries))["registers"]
 """
 
 
