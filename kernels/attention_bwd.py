@@ -245,8 +245,8 @@ def _dkdv_kernel(
 
     Q += b * stride_qb + h * stride_qh
     DO += b * stride_dob + h * stride_doh
-    C2P += bh64 * N * two_s
-    P2C += bh64 * N * two_s
+    C2P += (h * B + b) * N * two_s  # [H, B, N, 2S] (common.position_scores)
+    P2C += (h * B + b) * N * two_s
     LSE += bh64 * N
     DELTA += bh64 * N
     MASK += b * stride_mb
@@ -414,8 +414,8 @@ def _dq_kernel(
 
     K += b * stride_kb + h * stride_kh
     V += b * stride_vb + h * stride_vh
-    C2P += bh64 * N * two_s
-    P2C += bh64 * N * two_s
+    C2P += (h * B + b) * N * two_s  # [H, B, N, 2S] (common.position_scores)
+    P2C += (h * B + b) * N * two_s
     MASK += b * stride_mb
     BAND_Q += (h * B + b) * N * W
 

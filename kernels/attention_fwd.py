@@ -88,7 +88,7 @@ def _attn_fwd_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
     stride_mb, stride_mn,
-    H, N, BH0, R_HI, R_LO, two_s, qk_scale, dropout_p, SEQ_BUCKET,
+    B, H, N, BH0, R_HI, R_LO, two_s, qk_scale, dropout_p, SEQ_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
@@ -110,8 +110,8 @@ def _attn_fwd_kernel(
     K += b64 * stride_kb + h64 * stride_kh
     V += b64 * stride_vb + h64 * stride_vh
     O += b64 * stride_ob + h64 * stride_oh
-    C2P += bh64 * N * two_s
-    P2C += bh64 * N * two_s
+    C2P += (h64 * B + b64) * N * two_s  # [H, B, N, 2S] (common.position_scores)
+    P2C += (h64 * B + b64) * N * two_s
     MASK += b64 * stride_mb
 
     offs_m = i0 + tl.arange(0, BLOCK_M)
@@ -217,7 +217,7 @@ def attention_forward(
             part_mask.view(torch.uint8) if mask is not None else lse, philox if dropout else lse,
             out[part], lse[part],
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *(mask.stride() if mask is not None else (0, 0)),
-            H, N, part.start * H, geometry.r_hi if geometry else N, geometry.r_lo if geometry else N,
+            part.stop - part.start, H, N, part.start * H, geometry.r_hi if geometry else N, geometry.r_lo if geometry else N,
             two_s, scale * LOG2E, float(dropout_p), seq_bucket(N),
             **flags,
         )

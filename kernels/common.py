@@ -107,10 +107,20 @@ def batch_slices(batch: int, bytes_per_sequence: int) -> list[slice]:
 
 
 def position_scores(q, k, pos_key, pos_query):
-    """C2P = q . pos_key^T and P2C = k . pos_query^T, contiguous ``[B, H, N, 2S]`` in the input dtype
-    (unscaled; None for an absent term). O(N * S) memory, recomputed by the backward."""
-    c2p = torch.matmul(q, pos_key.transpose(-1, -2)).contiguous() if pos_key is not None else None
-    p2c = torch.matmul(k, pos_query.transpose(-1, -2)).contiguous() if pos_query is not None else None
+    """C2P = q . pos_key^T and P2C = k . pos_query^T, contiguous and head-major, ``[H, B, N, 2S]``, in the
+    input dtype (unscaled; None for an absent term). O(N * S) memory, recomputed by the backward.
+
+    One GEMM per head over all B * N rows: for the model's ``[B, N, H, D]`` views those rows are a strided
+    view (no copy of q / k, no copy of the tables broadcast over the batch, as a batched matmul over
+    ``[B, H]`` would make)."""
+
+    def scores(x, pos):
+        B, H, N, D = x.shape
+        rows = x.transpose(0, 1).reshape(H, B * N, D)  # a view unless x's batch and token strides cannot merge
+        return torch.bmm(rows, pos.transpose(1, 2)).view(H, B, N, pos.shape[1])
+
+    c2p = scores(q, pos_key) if pos_key is not None else None
+    p2c = scores(k, pos_query) if pos_query is not None else None
     return c2p, p2c
 
 

@@ -305,6 +305,22 @@ def test_band_buffer_zeroes_exactly_the_slots_no_pair_writes(n, buckets, max_rel
     assert bool((band[..., ~written] == 0).all()), "a slot no pair writes was left uninitialized"
 
 
+def test_position_scores_are_head_major_and_copy_nothing():
+    """C2P / P2C as [H, B, N, 2S]; for the model's [B, N, H, D] views and [2S, H, D]-transposed tables, one
+    GEMM per head and no copy of the inputs."""
+    B, N, H, D, two_s = 3, 11, 2, 16, 8
+    q, k = (torch.randn(B, N, H, D).transpose(1, 2) for _ in range(2))
+    pk, pq = (torch.randn(two_s, H, D).transpose(0, 1) for _ in range(2))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        c2p, p2c = kernel_common.position_scores(q, k, pk, pq)
+    copies = [e.key for e in prof.key_averages() if e.key in ("aten::copy_", "aten::clone", "aten::contiguous")]
+    assert copies == [], copies
+    assert c2p.is_contiguous() and c2p.shape == (H, B, N, two_s)
+    torch.testing.assert_close(c2p, torch.einsum("bhnd,hsd->hbns", q, pk))
+    torch.testing.assert_close(p2c, torch.einsum("bhnd,hsd->hbns", k, pq))
+    assert kernel_common.position_scores(q, k, None, pq)[0] is None
+
+
 # --- the fused backward (DEBERTA_FAST_TRITON_BACKWARD=fused): dQ added atomically by the dK/dV kernel ---
 
 FUSED_CASES = [
