@@ -70,7 +70,7 @@ bench() {
 
 run_profile() {  # where the fused backends' time goes, and which host-device synchronizations they make
   for backend in triton cuda; do
-    logged "$out/profile_$backend.log" 150 40 $PY bench/profile_attention.py --backend $backend --seqlens 512,4096 \
+    logged "$out/profile_$backend.log" 150 40 $PY bench/profile_attention.py --backend $backend --seqlens 128,512,4096 \
       --sync-debug --out "$out"
   done
   return 0
