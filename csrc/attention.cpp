@@ -257,10 +257,18 @@ void fill_common(AttnParams& p, const Inputs& in, int64_t b0, int64_t nb, double
 }
 
 // C2P = q pos_key^T and P2C = k pos_query^T for one batch slice: contiguous [nb, H, N, 2S], input dtype.
+// x [nb, H, N, D] . pos [H, 2S, D]^T as [H, nb, N, 2S] (head-major): one GEMM per head over the nb * N rows,
+// which for the model's [B, N, H, D] views are a strided view (no copy of x, nor of pos broadcast over the batch).
+Tensor head_major_scores(const Tensor& x, const Tensor& pos) {
+  const int64_t nb = x.size(0), H = x.size(1), N = x.size(2), D = x.size(3);
+  const Tensor rows = x.transpose(0, 1).reshape({H, nb * N, D});
+  return at::bmm(rows, pos.transpose(1, 2)).view({H, nb, N, pos.size(1)});
+}
+
 std::pair<Tensor, Tensor> position_scores(const Inputs& in, int64_t b0, int64_t nb) {
   Tensor c2p, p2c;
-  if (in.has_c2p) c2p = at::matmul(in.q.narrow(0, b0, nb), in.pos_key.transpose(-1, -2)).contiguous();
-  if (in.has_p2c) p2c = at::matmul(in.k.narrow(0, b0, nb), in.pos_query.transpose(-1, -2)).contiguous();
+  if (in.has_c2p) c2p = head_major_scores(in.q.narrow(0, b0, nb), in.pos_key);
+  if (in.has_p2c) p2c = head_major_scores(in.k.narrow(0, b0, nb), in.pos_query);
   return {c2p, p2c};
 }
 
@@ -402,8 +410,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
   for (int64_t b0 = 0; b0 < in.B; b0 += step) {
     const int64_t nb = std::min(step, in.B - b0);
     auto [c2p, p2c] = position_scores(in, b0, nb);
-    Tensor band_q = band_c2p ? at::zeros({in.H, nb, in.N, stride}, query.options()) : Tensor();
-    Tensor band_k = band_p2c ? at::zeros({in.H, nb, in.N, stride}, query.options()) : Tensor();
+    // Uninitialized; the slots no pair writes are zeroed here, every other slot is written by the kernels.
+    Tensor band_q = band_c2p ? at::empty({in.H, nb, in.N, stride}, query.options()) : Tensor();
+    Tensor band_k = band_p2c ? at::empty({in.H, nb, in.N, stride}, query.options()) : Tensor();
+    for (const auto& [band, rows_are_queries] : {std::pair<Tensor, bool>{band_q, true}, {band_k, false}}) {
+      if (band.defined()) {
+        run_band_edges(band.data_ptr(), static_cast<int>(band.element_size()), in.H * nb, static_cast<int>(in.N),
+                       static_cast<int>(width), static_cast<int>(stride), static_cast<int>(geo.r_lo),
+                       rows_are_queries, stream);
+      }
+    }
     Tensor sat_q = in.has_c2p ? at::empty({2, nb, in.H, in.N}, f32) : Tensor();
     Tensor sat_k = in.has_p2c ? at::empty({2, nb, in.H, in.N}, f32) : Tensor();
     Tensor dq_s = dq.narrow(0, b0, nb), dk_s = dk.narrow(0, b0, nb), dv_s = dv.narrow(0, b0, nb);

@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
   const T* q = static_cast<const T*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
   const T* k = static_cast<const T*>(p.k) + b * p.k_stride_b + h * p.k_stride_h;
   const T* v = static_cast<const T*>(p.v) + b * p.v_stride_b + h * p.v_stride_h;
-  const int64_t pos_offset = static_cast<int64_t>(bh) * N * p.two_s;
+  const int64_t pos_offset = (static_cast<int64_t>(h) * p.B + b) * N * p.two_s;  // C2P / P2C are [H, B, N, 2S]
   const T* c2p = p.c2p != nullptr ? static_cast<const T*>(p.c2p) + pos_offset : nullptr;
   const T* p2c = p.p2c != nullptr ? static_cast<const T*>(p.p2c) + pos_offset : nullptr;
   const bool has_pos = c2p != nullptr || p2c != nullptr;

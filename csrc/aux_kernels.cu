@@ -1,4 +1,6 @@
 // The small kernels: Delta = rowsum(dO * O) per dtype, and the dropout keep mask (a test hook).
+#include <algorithm>
+
 #include "attention_bwd.cuh"
 #include "launch.h"
 
@@ -15,6 +17,35 @@ void run_delta(ElemType elem, const DeltaParams& params, cudaStream_t stream) {
     default:
       launch_delta_kernel<float>(params, stream);
   }
+}
+
+// One thread per (row, column) of a band buffer; the written run of row x (mirror of the kernels' band stores,
+// and of the Triton backend's _band_edges_kernel) is c in [lo, hi], c < width.
+template <typename T>
+__global__ void band_edges_kernel(T* band, int64_t rows, int n, int width, int stride, int r_lo, bool rows_are_queries) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= stride) return;
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    const int x = static_cast<int>(row % n);
+    const int lo = rows_are_queries ? x + r_lo - n : r_lo - 1 - x;
+    const int hi = min(rows_are_queries ? x + r_lo - 1 : n + r_lo - 2 - x, width - 1);
+    if (c < lo || c > hi) band[row * stride + c] = T(0);
+  }
+}
+
+void run_band_edges(void* band, int elem_bytes, int64_t seqs, int n, int width, int stride, int r_lo,
+                    bool rows_are_queries, cudaStream_t stream) {
+  const int64_t rows = seqs * n;
+  if (rows == 0) return;
+  const dim3 grid((stride + 255) / 256, static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  if (elem_bytes == 2) {
+    band_edges_kernel<uint16_t><<<grid, 256, 0, stream>>>(static_cast<uint16_t*>(band), rows, n, width, stride, r_lo,
+                                                          rows_are_queries);
+  } else {
+    band_edges_kernel<uint32_t><<<grid, 256, 0, stream>>>(static_cast<uint32_t*>(band), rows, n, width, stride, r_lo,
+                                                          rows_are_queries);
+  }
+  DF_CUDA_CHECK(cudaGetLastError());
 }
 
 __global__ void dropout_mask_kernel(const int64_t* philox, float p, int n, uint8_t* keep) {

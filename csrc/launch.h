@@ -36,6 +36,10 @@ template <ElemType E, int D>
 void run_dq(const BwdParams& params, cudaStream_t stream);
 
 void run_delta(ElemType elem, const DeltaParams& params, cudaStream_t stream);
+// Zero the slots of a band buffer [seqs, n, stride] (element size elem_bytes) that no (query, key) pair writes:
+// columns >= width and distances whose other index falls outside [0, n). rows_are_queries: band_q, else band_k.
+void run_band_edges(void* band, int elem_bytes, int64_t seqs, int n, int width, int stride, int r_lo,
+                    bool rows_are_queries, cudaStream_t stream);
 // keep[bh, i, j] (uint8 [B * H, N, N]) of the dropout mask for philox = [seed, offset] on the device.
 void run_dropout_mask(const int64_t* philox, float p, int bh_count, int n, uint8_t* keep, cudaStream_t stream);
 
