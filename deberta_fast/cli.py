@@ -62,7 +62,25 @@ def cmd_info(args: argparse.Namespace) -> int:
         else:
             line = "not built"
         print(f"cuda extension {line}; just-in-time build {status['jit']}")
+    print(f"triton configs {_triton_settings()}")
     return 0
+
+
+def _triton_settings() -> str:
+    """The Triton kernels' block-config mode, the GPUs / dtypes / head dims with recorded tunings, and the
+    backward variant (from the environment)."""
+    try:
+        from deberta_fast.kernels import attention_bwd, common
+    except Exception as exc:  # triton missing or broken: the backends line above says why
+        return f"unknown ({type(exc).__name__}: {exc})"
+    recorded = sorted({(cap, dtype, dim) for cap, dtype, dim, _ in common.FASTEST})
+    tunings = ", ".join(f"sm_{cap.replace('.', '')} {dtype} D{dim}" for cap, dtype, dim in recorded) or "none"
+    try:
+        backward = attention_bwd.backward_mode()
+    except ValueError as exc:
+        backward = f"invalid ({exc})"
+    return (f"autotune {common.autotune_mode()} ({common.AUTOTUNE_ENV}); recorded tunings: {tunings}; "
+            f"backward {backward} ({attention_bwd.BACKWARD_ENV})")
 
 
 @dataclass

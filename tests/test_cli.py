@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from deberta_fast.cli import main
 
 
@@ -11,6 +13,18 @@ def test_info_lists_every_backend(capsys):
     assert "  torch    available" in out
     for name in ("triton",):
         assert f"  {name}" in out  # available, or unavailable with its reasons
+
+
+def test_info_reports_the_triton_settings(capsys, monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.delenv("DEBERTA_FAST_TRITON_AUTOTUNE", raising=False)
+    monkeypatch.setenv("DEBERTA_FAST_TRITON_BACKWARD", "fused")
+    assert main(["info"]) == 0
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("triton configs"))
+    assert "autotune auto" in line and "backward fused" in line and "recorded tunings:" in line
+    monkeypatch.setenv("DEBERTA_FAST_TRITON_BACKWARD", "sideways")
+    assert main(["info"]) == 0
+    assert "backward invalid" in capsys.readouterr().out
 
 
 def test_parity_passes_on_cpu(capsys):
