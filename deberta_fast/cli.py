@@ -75,12 +75,14 @@ def _triton_settings() -> str:
         return f"unknown ({type(exc).__name__}: {exc})"
     recorded = sorted({(cap, dtype, dim) for cap, dtype, dim, _ in common.FASTEST})
     tunings = ", ".join(f"sm_{cap.replace('.', '')} {dtype} D{dim}" for cap, dtype, dim in recorded) or "none"
-    try:
-        backward = attention_bwd.backward_mode()
-    except ValueError as exc:
-        backward = f"invalid ({exc})"
-    return (f"autotune {common.autotune_mode()} ({common.AUTOTUNE_ENV}); recorded tunings: {tunings}; "
-            f"backward {backward} ({attention_bwd.BACKWARD_ENV})")
+    def setting(read):
+        try:
+            return read()
+        except ValueError as exc:
+            return f"invalid ({exc})"
+
+    return (f"autotune {setting(common.autotune_mode)} ({common.AUTOTUNE_ENV}); recorded tunings: {tunings}; "
+            f"backward {setting(attention_bwd.backward_mode)} ({attention_bwd.BACKWARD_ENV})")
 
 
 @dataclass

@@ -189,12 +189,19 @@ def prune_configs(configs, named_args, owned="BLOCK_M", wide_owned=64, **kwargs)
 AUTOTUNE_ENV = "DEBERTA_FAST_TRITON_AUTOTUNE"
 
 
+_AUTOTUNE_VALUES = {"1": "1", "true": "1", "on": "1", "yes": "1", "0": "0", "false": "0", "off": "0", "no": "0",
+                    "auto": "auto", "": "auto"}
+
+
 def autotune_mode() -> str:
-    """DEBERTA_FAST_TRITON_AUTOTUNE: "1" always autotune; "0" never (:func:`default_config`: the measured config,
-    else the prune filter's first); unset (or anything else): "auto", the measured config where ``tuned.py``
-    has one for the GPU, dtype and head dim, else autotune."""
+    """DEBERTA_FAST_TRITON_AUTOTUNE: "1" (true / on / yes) always autotune; "0" (false / off / no) never
+    (:func:`default_config`: the measured config, else the prune filter's first); unset or "auto": the
+    measured config where ``tuned.py`` has one for the GPU, dtype and head dim, else autotune."""
     value = os.environ.get(AUTOTUNE_ENV, "auto")
-    return value if value in ("0", "1") else "auto"
+    mode = _AUTOTUNE_VALUES.get(value.strip().lower())
+    if mode is None:
+        raise ValueError(f"{AUTOTUNE_ENV} must be 1, 0 or auto, got {value!r}")
+    return mode
 
 
 def autotuned(name: str, shapes, interpret_blocks: tuple[int, int], owned: str, wide_owned: int = 64):

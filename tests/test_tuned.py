@@ -137,9 +137,12 @@ def test_launch_config_per_autotune_mode(table, monkeypatch):
     assert kernel_common.launch_config(_Kernel, args, "auto", "9.0", HEAD_DIM=64, FUSED_DQ=True) is None
     monkeypatch.delenv(kernel_common.AUTOTUNE_ENV, raising=False)
     assert kernel_common.autotune_mode() == "auto"
-    for value, mode in (("0", "0"), ("1", "1"), ("yes", "auto")):
+    for value, mode in (("0", "0"), ("1", "1"), ("True", "1"), ("off", "0"), ("auto", "auto")):
         monkeypatch.setenv(kernel_common.AUTOTUNE_ENV, value)
         assert kernel_common.autotune_mode() == mode
+    monkeypatch.setenv(kernel_common.AUTOTUNE_ENV, "fast")
+    with pytest.raises(ValueError, match="DEBERTA_FAST_TRITON_AUTOTUNE must be 1, 0 or auto, got 'fast'"):
+        kernel_common.autotune_mode()
 
 
 def test_every_kernel_names_itself_for_the_table():
