@@ -12,6 +12,10 @@
    dK += scale band_k E_k and dpos_query = scale M (band_k^T K) with M the [2S, W] one-hot of
    band_index; the same for dQ / dpos_key; the saturated sums add to rows 0 and 2S - 1.
 
+Padded batches: the dQ programs visit only their sequence's token hull of keys (dS is zero on every pair with
+a padded side), and under masked_rows="zero" the dK/dV programs only its token hull of queries; the band
+buffers are then zeroed whole, since skipped tiles leave their slots unwritten.
+
 DEBERTA_FAST_TRITON_BACKWARD=fused (``backward_mode``) runs steps 2 and 3 as one kernel: the dK/dV programs also
 add scale dS^T K into a zeroed fp32 dQ, and the c2p part of dS into zeroed saturated sums, atomically, and
 store it by distance (the probabilities computed once instead of twice; the summation order of dQ is not
@@ -37,7 +41,7 @@ import triton.language as tl
 from .common import (
     BAND, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
     autotuned, batch_slices, block_d, dot, key_regions, launch, load_rows, load_vector, mask_scores, position_bias,
-    position_geometry, position_scores, query_regions, seq_bucket, store_rows, upcast_dots,
+    position_geometry, position_scores, query_regions, seq_bucket, store_rows, token_ranges, token_span, upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -115,9 +119,12 @@ _EDGE_ROWS, _EDGE_COLS = 16, 64
 
 
 def _band_buffer(rows_are_queries: bool, heads: int, batch: int, N: int, width: int, stride: int, r_lo: int,
-                 dtype: torch.dtype, device) -> torch.Tensor:
+                 dtype: torch.dtype, device, padded: bool) -> torch.Tensor:
     """A band buffer ``[heads, batch, N, stride]`` whose slots the kernels never write are zero (the rest is
-    left for them to write)."""
+    left for them to write). With a padding mask (``padded``) the kernels skip tiles of padding, whose slots
+    are then never written either: the whole buffer is zeroed."""
+    if padded:
+        return torch.zeros(heads, batch, N, stride, dtype=dtype, device=device)
     band = torch.empty(heads, batch, N, stride, dtype=dtype, device=device)
     rows_per_program = triton.cdiv(N, _EDGE_ROWS)
     _band_edges_kernel[(rows_per_program * heads * batch,)](
@@ -219,7 +226,7 @@ def _dkdv_tiles(
 @autotuned("dkdv", _DKDV_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_N")
 @triton.jit
 def _dkdv_kernel(
-    Q, K, V, DO, C2P, P2C, TABLE, MASK, PHILOX, LSE, DELTA, POS_Q, DK, DV, BAND_K, SAT_K, DQ, BAND_Q, SAT_Q,
+    Q, K, V, DO, C2P, P2C, TABLE, MASK, RANGE, PHILOX, LSE, DELTA, POS_Q, DK, DV, BAND_K, SAT_K, DQ, BAND_Q, SAT_Q,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -275,6 +282,14 @@ def _dkdv_kernel(
     t_hi = tl.zeros([BLOCK_N], dtype=tl.float32)
     t_lo = tl.zeros([BLOCK_N], dtype=tl.float32)
 
+    # Queries this tile visits: all, or under masked_rows "zero" (where a pair with a padded side has
+    # probability 0) the sequence's token hull, nothing if the tile holds no token. Under "uniform" a fully
+    # padded query row gives every key probability 1/N, and with it a share of dV.
+    q_lo = 0
+    q_hi = N
+    if HAS_MASK and MASKED_ZERO:
+        q_lo, q_hi = token_span(RANGE, b, col_ok, col_in, N, BLOCK_M, False)
+
     if HAS_C2P or HAS_P2C:
         lo_end, hi_start = query_regions(j0, N, R_HI, R_LO, BLOCK_M, BLOCK_N)
         p2c_hi = 0.0
@@ -283,7 +298,7 @@ def _dkdv_kernel(
             p2c_hi = tl.load(P2C + offs_n * two_s + (two_s - 1), mask=col_in, other=0.0).to(tl.float32)[:, None]
             p2c_lo = tl.load(P2C + offs_n * two_s, mask=col_in, other=0.0).to(tl.float32)[:, None]
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, v, col_ok, p2c_lo, j0, offs_n, 0, lo_end,
+            dk, dv, t_hi, t_lo, k, v, col_ok, p2c_lo, j0, offs_n, q_lo, tl.minimum(lo_end, q_hi),
             Q, DO, LSE, DELTA, C2P, C2P, P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
@@ -291,7 +306,7 @@ def _dkdv_kernel(
             SAT_LO, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, v, col_ok, 0.0, j0, offs_n, lo_end, hi_start,
+            dk, dv, t_hi, t_lo, k, v, col_ok, 0.0, j0, offs_n, tl.maximum(lo_end, q_lo), tl.minimum(hi_start, q_hi),
             Q, DO, LSE, DELTA, C2P, C2P, P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
@@ -299,7 +314,7 @@ def _dkdv_kernel(
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, v, col_ok, p2c_hi, j0, offs_n, hi_start, N,
+            dk, dv, t_hi, t_lo, k, v, col_ok, p2c_hi, j0, offs_n, tl.maximum(hi_start, q_lo), q_hi,
             Q, DO, LSE, DELTA, C2P, C2P + (two_s - 1), P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
@@ -308,7 +323,7 @@ def _dkdv_kernel(
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ)
     else:
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, v, col_ok, 0.0, j0, offs_n, 0, N,
+            dk, dv, t_hi, t_lo, k, v, col_ok, 0.0, j0, offs_n, q_lo, q_hi,
             Q, DO, LSE, DELTA, C2P, C2P, P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
@@ -390,7 +405,7 @@ def _dq_tiles(
 @autotuned("dq", _DQ_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M")
 @triton.jit
 def _dq_kernel(
-    Q, K, V, DO, C2P, P2C, TABLE, MASK, PHILOX, LSE, DELTA, POS_K, DQ, BAND_Q, SAT_Q,  # TABLE: table_rev
+    Q, K, V, DO, C2P, P2C, TABLE, MASK, RANGE, PHILOX, LSE, DELTA, POS_K, DQ, BAND_Q, SAT_Q,  # TABLE: table_rev
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -439,6 +454,13 @@ def _dq_kernel(
     s_hi = tl.zeros([BLOCK_M], dtype=tl.float32)
     s_lo = tl.zeros([BLOCK_M], dtype=tl.float32)
 
+    # Keys this tile visits: dS is zero on every pair with a padded side (masked_rows either way), so a
+    # padded batch's tile needs only its sequence's token hull, nothing if it holds no token.
+    key_lo = 0
+    key_hi = N
+    if HAS_MASK:
+        key_lo, key_hi = token_span(RANGE, b, row_ok, row_in, N, BLOCK_N, False)
+
     if HAS_C2P or HAS_P2C:
         hi_end, lo_start = key_regions(i0, N, R_HI, R_LO, BLOCK_M, BLOCK_N)
         c2p_hi = 0.0
@@ -447,21 +469,22 @@ def _dq_kernel(
             c2p_hi = tl.load(C2P + offs_m * two_s + (two_s - 1), mask=row_in, other=0.0).to(tl.float32)[:, None]
             c2p_lo = tl.load(C2P + offs_m * two_s, mask=row_in, other=0.0).to(tl.float32)[:, None]
         dq, s_hi, s_lo = _dq_tiles(
-            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_hi, i0, offs_m, 0, hi_end,
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_hi, i0, offs_m, key_lo, tl.minimum(hi_end, key_hi),
             K, V, C2P, P2C, P2C + (two_s - 1), TABLE, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
         dq, s_hi, s_lo = _dq_tiles(
-            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, i0, offs_m, hi_end, lo_start,
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, i0, offs_m, tl.maximum(hi_end, key_lo),
+            tl.minimum(lo_start, key_hi),
             K, V, C2P, P2C, P2C, TABLE, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
         dq, s_hi, s_lo = _dq_tiles(
-            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_lo, i0, offs_m, lo_start, N,
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_lo, i0, offs_m, tl.maximum(lo_start, key_lo), key_hi,
             K, V, C2P, P2C, P2C, TABLE, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
@@ -469,7 +492,7 @@ def _dq_kernel(
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
     else:
         dq, s_hi, s_lo = _dq_tiles(
-            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, i0, offs_m, 0, N,
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, i0, offs_m, key_lo, key_hi,
             K, V, C2P, P2C, P2C, TABLE, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
@@ -613,18 +636,20 @@ def attention_backward(
     mask_strides = mask.stride() if mask is not None else (0, 0)
     stride = _band_stride(width)
     per_sequence = (has_c2p + has_p2c) * H * N * (two_s + stride) * q.element_size()
+    padded = mask is not None  # tiles of padding are skipped: their band slots stay unwritten
+    ranges = token_ranges(mask) if padded else None
     for part in batch_slices(B, per_sequence):
         nb = part.stop - part.start
         qs, ks, vs, dos = q[part], k[part], v[part], dout[part]
         c2p, p2c = position_scores(qs, ks, pos_key, pos_query)
-        band_q = _band_buffer(True, H, nb, N, width, stride, r_lo, q.dtype, dev) if band_c2p else None
-        band_k = _band_buffer(False, H, nb, N, width, stride, r_lo, q.dtype, dev) if band_p2c else None
+        band_q = _band_buffer(True, H, nb, N, width, stride, r_lo, q.dtype, dev, padded) if band_c2p else None
+        band_k = _band_buffer(False, H, nb, N, width, stride, r_lo, q.dtype, dev, padded) if band_p2c else None
         sat_q = (torch.zeros if fused else torch.empty)(2, nb, H, N, dtype=f32, device=dev) if has_c2p else dummy
         sat_k = torch.empty(2, nb, H, N, dtype=f32, device=dev) if has_p2c else dummy
         dqs, dks, dvs = dq[part], dk[part], dv[part]
         scores = (c2p if c2p is not None else dummy, p2c if p2c is not None else dummy)
-        rest = (mask[part].view(torch.uint8) if mask is not None else dummy, philox if dropout else dummy,
-                lse[part], delta[part])
+        rest = (mask[part].view(torch.uint8) if mask is not None else dummy,
+                ranges[part] if mask is not None else dummy, philox if dropout else dummy, lse[part], delta[part])
         common = (nb, H, N, part.start * H, r_hi, r_lo, two_s, stride, scale, scale * LOG2E,
                   float(dropout_p), seq_bucket(N))
         launch(

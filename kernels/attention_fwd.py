@@ -5,8 +5,10 @@ in fp32 (exp2, scores in log2 units). The key range splits into three runs (comm
 saturated-high tiles (every pair has i - j >= r_hi, position row 2S - 1), band tiles (gathers through
 the index table) and saturated-low tiles (row 0). Saturated tiles add a per-row c2p vector and a
 per-column p2c vector, loaded once per program / per tile, instead of gathering: at long sequences
-most tiles are saturated and cost about a plain attention tile. Stores O and the row log-sum-exp
-(natural log; +inf for a fully padded row under masked_rows="zero", whose output is 0).
+most tiles are saturated and cost about a plain attention tile. In a padded batch a tile of token rows
+visits only the key tiles of its sequence's token hull (common.token_span; a tile holding a fully padded
+row visits every key under masked_rows="uniform", none of its own under "zero"). Stores O and the row
+log-sum-exp (natural log; +inf for a fully padded row under masked_rows="zero", whose output is 0).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import triton.language as tl
 from .common import (
     BAND, K_LN2, LOG2E, PLAIN, SAT_HI, SAT_LO,
     autotuned, batch_slices, block_d, dot, key_regions, launch, load_rows, mask_scores, position_bias,
-    position_geometry, position_scores, seq_bucket, store_rows, upcast_dots,
+    position_geometry, position_scores, seq_bucket, store_rows, token_ranges, token_span, upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -82,7 +84,7 @@ def _fwd_tiles(
 @autotuned("fwd", _FWD_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M", wide_owned=128)
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, C2P, P2C, TABLE, MASK, PHILOX, O, LSE,  # TABLE: PositionGeometry.table_rev (keys along the fast axis)
+    Q, K, V, C2P, P2C, TABLE, MASK, RANGE, PHILOX, O, LSE,  # TABLE: PositionGeometry.table_rev (keys along the fast axis)
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -131,6 +133,13 @@ def _attn_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
 
+    # Keys this tile visits: all, or (padded batches) the sequence's token hull, unless a fully padded row
+    # of the tile attends to every key (masked_rows "uniform").
+    key_lo = 0
+    key_hi = N
+    if HAS_MASK:
+        key_lo, key_hi = token_span(RANGE, b64, row_ok, row_in, N, BLOCK_N, not MASKED_ZERO)
+
     if HAS_C2P or HAS_P2C:
         hi_end, lo_start = key_regions(i0, N, R_HI, R_LO, BLOCK_M, BLOCK_N)
         c2p_hi = 0.0
@@ -139,26 +148,26 @@ def _attn_fwd_kernel(
             c2p_hi = tl.load(C2P + offs_m * two_s + (two_s - 1), mask=row_in, other=0.0).to(tl.float32)[:, None]
             c2p_lo = tl.load(C2P + offs_m * two_s, mask=row_in, other=0.0).to(tl.float32)[:, None]
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, row_ok, c2p_hi, i0, offs_m, 0, hi_end,
+            acc, l_i, m_i, q, row_ok, c2p_hi, i0, offs_m, key_lo, tl.minimum(hi_end, key_hi),
             K, V, C2P, P2C, P2C + (two_s - 1), TABLE, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, qk_scale, dropout_p,
             SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, row_ok, 0.0, i0, offs_m, hi_end, lo_start,
+            acc, l_i, m_i, q, row_ok, 0.0, i0, offs_m, tl.maximum(hi_end, key_lo), tl.minimum(lo_start, key_hi),
             K, V, C2P, P2C, P2C, TABLE, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, row_ok, c2p_lo, i0, offs_m, lo_start, N,
+            acc, l_i, m_i, q, row_ok, c2p_lo, i0, offs_m, tl.maximum(lo_start, key_lo), key_hi,
             K, V, C2P, P2C, P2C, TABLE, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, qk_scale, dropout_p,
             SAT_LO, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
     else:
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, row_ok, 0.0, i0, offs_m, 0, N,
+            acc, l_i, m_i, q, row_ok, 0.0, i0, offs_m, key_lo, key_hi,
             K, V, C2P, P2C, P2C, TABLE, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
@@ -207,6 +216,7 @@ def attention_forward(
         HAS_MASK=mask is not None, MASKED_ZERO=bool(masked_zero), DROPOUT=dropout, PREC=precision,
         UPCAST=upcast_dots(q.dtype),
     )
+    ranges = token_ranges(mask) if mask is not None else None
     for part in batch_slices(B, n_terms * H * N * two_s * q.element_size()):
         c2p, p2c = position_scores(q[part], k[part], pos_key, pos_query)
         part_mask = mask[part] if mask is not None else None
@@ -214,7 +224,8 @@ def attention_forward(
         launch(
             _attn_fwd_kernel, lambda meta, heads=heads: (triton.cdiv(N, meta["BLOCK_M"]) * heads,),
             q[part], k[part], v[part], _or(c2p, lse), _or(p2c, lse), geometry.table_rev if geometry else lse,
-            part_mask.view(torch.uint8) if mask is not None else lse, philox if dropout else lse,
+            part_mask.view(torch.uint8) if mask is not None else lse, ranges[part] if mask is not None else lse,
+            philox if dropout else lse,
             out[part], lse[part],
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *(mask.stride() if mask is not None else (0, 0)),
             part.stop - part.start, H, N, part.start * H, geometry.r_hi if geometry else N, geometry.r_lo if geometry else N,

@@ -393,6 +393,35 @@ def query_regions(j0, N, R_HI, R_LO, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexp
     return lo_end, hi_start
 
 
+def token_ranges(mask: torch.Tensor) -> torch.Tensor:
+    """int32 ``[B, 2]``: each sequence's first token and last token + 1 (``[N, 0]`` for a sequence without a
+    token), from a bool ``[B, N]`` mask; no host-device synchronization."""
+    N = mask.shape[1]
+    index = torch.arange(N, device=mask.device, dtype=torch.int32)
+    first = torch.where(mask, index, N).amin(1)
+    last = torch.where(mask, index + 1, 0).amax(1)
+    return torch.stack([first, last], 1).to(torch.int32)
+
+
+@triton.jit
+def token_span(RANGE, b, ok, inside, N, BLOCK: tl.constexpr, PADDED_NEED_ALL: tl.constexpr):
+    """[lo, hi) of the other index a tile of a padded sequence must visit, when only pairs of two tokens
+    contribute: the sequence's token hull (``RANGE[b]`` from :func:`token_ranges`), lo rounded down to a
+    multiple of BLOCK, empty when the tile (``ok``: token flags, ``inside``: index < N) holds no token.
+    PADDED_NEED_ALL: [0, N) as soon as the tile holds a padded index (masked_rows "uniform": a fully padded
+    query row attends to every key)."""
+    first = tl.load(RANGE + b * 2)
+    last = tl.load(RANGE + b * 2 + 1)
+    n_token = tl.sum((ok & inside).to(tl.int32), 0)
+    lo = first // BLOCK * BLOCK
+    hi = tl.where(n_token > 0, last, 0)
+    if PADDED_NEED_ALL:
+        n_padded = tl.sum(((ok == 0) & inside).to(tl.int32), 0)
+        lo = tl.where(n_padded > 0, 0, lo)
+        hi = tl.where(n_padded > 0, N, hi)
+    return lo, hi
+
+
 @triton.jit
 def position_bias(i, j, valid, C2P, P2C, TABLE, two_s, N, c2p_sat, p2c_sat,
                   MODE: tl.constexpr, HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, REVERSED: tl.constexpr):

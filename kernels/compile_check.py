@@ -33,7 +33,7 @@ _FLOATS = ("scale", "qk_scale", "dropout_p")
 
 def _pointer_types(kernel_name: str, dtype: torch.dtype) -> dict[str, str]:
     io = _PTR[dtype]
-    common = dict(Q=io, K=io, V=io, C2P=io, P2C=io, TABLE="*i32", MASK="*u8", PHILOX="*i64", LSE="*fp32")
+    common = dict(Q=io, K=io, V=io, C2P=io, P2C=io, TABLE="*i32", MASK="*u8", RANGE="*i32", PHILOX="*i64", LSE="*fp32")
     if kernel_name == "fwd":
         return dict(common, O=io)
     common.update(DO=io, DELTA="*fp32")

@@ -24,6 +24,7 @@ pytest.importorskip("triton")
 
 import deberta_fast  # noqa: E402
 import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from deberta_fast import disentangled_attention  # noqa: E402
 from deberta_fast.backends import get_backend  # noqa: E402
 from deberta_fast.backends.call import make_call  # noqa: E402
@@ -319,6 +320,42 @@ def test_position_scores_are_head_major_and_copy_nothing():
     torch.testing.assert_close(c2p, torch.einsum("bhnd,hsd->hbns", q, pk))
     torch.testing.assert_close(p2c, torch.einsum("bhnd,hsd->hbns", k, pq))
     assert kernel_common.position_scores(q, k, None, pq)[0] is None
+
+
+@triton.jit
+def _span_probe(RANGE, MASK, OUT, N, i0, BLOCK: tl.constexpr, TILE: tl.constexpr, PADDED_NEED_ALL: tl.constexpr):
+    b = tl.program_id(0)
+    offs = i0 + tl.arange(0, TILE)
+    inside = offs < N
+    ok = tl.load(MASK + b * N + offs, mask=inside, other=1) != 0
+    lo, hi = kernel_common.token_span(RANGE, b, ok, inside, N, BLOCK, PADDED_NEED_ALL)
+    tl.store(OUT + b * 2, lo)
+    tl.store(OUT + b * 2 + 1, hi)
+
+
+def test_padded_tiles_visit_only_the_token_hull():
+    """token_ranges / token_span: the index range a tile of a padded sequence visits (the kernels skip the
+    rest). Rows: right padding, left padding, a hole-free middle, no token at all."""
+    N, tile = 100, 32
+    mask = torch.zeros(4, N, dtype=torch.bool)
+    mask[0, :70] = True
+    mask[1, 40:] = True
+    mask[2, 35:60] = True
+    ranges = kernel_common.token_ranges(mask.to(DEVICE))
+    assert ranges.tolist() == [[0, 70], [40, 100], [35, 60], [N, 0]]
+
+    def span(i0, padded_need_all):
+        out = torch.empty(4, 2, dtype=torch.int32, device=DEVICE)
+        _span_probe[(4,)](ranges, mask.to(DEVICE, torch.uint8), out, N, i0, BLOCK=16, TILE=tile,
+                          PADDED_NEED_ALL=padded_need_all)
+        return [tuple(row) for row in out.tolist()]
+
+    # tile [0, 32): all tokens in row 0, all padding in rows 1 to 3
+    assert span(0, False) == [(0, 70), (32, 0), (32, 0), (96, 0)]
+    assert span(0, True) == [(0, 70), (0, N), (0, N), (0, N)]  # "uniform": a padded row needs every key
+    # tile [32, 64): mixed in rows 0 (no), 1 and 2; token hull lo rounded down to BLOCK
+    assert span(32, False) == [(0, 70), (32, 100), (32, 60), (96, 0)]
+    assert span(32, True) == [(0, 70), (0, N), (0, N), (0, N)]
 
 
 # --- the fused backward (DEBERTA_FAST_TRITON_BACKWARD=fused): dQ added atomically by the dK/dV kernel ---
