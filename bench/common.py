@@ -89,6 +89,33 @@ def usable_backends(device, head_dim: int) -> list[str]:
     return [name for name, reasons in available_backends(probe).items() if not reasons]
 
 
+def source_label(path: Path, record: dict, *fields: str) -> str:
+    """How a generated table names one recorded run: its path (relative to the checkout when inside it), the
+    GPU, the env ``fields`` given (as "name value") and the date."""
+    env = record["env"]
+    name = path.relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+    extra = "".join(f", {field} {env.get(field)}" for field in fields)
+    return f"{name} ({env.get('gpu')}{extra}, {env.get('timestamp', '')[:10]})"
+
+
+def generate_from_json(paths: list[Path], table_of, render, label_fields: tuple[str, ...] = ()) -> str:
+    """``render(table_of(records), labels)`` of the JSON records at ``paths`` (the generators' common shape)."""
+    records = [json.loads(p.read_text()) for p in paths]
+    return render(table_of(records), [source_label(p.resolve(), r, *label_fields) for p, r in zip(paths, records)])
+
+
+def write_generated(description: str, generate, sources: list[Path], target: Path, what: str) -> None:
+    """The generators' command line: ``[JSON ...] [--out PATH]``, writing ``generate(paths)`` atomically."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("json", nargs="*", type=Path, help=f"{what} JSON (default: the committed SOURCES)")
+    p.add_argument("--out", type=Path, default=target)
+    args = p.parse_args()
+    atomic_write_text(args.out, generate(args.json or sources))
+    print(f"written to {args.out}")
+
+
 def write_json(path: Path, record: dict) -> None:
     """Write ``record`` to ``path`` atomically (parent directories created)."""
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")

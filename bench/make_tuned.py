@@ -9,15 +9,14 @@ left out. tests/test_tuned.py checks that the committed table is what this scrip
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # deberta_fast, for a checkout not installed
+sys.path.insert(0, str(ROOT / "bench"))
 
-from deberta_fast.io import atomic_write_text
+from common import generate_from_json, write_generated  # noqa: E402
 
 TARGET = ROOT / "kernels" / "tuned.py"
 # The committed tuning runs (bench/tune_triton.py on a GPU); later runs of the same shape win.
@@ -71,24 +70,12 @@ def render(table: dict, sources: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def describe(path: Path, record: dict) -> str:
-    env = record["env"]
-    name = path.relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
-    return f"{name} ({env.get('gpu')}, triton {env.get('triton')}, {env.get('timestamp', '')[:10]})"
-
-
 def generate(paths: list[Path]) -> str:
-    records = [json.loads(p.read_text()) for p in paths]
-    return render(fastest_table(records), [describe(p.resolve(), r) for p, r in zip(paths, records)])
+    return generate_from_json(paths, fastest_table, render, ("triton",))
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("json", nargs="*", type=Path, help="tuning JSON (default: the committed SOURCES)")
-    p.add_argument("--out", type=Path, default=TARGET)
-    args = p.parse_args()
-    atomic_write_text(args.out, generate(args.json or SOURCES))
-    print(f"written to {args.out}")
+    write_generated(__doc__.splitlines()[0], generate, SOURCES, TARGET, "tuning")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import statistics
 import sys
 import traceback
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -82,15 +83,8 @@ def shape_rows(D: int, N: int, args) -> list[dict]:
         attention_bwd.attention_backward(dout, q, k, v, pos_key, pos_query, None, None, out, lse, **settings)
 
     def run_fused_backward():
-        previous = os.environ.get(attention_bwd.BACKWARD_ENV)
-        os.environ[attention_bwd.BACKWARD_ENV] = "fused"
-        try:
+        with mock.patch.dict(os.environ, {attention_bwd.BACKWARD_ENV: "fused"}):
             run_backward()
-        finally:
-            if previous is None:
-                os.environ.pop(attention_bwd.BACKWARD_ENV)
-            else:
-                os.environ[attention_bwd.BACKWARD_ENV] = previous
 
     runs = {"fwd": run_forward, "dkdv": run_backward, "dq": run_backward, "dkdv+dq": run_fused_backward}
 

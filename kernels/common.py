@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backends.selection import device_capability, nearest_length
 from ..positions import attention_span, relative_index_table
 from .tuned import FASTEST
 
@@ -240,22 +240,14 @@ def measured_shape(name: str | None, capability: str, dtype: torch.dtype, head_d
         entries = entries or FASTEST.get((capability, measured, block_d(head_dim), name))
     if not entries:
         return None
-    target = math.log2(max(seq_len, 1))
-    _, shape = min(entries, key=lambda entry: (abs(math.log2(entry[0]) - target), entry[0]))
-    return tuple(shape)
-
-
-@functools.lru_cache(maxsize=None)
-def _capability(index: int) -> str:
-    major, minor = torch.cuda.get_device_capability(index)
-    return f"{major}.{minor}"
+    return tuple(nearest_length(entries, seq_len))
 
 
 def _device_capability(named_args: dict) -> str | None:
     query = named_args["Q"]
     if not query.is_cuda:
         return None
-    return _capability(query.device.index if query.device.index is not None else torch.cuda.current_device())
+    return device_capability(query.device.index if query.device.index is not None else torch.cuda.current_device())
 
 
 def measured_config(kernel, named_args: dict, capability: str | None = None, **kwargs) -> triton.Config | None:

@@ -28,7 +28,9 @@ _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.floa
                 torch.float64: "float64"}
 
 
-def _capability(index: int) -> str | None:
+def device_capability(index: int) -> str | None:
+    """"9.0" for CUDA device ``index``, read once and cached; None inside a torch.compile trace that meets a
+    device not yet read."""
     if index not in _CAPABILITY:
         if torch.compiler.is_compiling():
             return None
@@ -58,13 +60,20 @@ def measured_order(capability: str | None, dtype: str, head_dim: int, seq_len: i
             best_key, best = key, score
     if best_key is None:
         return None
+    return tuple(nearest_length(table[best_key][mode], seq_len))
+
+
+def nearest_length(entries, seq_len: int):
+    """The value of the ``(N, value)`` entry whose N is nearest ``seq_len`` in log2 distance (the shorter N on
+    a tie). ``entries`` must not be empty."""
+    # Plain loop rather than min(key=...): torch.compile traces this at model-trace time (fullgraph).
     target = math.log2(max(seq_len, 1))
-    order, best = None, None
-    for n, backends in table[best_key][mode]:
+    value, best = None, None
+    for n, candidate in entries:
         score = (abs(math.log2(n) - target), n)
         if best is None or score < best:
-            order, best = backends, score
-    return tuple(order)
+            value, best = candidate, score
+    return value
 
 
 def cuda_order(call) -> tuple[str, ...]:
@@ -75,7 +84,7 @@ def cuda_order(call) -> tuple[str, ...]:
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad
         for t in (call.query, call.key, call.value, call.pos_key, call.pos_query))
-    order = measured_order(_capability(index), _DTYPE_NAMES.get(call.query.dtype, ""),
+    order = measured_order(device_capability(index), _DTYPE_NAMES.get(call.query.dtype, ""),
                            call.query.shape[-1], call.query.shape[-2], "fwd_bwd" if needs_grad else "fwd")
     if order is None:
         return DEFAULT_CUDA_ORDER
