@@ -6,7 +6,10 @@ bench/report.py):
 - ``op``: the attention core on [B, H, N, D] inputs. Providers: ``df-torch``, ``df-triton``, ``df-cuda``
   (deberta_fast.disentangled_attention with that backend), ``sdpa-bias`` (PyTorch SDPA with the two position
   terms materialized as an additive [B, H, N, N] bias: the best stock PyTorch offers) and ``sdpa-floor``
-  (SDPA's flash backend with no bias at all: plain attention of the same shape, the floor).
+  (SDPA's flash backend with no bias at all: plain attention of the same shape, the floor). Triton variants,
+  each measured with its switch set for the whole forward and backward: ``df-triton-bias``
+  (DEBERTA_FAST_TRITON_BAND=bias), ``df-triton-fused`` (DEBERTA_FAST_TRITON_BACKWARD=fused) and
+  ``df-triton-bias-fused`` (both).
 - ``layer``: a whole DisentangledSelfAttention module (q/k/v/position projections + core) on hidden states
   [B, N, hidden], the same weights for every provider. Providers: ``hf-eager`` (transformers), ``df-<backend>``
   (deberta_fast's module), ``flashdeberta`` and ``disentangled-flash`` (PyPI packages, when installed).
@@ -35,11 +38,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
 import traceback
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +118,14 @@ def df_op(backend: str):
         return df.disentangled_attention(*views, mask, position_buckets=shape.buckets,
                                          max_relative_positions=shape.max_rel, scale=scale, backend=backend)
     return run
+
+
+# Op-level Triton variants: the environment each is measured under (forward and backward).
+TRITON_VARIANTS = {
+    "df-triton-bias": {"DEBERTA_FAST_TRITON_BAND": "bias"},
+    "df-triton-fused": {"DEBERTA_FAST_TRITON_BACKWARD": "fused"},
+    "df-triton-bias-fused": {"DEBERTA_FAST_TRITON_BAND": "bias", "DEBERTA_FAST_TRITON_BACKWARD": "fused"},
+}
 
 
 def sdpa_bias(views, mask, shape, scale):
@@ -345,6 +358,7 @@ def op_rows(shape: Shape, providers: list[str], args) -> list[dict]:
     mask = shape.mask()
     table = {"df-torch": df_op("torch"), "df-triton": df_op("triton"), "df-cuda": df_op("cuda"),
              "sdpa-bias": sdpa_bias, "sdpa-floor": sdpa_floor}
+    table.update({name: df_op("triton") for name in TRITON_VARIANTS})
     rows = []
     for mode in args.modes:
         need_grad = mode != "fwd"
@@ -368,8 +382,9 @@ def op_rows(shape: Shape, providers: list[str], args) -> list[dict]:
             run = table[name]
             # sdpa-floor computes plain attention (different math): it is run and timed, not compared
             reference = None if name == "sdpa-floor" else (ref_out.detach(), ref_grad)
-            rows.append(measure(name, "op", lambda v, m, s, sc, leaves, run=run: run(v, m, s, sc), make_args,
-                                lambda a: [a[4][0]], reference, shape, mode, args))
+            with mock.patch.dict(os.environ, TRITON_VARIANTS.get(name, {})):
+                rows.append(measure(name, "op", lambda v, m, s, sc, leaves, run=run: run(v, m, s, sc), make_args,
+                                    lambda a: [a[4][0]], reference, shape, mode, args))
     return rows
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
-#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | test-triton | test-cuda | tests | parity | tune | tune-d128 |
-#                                                attention | attention-extra | model | model-large | profile | ncu | all
+#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | test-triton | test-cuda | tests | parity | variants | tune |
+#                                                tune-bias | tune-d128 | attention | attention-extra | model |
+#                                                model-large | profile | ncu | all
 #   TEST_TIMEOUT (seconds per test module, default 480) bounds the test steps.
 #
 # One device call per step. On a fresh machine (cold Triton cache) the Triton test module had passed 29 of its
@@ -86,11 +87,21 @@ run_ncu() {  # Nsight Compute on the Triton kernels (N 512: every tile a band ti
   return 0
 }
 
-run_tune() {  # $1: head dim. Every Triton block config timed, one kernel at a time (bench/tune_triton.py); then
-  # `python bench/make_tuned.py JSON...` (here, after copying the JSON to bench/results/ and listing it in the
-  # script's SOURCES) makes kernels/tuned.py, the defaults used when autotuning is off. About 21 cold compiles.
-  logged "$out/tune_d$1.log" 540 40 $PY bench/tune_triton.py --device cuda --dtype bfloat16 --head-dims "$1" \
-    --seqlens 512,2048,8192 --out "$out/triton_configs_cuda_bfloat16_d$1.json"
+run_tune() {  # $1: head dim, $2: band mode. Every Triton block config timed, one kernel at a time
+  # (bench/tune_triton.py); then `python bench/make_tuned.py JSON...` (here, after copying the JSON to
+  # bench/results/ and listing it in the script's SOURCES) makes kernels/tuned.py, the defaults used when
+  # autotuning is off. About 21 cold compiles.
+  local name="triton_configs_cuda_bfloat16_d$1$( [ "$2" = gather ] || echo "_$2" )"
+  logged "$out/tune_d$1_$2.log" 540 40 $PY bench/tune_triton.py --device cuda --dtype bfloat16 --head-dims "$1" \
+    --band "$2" --seqlens 512,2048,8192 --out "$out/$name.json"
+}
+
+run_variants() {  # the Triton switches side by side (default configs): band gathers vs the precomputed band
+  # bias (DEBERTA_FAST_TRITON_BAND), split vs fused backward (DEBERTA_FAST_TRITON_BACKWARD), against the floor
+  bench "$out/variants.log" 540 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
+    --seqlens 512,2048,8192 --modes fwd,fwd_bwd --rep 20 \
+    --op-providers df-triton,df-triton-bias,df-triton-fused,df-triton-bias-fused,sdpa-floor \
+    --out "$out/attention_cuda_bfloat16_variants.json"
 }
 
 run_attention() {
@@ -135,8 +146,10 @@ case "$step" in
   test-cuda) run_tests cuda ;;
   tests) run_tests triton; r=$?; run_tests cuda; exit $(( r || $? )) ;;
   parity) run_parity ;;
-  tune) run_tune 64 ;;
-  tune-d128) run_tune 128 ;;
+  variants) run_variants ;;
+  tune) run_tune 64 gather ;;
+  tune-bias) run_tune 64 bias ;;
+  tune-d128) run_tune 128 gather ;;
   attention) run_attention ;;
   attention-extra) run_attention_extra ;;
   model) run_model ;;

@@ -9,8 +9,10 @@ prune-first config) and once per dQ config (dK/dV at its prune-first config). Ea
 (its GEMMs and buffers included), so rows of one kernel differ only by that kernel's config. Every config
 the prune filter keeps for the shape is timed, and the fused backward (DEBERTA_FAST_TRITON_BACKWARD=fused,
 kernel "dkdv+dq") once per dK/dV config; a config that fails (compile error, out of resources) is
-recorded with its error, not timed. On the CPU (TRITON_INTERPRET=1 set before anything imports triton) it
-runs the single interpreter config: a smoke test of this script, not a measurement.
+recorded with its error, not timed. ``--band bias`` times the same under DEBERTA_FAST_TRITON_BAND=bias (band
+tiles read the precomputed band bias), as kernels "fwd+bias", "dkdv+bias", "dq+bias" and "dkdv+dq+bias" (the
+names common.measured_config looks up in that mode). On the CPU (TRITON_INTERPRET=1 set before anything imports
+triton) it runs the single interpreter config: a smoke test of this script, not a measurement.
 """
 
 from __future__ import annotations
@@ -87,13 +89,14 @@ def shape_rows(D: int, N: int, args) -> list[dict]:
             run_backward()
 
     runs = {"fwd": run_forward, "dkdv": run_backward, "dq": run_backward, "dkdv+dq": run_fused_backward}
+    suffix = "+bias" if args.band == "bias" else ""
 
     device = torch.device(args.device)
     rows = []
     for name in KERNEL_NAMES:
         fixed = {"dkdv": ["dq"], "dq": ["dkdv"]}.get(name, [])
         for config in kept(name):
-            row = dict(kernel=name, dtype=args.dtype, D=D, N=N, B=B, H=args.heads, position_buckets=args.buckets,
+            row = dict(kernel=name + suffix, band=args.band, dtype=args.dtype, D=D, N=N, B=B, H=args.heads, position_buckets=args.buckets,
                        max_relative_positions=args.max_rel, config=list(common.config_shape(config)),
                        prune_first=common.config_shape(config) == common.config_shape(first[name]), timed="forward op" if name == "fwd" else "backward op" + (" (fused)" if name == "dkdv+dq" else ""))
             try:
@@ -107,7 +110,7 @@ def shape_rows(D: int, N: int, args) -> list[dict]:
             except Exception as exc:  # e.g. out of shared memory on this GPU: recorded, not timed
                 row.update(status=f"error: {type(exc).__name__}: {exc}"[:500])
                 traceback.print_exc()
-            print(f"{name:5s} D {D:3d} N {N:6d} {row['config']} {row['status']:>3s} "
+            print(f"{name + suffix:5s} D {D:3d} N {N:6d} {row['config']} {row['status']:>3s} "
                   f"{row.get('median_ms', float('nan')):9.3f} ms", flush=True)
             rows.append(row)
     return rows
@@ -123,6 +126,8 @@ def main(argv=None) -> int:
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--buckets", type=int, default=256)
     p.add_argument("--max-rel", type=int, default=512)
+    p.add_argument("--band", default="gather", choices=["gather", "bias"],
+                   help="DEBERTA_FAST_TRITON_BAND of every timed run (kernel names get '+bias' for bias)")
     p.add_argument("--rep", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/triton_configs_<device>_<dtype>.json)")
@@ -133,11 +138,13 @@ def main(argv=None) -> int:
         raise SystemExit("--device cpu runs the kernels under Triton's interpreter: set TRITON_INTERPRET=1")
     if args.buckets <= 0:
         raise SystemExit("--buckets must be positive (the v3 setting is 256)")
-    out = args.out or Path(__file__).resolve().parent / "results" / f"triton_configs_{args.device.split(':')[0]}_{args.dtype}.json"
+    band = "_bias" if args.band == "bias" else ""
+    out = args.out or Path(__file__).resolve().parent / "results" / f"triton_configs_{args.device.split(':')[0]}_{args.dtype}{band}.json"
     rows = []
     shapes = [(int(d), int(n)) for d in args.head_dims.split(",") for n in args.seqlens.split(",")]
     for D, N in progress(shapes, "tune"):
-        rows.extend(shape_rows(D, N, args))
+        with mock.patch.dict(os.environ, {"DEBERTA_FAST_TRITON_BAND": args.band}):
+            rows.extend(shape_rows(D, N, args))
         write_json(out, {"benchmark": "triton_configs", "env": environment(), "args": vars(args) | {"out": str(out)},
                          "rows": rows})  # after every shape: a cut-off run keeps what it measured
     print(f"written to {out}")

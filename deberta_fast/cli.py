@@ -68,7 +68,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _triton_settings() -> str:
     """The Triton kernels' block-config mode, the GPUs / dtypes / head dims with recorded tunings, and the
-    backward variant (from the environment)."""
+    band and backward variants (from the environment)."""
     try:
         from deberta_fast.kernels import attention_bwd, common
     except Exception as exc:  # triton missing or broken: the backends line above says why
@@ -82,6 +82,7 @@ def _triton_settings() -> str:
             return f"invalid ({exc})"
 
     return (f"autotune {setting(common.autotune_mode)} ({common.AUTOTUNE_ENV}); recorded tunings: {tunings}; "
+            f"band {setting(common.band_mode)} ({common.BAND_ENV}); "
             f"backward {setting(attention_bwd.backward_mode)} ({attention_bwd.BACKWARD_ENV})")
 
 

@@ -21,6 +21,9 @@ add scale dS^T K into a zeroed fp32 dQ, and the c2p part of dS into zeroed satur
 store it by distance (the probabilities computed once instead of twice; the summation order of dQ is not
 fixed, so dQ may differ between runs in its last bits). Not the default until GPU measurements say so.
 
+DEBERTA_FAST_TRITON_BAND=bias (common.band_mode): the backward builds common.band_bias's buffer once per call
+(per batch slice) and both kernels' band tiles read each pair's c2p + p2c from it instead of gathering.
+
 Band buffers are plain stores in the inputs' dtype (each pair's distance slot is written once: no atomics,
 deterministic; the slots no pair has, row padding and distances reaching past the sequence, are zeroed by
 ``_band_edges_kernel`` instead of a fill of the whole buffer; dS rounded to the inputs' dtype, as the dK / dQ GEMMs of the kernels round it), and the
@@ -39,9 +42,10 @@ import triton
 import triton.language as tl
 
 from .common import (
-    BAND, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
-    autotuned, batch_slices, block_d, dot, key_regions, launch, load_rows, load_vector, mask_scores, position_bias,
-    position_geometry, position_scores, query_regions, seq_bucket, store_rows, token_ranges, token_span, upcast_dots,
+    BAND, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO, BiasLayout,
+    autotuned, band_bias, band_mode, batch_slices, block_d, dot, key_regions, launch, load_rows, load_vector,
+    mask_scores, position_bias, position_geometry, position_scores, query_regions, saturated_terms, seq_bucket,
+    store_rows, token_ranges, token_span, upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -140,8 +144,8 @@ def _band_buffer(rows_are_queries: bool, heads: int, batch: int, N: int, width: 
 
 @triton.jit
 def _dkdv_tiles(
-    dk, dv, t_hi, t_lo, k, v, col_ok, p2c_sat, j0, offs_n, start, end,
-    Q, DO, LSE, DELTA, C2P, C2P_ROW, P2C, TABLE, MASK_B, BAND_K, seed, offset, bh,
+    dk, dv, t_hi, t_lo, k, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, start, end,
+    Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, MASK_B, BAND_K, seed, offset, bh,
     DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
     stride_qn, stride_qd, stride_dn, stride_dd, stride_mn,
     N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
@@ -149,8 +153,10 @@ def _dkdv_tiles(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FUSED_DQ: tl.constexpr,
+    BAND_BIAS: tl.constexpr,
 ):
     """Accumulate over the query tiles [start, end) of one kind (MODE); scores are transposed [keys, queries].
+    ``p2c_hi`` / ``p2c_lo``: the keys' p2c values at position rows 2S - 1 / 0 ([BLOCK_N, 1], or 0.0).
 
     FUSED_DQ: also the dQ kernel's work for these pairs, added atomically: scale dS^T K into DQ (fp32, zeroed),
     the c2p part of dS summed over saturated pairs into SAT_Q_LO / SAT_Q_HI (fp32, zeroed) and stored by
@@ -165,13 +171,10 @@ def _dkdv_tiles(
         delta = tl.load(DELTA + offs_m, mask=row_in, other=0.0)
         s = dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), PREC, UPCAST)
         if MODE != PLAIN:
-            c2p_sat = 0.0
-            if HAS_C2P:
-                if MODE != BAND:
-                    c2p_sat = tl.load(C2P_ROW + offs_m * two_s, mask=row_in, other=0.0).to(tl.float32)[None, :]
+            sat_hi, sat_lo = saturated_terms(p2c_hi, p2c_lo, C2P, offs_m, row_in, two_s, HAS_C2P, MODE, BAND_BIAS)
             valid = col_in[:, None] & row_in[None, :]
-            s += position_bias(offs_m[None, :], offs_n[:, None], valid, C2P, P2C, TABLE, two_s, N,
-                               c2p_sat, p2c_sat, MODE, HAS_C2P, HAS_P2C, False)
+            s += position_bias(offs_m[None, :], offs_n[:, None], valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset,
+                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, MODE, HAS_C2P, HAS_P2C, False, BAND_BIAS)
         s = s * qk_scale
         row_ok = row_in
         if HAS_MASK:
@@ -226,7 +229,8 @@ def _dkdv_tiles(
 @autotuned("dkdv", _DKDV_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_N")
 @triton.jit
 def _dkdv_kernel(
-    Q, K, V, DO, C2P, P2C, TABLE, MASK, RANGE, PHILOX, LSE, DELTA, POS_Q, DK, DV, BAND_K, SAT_K, DQ, BAND_Q, SAT_Q,
+    Q, K, V, DO, C2P, P2C, TABLE, BIAS, MASK, RANGE, PHILOX, LSE, DELTA, POS_Q, DK, DV, BAND_K, SAT_K, DQ, BAND_Q,
+    SAT_Q,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -236,11 +240,11 @@ def _dkdv_kernel(
     stride_dqb, stride_dqh, stride_dqn, stride_dqd,
     stride_ph, stride_pn, stride_pd,
     stride_mb, stride_mn,
-    B, H, N, BH0, R_HI, R_LO, two_s, W, scale, qk_scale, dropout_p, SEQ_BUCKET,
+    B, H, N, BH0, R_HI, R_LO, two_s, W, BIAS_ROW, BIAS_OFFSET, BIAS_PLANE, scale, qk_scale, dropout_p, SEQ_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FUSED_DQ: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BAND_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     n_blocks = tl.cdiv(N, BLOCK_N)
     pid = tl.program_id(0)
@@ -254,6 +258,7 @@ def _dkdv_kernel(
     DO += b * stride_dob + h * stride_doh
     C2P += (h * B + b) * N * two_s  # [H, B, N, 2S] (common.position_scores)
     P2C += (h * B + b) * N * two_s
+    BIAS += (h * B + b) * BIAS_PLANE  # [H * B, plane] (common.band_bias)
     LSE += bh64 * N
     DELTA += bh64 * N
     MASK += b * stride_mb
@@ -298,38 +303,39 @@ def _dkdv_kernel(
             p2c_hi = tl.load(P2C + offs_n * two_s + (two_s - 1), mask=col_in, other=0.0).to(tl.float32)[:, None]
             p2c_lo = tl.load(P2C + offs_n * two_s, mask=col_in, other=0.0).to(tl.float32)[:, None]
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, v, col_ok, p2c_lo, j0, offs_n, q_lo, tl.minimum(lo_end, q_hi),
-            Q, DO, LSE, DELTA, C2P, C2P, P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
+            dk, dv, t_hi, t_lo, k, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, q_lo, tl.minimum(lo_end, q_hi),
+            Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, v, col_ok, 0.0, j0, offs_n, tl.maximum(lo_end, q_lo), tl.minimum(hi_start, q_hi),
-            Q, DO, LSE, DELTA, C2P, C2P, P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
+            dk, dv, t_hi, t_lo, k, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, tl.maximum(lo_end, q_lo),
+            tl.minimum(hi_start, q_hi),
+            Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, v, col_ok, p2c_hi, j0, offs_n, tl.maximum(hi_start, q_lo), q_hi,
-            Q, DO, LSE, DELTA, C2P, C2P + (two_s - 1), P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
+            dk, dv, t_hi, t_lo, k, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, tl.maximum(hi_start, q_lo), q_hi,
+            Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS)
     else:
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, v, col_ok, 0.0, j0, offs_n, q_lo, q_hi,
-            Q, DO, LSE, DELTA, C2P, C2P, P2C, TABLE, MASK, BAND_K, seed, offset, global_bh,
+            dk, dv, t_hi, t_lo, k, v, col_ok, 0.0, 0.0, j0, offs_n, q_lo, q_hi,
+            Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS)
 
     dk = dk * scale
     if HAS_P2C:  # saturated pairs: their p2c gradient flows through pos_query rows 0 and 2S - 1
@@ -349,16 +355,17 @@ def _dkdv_kernel(
 
 @triton.jit
 def _dq_tiles(
-    dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_sat, i0, offs_m, start, end,
-    K, V, C2P, P2C, P2C_COL, TABLE, MASK_B, BAND_Q, seed, offset, bh,
+    dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_hi, c2p_lo, i0, offs_m, start, end,
+    K, V, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, MASK_B, BAND_Q, seed, offset, bh,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
     N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
     MODE: tl.constexpr, CHECK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
-    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr,
 ):
-    """Accumulate over the key tiles [start, end) of one kind (MODE)."""
+    """Accumulate over the key tiles [start, end) of one kind (MODE). ``c2p_hi`` / ``c2p_lo``: the rows' c2p
+    values at position rows 2S - 1 / 0 ([BLOCK_M, 1], or 0.0)."""
     row_in = offs_m < N
     for start_n in range(start, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -368,12 +375,9 @@ def _dq_tiles(
         s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
         valid = row_in[:, None] & col_in[None, :]
         if MODE != PLAIN:
-            p2c_sat = 0.0
-            if HAS_P2C:
-                if MODE != BAND:
-                    p2c_sat = tl.load(P2C_COL + offs_n * two_s, mask=col_in, other=0.0).to(tl.float32)[None, :]
-            s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, two_s, N,
-                               c2p_sat, p2c_sat, MODE, HAS_C2P, HAS_P2C, True)
+            sat_hi, sat_lo = saturated_terms(c2p_hi, c2p_lo, P2C, offs_n, col_in, two_s, HAS_P2C, MODE, BAND_BIAS)
+            s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset,
+                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, MODE, HAS_C2P, HAS_P2C, True, BAND_BIAS)
         s = s * qk_scale
         col_ok = col_in
         if HAS_MASK:
@@ -405,7 +409,7 @@ def _dq_tiles(
 @autotuned("dq", _DQ_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M")
 @triton.jit
 def _dq_kernel(
-    Q, K, V, DO, C2P, P2C, TABLE, MASK, RANGE, PHILOX, LSE, DELTA, POS_K, DQ, BAND_Q, SAT_Q,  # TABLE: table_rev
+    Q, K, V, DO, C2P, P2C, TABLE, BIAS, MASK, RANGE, PHILOX, LSE, DELTA, POS_K, DQ, BAND_Q, SAT_Q,  # TABLE: table_rev
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -413,10 +417,10 @@ def _dq_kernel(
     stride_dqb, stride_dqh, stride_dqn, stride_dqd,
     stride_ph, stride_pn, stride_pd,
     stride_mb, stride_mn,
-    B, H, N, BH0, R_HI, R_LO, two_s, W, scale, qk_scale, dropout_p, SEQ_BUCKET,
+    B, H, N, BH0, R_HI, R_LO, two_s, W, BIAS_ROW, BIAS_OFFSET, BIAS_PLANE, scale, qk_scale, dropout_p, SEQ_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
-    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     n_blocks = tl.cdiv(N, BLOCK_M)
@@ -431,6 +435,7 @@ def _dq_kernel(
     V += b * stride_vb + h * stride_vh
     C2P += (h * B + b) * N * two_s  # [H, B, N, 2S] (common.position_scores)
     P2C += (h * B + b) * N * two_s
+    BIAS += (h * B + b) * BIAS_PLANE  # [H * B, plane] (common.band_bias)
     MASK += b * stride_mb
     BAND_Q += (h * B + b) * N * W
 
@@ -469,35 +474,35 @@ def _dq_kernel(
             c2p_hi = tl.load(C2P + offs_m * two_s + (two_s - 1), mask=row_in, other=0.0).to(tl.float32)[:, None]
             c2p_lo = tl.load(C2P + offs_m * two_s, mask=row_in, other=0.0).to(tl.float32)[:, None]
         dq, s_hi, s_lo = _dq_tiles(
-            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_hi, i0, offs_m, key_lo, tl.minimum(hi_end, key_hi),
-            K, V, C2P, P2C, P2C + (two_s - 1), TABLE, MASK, BAND_Q, seed, offset, global_bh,
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_hi, c2p_lo, i0, offs_m, key_lo, tl.minimum(hi_end, key_hi),
+            K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
         dq, s_hi, s_lo = _dq_tiles(
-            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, i0, offs_m, tl.maximum(hi_end, key_lo),
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(hi_end, key_lo),
             tl.minimum(lo_start, key_hi),
-            K, V, C2P, P2C, P2C, TABLE, MASK, BAND_Q, seed, offset, global_bh,
+            K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
         dq, s_hi, s_lo = _dq_tiles(
-            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_lo, i0, offs_m, tl.maximum(lo_start, key_lo), key_hi,
-            K, V, C2P, P2C, P2C, TABLE, MASK, BAND_Q, seed, offset, global_bh,
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(lo_start, key_lo), key_hi,
+            K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
     else:
         dq, s_hi, s_lo = _dq_tiles(
-            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, i0, offs_m, key_lo, key_hi,
-            K, V, C2P, P2C, P2C, TABLE, MASK, BAND_Q, seed, offset, global_bh,
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, 0.0, i0, offs_m, key_lo, key_hi,
+            K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
 
     dq = dq * scale
     if HAS_C2P:  # saturated pairs: their c2p gradient flows through pos_key rows 0 and 2S - 1
@@ -635,13 +640,17 @@ def attention_backward(
     )
     mask_strides = mask.stride() if mask is not None else (0, 0)
     stride = _band_stride(width)
-    per_sequence = (has_c2p + has_p2c) * H * N * (two_s + stride) * q.element_size()
+    use_bias = width > 0 and band_mode() == "bias"
+    per_sequence = (has_c2p + has_p2c) * H * N * (two_s + stride)
+    if use_bias:
+        per_sequence += H * BiasLayout.of(geometry, N).plane
     padded = mask is not None  # tiles of padding are skipped: their band slots stay unwritten
     ranges = token_ranges(mask) if padded else None
-    for part in batch_slices(B, per_sequence):
+    for part in batch_slices(B, per_sequence * q.element_size()):
         nb = part.stop - part.start
         qs, ks, vs, dos = q[part], k[part], v[part], dout[part]
         c2p, p2c = position_scores(qs, ks, pos_key, pos_query)
+        bias, layout = band_bias(c2p, p2c, geometry, N) if use_bias else (dummy, BiasLayout(0, 0, 0))
         band_q = _band_buffer(True, H, nb, N, width, stride, r_lo, q.dtype, dev, padded) if band_c2p else None
         band_k = _band_buffer(False, H, nb, N, width, stride, r_lo, q.dtype, dev, padded) if band_p2c else None
         sat_q = (torch.zeros if fused else torch.empty)(2, nb, H, N, dtype=f32, device=dev) if has_c2p else dummy
@@ -650,15 +659,15 @@ def attention_backward(
         scores = (c2p if c2p is not None else dummy, p2c if p2c is not None else dummy)
         rest = (mask[part].view(torch.uint8) if mask is not None else dummy,
                 ranges[part] if mask is not None else dummy, philox if dropout else dummy, lse[part], delta[part])
-        common = (nb, H, N, part.start * H, r_hi, r_lo, two_s, stride, scale, scale * LOG2E,
-                  float(dropout_p), seq_bucket(N))
+        common = (nb, H, N, part.start * H, r_hi, r_lo, two_s, stride, layout.row, layout.offset, layout.plane,
+                  scale, scale * LOG2E, float(dropout_p), seq_bucket(N))
         launch(
             _dkdv_kernel, lambda meta, nb=nb: (triton.cdiv(N, meta["BLOCK_N"]) * nb * H,),
-            qs, ks, vs, dos, *scores, table, *rest, pos_query if has_p2c else dummy, dks, dvs,
+            qs, ks, vs, dos, *scores, table, bias, *rest, pos_query if has_p2c else dummy, dks, dvs,
             band_k if band_k is not None else dummy, sat_k, dqs, band_q if band_q is not None else dummy, sat_q,
             *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dks.stride(), *dvs.stride(), *dqs.stride(),
             *(pos_query.stride() if has_p2c else (0, 0, 0)), *mask_strides,
-            *common, **flags, FUSED_DQ=fused,
+            *common, **flags, FUSED_DQ=fused, BAND_BIAS=use_bias,
         )
         if fused:
             if has_c2p:  # the saturated pairs' c2p gradient (the dQ kernel adds it in the split backward)
@@ -667,17 +676,17 @@ def attention_backward(
         else:
             launch(
                 _dq_kernel, lambda meta, nb=nb: (triton.cdiv(N, meta["BLOCK_M"]) * nb * H,),
-                qs, ks, vs, dos, *scores, table_rev, *rest, pos_key if has_c2p else dummy, dqs,
+                qs, ks, vs, dos, *scores, table_rev, bias, *rest, pos_key if has_c2p else dummy, dqs,
                 band_q if band_q is not None else dummy, sat_q,
                 *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dqs.stride(),
                 *(pos_key.stride() if has_c2p else (0, 0, 0)), *mask_strides,
-                *common, **flags,
+                *common, **flags, BAND_BIAS=use_bias,
             )
         if has_c2p:
             _position_grad(band_q, sat_q, qs, pos_key, geometry, scale, dqs, dpos_key)
         if has_p2c:
             _position_grad(band_k, sat_k, ks, pos_query, geometry, scale, dks, dpos_query)
-        del c2p, p2c, band_q, band_k  # free this slice's buffers before the next
+        del c2p, p2c, bias, band_q, band_k  # free this slice's buffers before the next
 
     if band_c2p or fused:
         dq = dq.to(q.dtype)

@@ -5,7 +5,8 @@ in fp32 (exp2, scores in log2 units). The key range splits into three runs (comm
 saturated-high tiles (every pair has i - j >= r_hi, position row 2S - 1), band tiles (gathers through
 the index table) and saturated-low tiles (row 0). Saturated tiles add a per-row c2p vector and a
 per-column p2c vector, loaded once per program / per tile, instead of gathering: at long sequences
-most tiles are saturated and cost about a plain attention tile. In a padded batch a tile of token rows
+most tiles are saturated and cost about a plain attention tile. Under DEBERTA_FAST_TRITON_BAND=bias the band
+tiles read each pair's c2p + p2c from common.band_bias's buffer (built per call, before the kernel) instead. In a padded batch a tile of token rows
 visits only the key tiles of its sequence's token hull (common.token_span; a tile holding a fully padded
 row visits every key under masked_rows="uniform", none of its own under "zero"). Stores O and the row
 log-sum-exp (natural log; +inf for a fully padded row under masked_rows="zero", whose output is 0).
@@ -18,9 +19,10 @@ import triton
 import triton.language as tl
 
 from .common import (
-    BAND, K_LN2, LOG2E, PLAIN, SAT_HI, SAT_LO,
-    autotuned, batch_slices, block_d, dot, key_regions, launch, load_rows, mask_scores, position_bias,
-    position_geometry, position_scores, seq_bucket, store_rows, token_ranges, token_span, upcast_dots,
+    BAND, K_LN2, LOG2E, PLAIN, SAT_HI, SAT_LO, BiasLayout,
+    autotuned, band_bias, band_mode, batch_slices, block_d, dot, key_regions, launch, load_rows, mask_scores,
+    position_bias, position_geometry, position_scores, saturated_terms, seq_bucket, store_rows, token_ranges,
+    token_span, upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -39,16 +41,17 @@ _FWD_SHAPES = [
 
 @triton.jit
 def _fwd_tiles(
-    acc, l_i, m_i, q, row_ok, c2p_sat, i0, offs_m, start, end,
-    K, V, C2P, P2C, P2C_COL, TABLE, MASK_B, seed, offset, bh,
+    acc, l_i, m_i, q, row_ok, c2p_hi, c2p_lo, i0, offs_m, start, end,
+    K, V, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, MASK_B, seed, offset, bh,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-    N, two_s, qk_scale, dropout_p,
+    N, two_s, R_HI, R_LO, qk_scale, dropout_p,
     MODE: tl.constexpr, CHECK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
-    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr,
 ):
-    """Online-softmax update of (acc, l_i, m_i) over the key tiles [start, end) of one kind (MODE)."""
+    """Online-softmax update of (acc, l_i, m_i) over the key tiles [start, end) of one kind (MODE).
+    ``c2p_hi`` / ``c2p_lo``: the rows' c2p values at position rows 2S - 1 / 0 ([BLOCK_M, 1], or 0.0)."""
     for start_n in range(start, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_in = offs_n < N
@@ -56,13 +59,10 @@ def _fwd_tiles(
         v = load_rows(V, offs_n, stride_vn, stride_vd, N, HEAD_DIM, BLOCK_D, CHECK_N)
         s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
         if MODE != PLAIN:
-            p2c_sat = 0.0
-            if HAS_P2C:
-                if MODE != BAND:
-                    p2c_sat = tl.load(P2C_COL + offs_n * two_s, mask=col_in, other=0.0).to(tl.float32)[None, :]
+            sat_hi, sat_lo = saturated_terms(c2p_hi, c2p_lo, P2C, offs_n, col_in, two_s, HAS_P2C, MODE, BAND_BIAS)
             valid = (offs_m[:, None] < N) & col_in[None, :]
-            s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, two_s, N,
-                               c2p_sat, p2c_sat, MODE, HAS_C2P, HAS_P2C, True)
+            s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset,
+                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, MODE, HAS_C2P, HAS_P2C, True, BAND_BIAS)
         s = s * qk_scale
         col_ok = col_in
         if HAS_MASK:
@@ -84,16 +84,16 @@ def _fwd_tiles(
 @autotuned("fwd", _FWD_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M", wide_owned=128)
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, C2P, P2C, TABLE, MASK, RANGE, PHILOX, O, LSE,  # TABLE: PositionGeometry.table_rev (keys along the fast axis)
+    Q, K, V, C2P, P2C, TABLE, BIAS, MASK, RANGE, PHILOX, O, LSE,  # TABLE: PositionGeometry.table_rev (keys along the fast axis)
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
     stride_mb, stride_mn,
-    B, H, N, BH0, R_HI, R_LO, two_s, qk_scale, dropout_p, SEQ_BUCKET,
+    B, H, N, BH0, R_HI, R_LO, two_s, BIAS_ROW, BIAS_OFFSET, BIAS_PLANE, qk_scale, dropout_p, SEQ_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
-    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # One program: BLOCK_M queries of one (batch, head) of this slice of the batch; BH0 is the slice's
@@ -114,6 +114,7 @@ def _attn_fwd_kernel(
     O += b64 * stride_ob + h64 * stride_oh
     C2P += (h64 * B + b64) * N * two_s  # [H, B, N, 2S] (common.position_scores)
     P2C += (h64 * B + b64) * N * two_s
+    BIAS += (h64 * B + b64) * BIAS_PLANE  # [H * B, plane] (common.band_bias)
     MASK += b64 * stride_mb
 
     offs_m = i0 + tl.arange(0, BLOCK_M)
@@ -148,30 +149,31 @@ def _attn_fwd_kernel(
             c2p_hi = tl.load(C2P + offs_m * two_s + (two_s - 1), mask=row_in, other=0.0).to(tl.float32)[:, None]
             c2p_lo = tl.load(C2P + offs_m * two_s, mask=row_in, other=0.0).to(tl.float32)[:, None]
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, row_ok, c2p_hi, i0, offs_m, key_lo, tl.minimum(hi_end, key_hi),
-            K, V, C2P, P2C, P2C + (two_s - 1), TABLE, MASK, seed, offset, global_bh,
-            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, qk_scale, dropout_p,
+            acc, l_i, m_i, q, row_ok, c2p_hi, c2p_lo, i0, offs_m, key_lo, tl.minimum(hi_end, key_hi),
+            K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, row_ok, 0.0, i0, offs_m, tl.maximum(hi_end, key_lo), tl.minimum(lo_start, key_hi),
-            K, V, C2P, P2C, P2C, TABLE, MASK, seed, offset, global_bh,
-            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, qk_scale, dropout_p,
+            acc, l_i, m_i, q, row_ok, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(hi_end, key_lo),
+            tl.minimum(lo_start, key_hi),
+            K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, row_ok, c2p_lo, i0, offs_m, tl.maximum(lo_start, key_lo), key_hi,
-            K, V, C2P, P2C, P2C, TABLE, MASK, seed, offset, global_bh,
-            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, qk_scale, dropout_p,
+            acc, l_i, m_i, q, row_ok, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(lo_start, key_lo), key_hi,
+            K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
     else:
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, row_ok, 0.0, i0, offs_m, key_lo, key_hi,
-            K, V, C2P, P2C, P2C, TABLE, MASK, seed, offset, global_bh,
-            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, qk_scale, dropout_p,
+            acc, l_i, m_i, q, row_ok, 0.0, 0.0, i0, offs_m, key_lo, key_hi,
+            K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
 
     # l_i == 0 only on fully padded rows under MASKED_ZERO: output 0, LSE +inf (probabilities 0).
     seen = l_i > 0.0
@@ -217,21 +219,27 @@ def attention_forward(
         UPCAST=upcast_dots(q.dtype),
     )
     ranges = token_ranges(mask) if mask is not None else None
-    for part in batch_slices(B, n_terms * H * N * two_s * q.element_size()):
+    use_bias = geometry is not None and geometry.width > 0 and band_mode() == "bias"
+    per_sequence = n_terms * H * N * two_s
+    if use_bias:
+        per_sequence += H * BiasLayout.of(geometry, N).plane
+    for part in batch_slices(B, per_sequence * q.element_size()):
         c2p, p2c = position_scores(q[part], k[part], pos_key, pos_query)
+        bias, layout = band_bias(c2p, p2c, geometry, N) if use_bias else (lse, BiasLayout(0, 0, 0))
         part_mask = mask[part] if mask is not None else None
         heads = (part.stop - part.start) * H
         launch(
             _attn_fwd_kernel, lambda meta, heads=heads: (triton.cdiv(N, meta["BLOCK_M"]) * heads,),
-            q[part], k[part], v[part], _or(c2p, lse), _or(p2c, lse), geometry.table_rev if geometry else lse,
+            q[part], k[part], v[part], _or(c2p, lse), _or(p2c, lse), geometry.table_rev if geometry else lse, bias,
             part_mask.view(torch.uint8) if mask is not None else lse, ranges[part] if mask is not None else lse,
             philox if dropout else lse,
             out[part], lse[part],
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *(mask.stride() if mask is not None else (0, 0)),
             part.stop - part.start, H, N, part.start * H, geometry.r_hi if geometry else N, geometry.r_lo if geometry else N,
-            two_s, scale * LOG2E, float(dropout_p), seq_bucket(N),
-            **flags,
+            two_s, layout.row, layout.offset, layout.plane, scale * LOG2E, float(dropout_p), seq_bucket(N),
+            **flags, BAND_BIAS=use_bias,
         )
+        del c2p, p2c, bias  # free this slice's buffers before the next
     return out, lse
 
 

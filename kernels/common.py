@@ -7,6 +7,12 @@ every i - j <= -r_lo (r_hi, r_lo read off the table once per setting and device)
 lie beyond one of these distances is *saturated*: its c2p term is one value per query row and its p2c
 term one value per key column, so it skips the gathers and costs about what a plain attention tile
 costs. Only *band* tiles, crossing -r_lo < i - j < r_hi, gather through the table.
+
+Band bias (DEBERTA_FAST_TRITON_BAND=bias, :func:`band_mode`). A band pair gathers three values (its index,
+C2P[i, d], P2C[j, d]) and the P2C one is uncoalesced: the key index changes along the fast axis. In this
+mode :func:`band_bias` first stores C2P[i, d] + P2C[j, d] of every band pair once, in a skewed layout
+(:class:`BiasLayout`: pair (i, j) at ``i * row + j + offset``) where a query row's keys are contiguous,
+and the band tiles of the forward and both backward kernels read it with one coalesced load per pair.
 """
 
 from __future__ import annotations
@@ -124,6 +130,98 @@ def position_scores(q, k, pos_key, pos_query):
     return c2p, p2c
 
 
+BAND_ENV = "DEBERTA_FAST_TRITON_BAND"
+
+
+def band_mode() -> str:
+    """DEBERTA_FAST_TRITON_BAND: "gather" (default: band tiles gather the index, C2P and P2C per pair) or
+    "bias" (:func:`band_bias` stores the band's position terms once, band tiles read them back)."""
+    mode = os.environ.get(BAND_ENV, "gather")
+    if mode not in ("gather", "bias"):
+        raise ValueError(f"{BAND_ENV} must be 'gather' or 'bias', got {mode!r}")
+    return mode
+
+
+def _round16(x: int) -> int:
+    return (max(x, 0) + 15) // 16 * 16
+
+
+@dataclass(frozen=True)
+class BiasLayout:
+    """Where :func:`band_bias` stores the position term of the band pair (i, j) (-r_lo < i - j < r_hi) of one
+    (head, sequence): element ``i * row + j + offset`` of a plane of ``plane`` elements.
+
+    Row i's band pairs take ``i * (row + 1) + [offset - r_hi + 1, offset + r_lo - 1]``: consecutive keys at
+    consecutive addresses, rows apart by ``row + 1 >= width`` (no overlap). ``row``, ``offset`` and ``plane``
+    are multiples of 16, so a launch marks them 16-divisible and a row's keys load as aligned vectors."""
+
+    row: int
+    offset: int
+    plane: int
+
+    @staticmethod
+    def of(geometry: PositionGeometry, seq_len: int) -> "BiasLayout":
+        offset = _round16(geometry.r_hi - 1)
+        row = _round16(offset + geometry.r_lo - 1)
+        return BiasLayout(row, offset, _round16((seq_len - 1) * (row + 1) + offset + 1))
+
+
+_BIAS_BLOCK = 32  # rows and band columns per program of _band_bias_kernel (16 under the interpreter); sm_90: 48 registers
+
+
+@triton.jit
+def _band_bias_kernel(
+    C2P, P2C, TABLE, BIAS, N, two_s, R_HI, W, ROW, OFFSET, PLANE,
+    HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """BIAS[i * ROW + j + OFFSET] = C2P[i, d(i, j)] + P2C[j, d(i, j)] for the band pairs of one (head, sequence)
+    (program axis 2) in a [BLOCK queries, BLOCK band columns] tile. Column t is the key j = i + t - (R_HI - 1)
+    (distance i - j = R_HI - 1 - t, one index row d per column). The P2C values of a tile lie on diagonals of
+    the [2 BLOCK, BLOCK] block of its key rows: loaded row-wise (coalesced), then gathered on chip."""
+    hb = tl.program_id(2).to(tl.int64)
+    i0 = tl.program_id(0) * BLOCK
+    t0 = tl.program_id(1) * BLOCK
+    a = tl.arange(0, BLOCK)
+    i = i0 + a
+    t = t0 + a
+    col_in = t < W
+    d = tl.load(TABLE + (R_HI - 1 - t) + N - 1, mask=col_in, other=0)
+    j = i[:, None] + t[None, :] - (R_HI - 1)
+    valid = (i[:, None] < N) & col_in[None, :] & (j >= 0) & (j < N)
+    C2P += hb * N * two_s
+    P2C += hb * N * two_s
+    bias = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
+    if HAS_C2P:
+        bias += tl.load(C2P + i[:, None] * two_s + d[None, :], mask=valid, other=0.0).to(tl.float32)
+    if HAS_P2C:
+        keys = i0 + t0 - (R_HI - 1) + tl.arange(0, 2 * BLOCK)  # key row of diagonal a + b
+        rows_ok = (keys >= 0) & (keys < N)
+        block = tl.load(P2C + keys[:, None] * two_s + d[None, :], mask=rows_ok[:, None] & col_in[None, :], other=0.0)
+        bias += tl.gather(block, a[:, None] + a[None, :], 0).to(tl.float32)
+    tl.store(BIAS + hb * PLANE + i[:, None] * (ROW + 1) + t[None, :] + (OFFSET - (R_HI - 1)),
+             bias.to(BIAS.dtype.element_ty), mask=valid)
+
+
+def band_bias(c2p, p2c, geometry: PositionGeometry, seq_len: int) -> tuple[torch.Tensor, BiasLayout]:
+    """The position term of every band pair, C2P[i, d] + P2C[j, d] (the absent term left out), rounded to the
+    input dtype, in the skewed :class:`BiasLayout`: ``[H * B, plane]``. ``c2p`` / ``p2c``: ``[H, B, N, 2S]``
+    from :func:`position_scores` (either may be None). Slots of no band pair are left unwritten: the kernels
+    read them only for pairs beyond the band, whose loaded value they discard. O(N * width) memory, as the
+    backward's band buffers."""
+    ref = c2p if c2p is not None else p2c
+    H, B, N, two_s = ref.shape
+    layout = BiasLayout.of(geometry, seq_len)
+    bias = torch.empty(H * B, layout.plane, dtype=ref.dtype, device=ref.device)
+    block = 16 if INTERPRET else _BIAS_BLOCK
+    grid = (triton.cdiv(N, block), triton.cdiv(max(geometry.width, 1), block), H * B)
+    _band_bias_kernel[grid](
+        c2p if c2p is not None else ref, p2c if p2c is not None else ref, geometry.table, bias,
+        N, two_s, geometry.r_hi, geometry.width, layout.row, layout.offset, layout.plane,
+        HAS_C2P=c2p is not None, HAS_P2C=p2c is not None, BLOCK=block, num_warps=4,
+    )
+    return bias, layout
+
+
 def block_d(head_dim: int) -> int:
     """Head dims are padded to a power of two (at least 16, the smallest tl.dot) inside the kernels."""
     return max(16, triton.next_power_of_2(head_dim))
@@ -139,7 +237,8 @@ def upcast_dots(dtype: torch.dtype) -> bool:
 
 
 # The autotuner also keys on every tensor argument's dtype.
-AUTOTUNE_KEY = ["SEQ_BUCKET", "HEAD_DIM", "HAS_C2P", "HAS_P2C", "HAS_MASK", "MASKED_ZERO", "DROPOUT", "PREC", "FUSED_DQ"]
+AUTOTUNE_KEY = ["SEQ_BUCKET", "HEAD_DIM", "HAS_C2P", "HAS_P2C", "HAS_MASK", "MASKED_ZERO", "DROPOUT", "PREC", "FUSED_DQ",
+                "BAND_BIAS"]
 
 
 def seq_bucket(n: int) -> int:
@@ -258,6 +357,8 @@ def measured_config(kernel, named_args: dict, capability: str | None = None, **k
     name = getattr(kernel, "deberta_name", None)
     if kwargs.get("FUSED_DQ"):
         name = f"{name}+dq"  # the fused backward's dK/dV kernel: a different kernel, measured on its own
+    if kwargs.get("BAND_BIAS"):
+        name = f"{name}+bias"  # band tiles reading band_bias's buffer: measured on their own too
     return _measured_config(kernel, name, capability, named_args["Q"].dtype, kwargs["HEAD_DIM"], named_args["N"])
 
 
@@ -415,28 +516,62 @@ def token_span(RANGE, b, ok, inside, N, BLOCK: tl.constexpr, PADDED_NEED_ALL: tl
 
 
 @triton.jit
-def position_bias(i, j, valid, C2P, P2C, TABLE, two_s, N, c2p_sat, p2c_sat,
-                  MODE: tl.constexpr, HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, REVERSED: tl.constexpr):
+def position_bias(i, j, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO, sat_hi, sat_lo,
+                  MODE: tl.constexpr, HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, REVERSED: tl.constexpr,
+                  BAND_BIAS: tl.constexpr):
     """Unscaled q_i . pos_key[d] + k_j . pos_query[d] for the pairs (i, j) of a tile (i, j broadcast).
 
-    BAND tiles gather d from the table (REVERSED: TABLE is ``PositionGeometry.table_rev``) and the terms
-    from the [N, 2S] matrices C2P = Q pos_key^T and P2C = K pos_query^T; saturated tiles add the per-row ``c2p_sat`` and per-column ``p2c_sat`` vectors
-    the caller loaded (0.0 for an absent term).
+    Saturated tiles return ``sat_hi`` (SAT_HI) or ``sat_lo`` (SAT_LO): the sums of the per-row c2p and per-column
+    p2c vectors of row 2S - 1 / row 0 the caller loaded (0.0 for an absent term). BAND tiles gather d from the
+    table (REVERSED: TABLE is ``PositionGeometry.table_rev``) and the terms from the [N, 2S] matrices
+    C2P = Q pos_key^T and P2C = K pos_query^T; under BAND_BIAS they read the band pairs' sums from
+    :func:`band_bias`'s buffer (``BIAS``, :class:`BiasLayout` ``bias_row`` / ``bias_offset``) and take ``sat_hi``
+    / ``sat_lo`` for the tile's pairs beyond the band.
     """
     if MODE == BAND:
-        if REVERSED:
-            d = tl.load(TABLE + (j - i + N - 1), mask=valid, other=0)
+        if BAND_BIAS:
+            # Every pair with i, j < N addresses a slot inside the plane (i * row + j + offset < plane), so the
+            # load needs no band test (a mask constant along keys keeps it vectorized): a pair beyond the band
+            # reads some other pair's slot, which the saturated value then replaces.
+            r = i - j
+            bias = tl.load(BIAS + i * bias_row + j + bias_offset, mask=valid, other=0.0).to(tl.float32)
+            bias = tl.where(r >= R_HI, sat_hi, tl.where(r <= -R_LO, sat_lo, bias))
         else:
-            d = tl.load(TABLE + (i - j + N - 1), mask=valid, other=0)
-        if HAS_C2P:
-            bias = tl.load(C2P + i * two_s + d, mask=valid, other=0.0).to(tl.float32)
-            if HAS_P2C:
-                bias += tl.load(P2C + j * two_s + d, mask=valid, other=0.0).to(tl.float32)
-        else:
-            bias = tl.load(P2C + j * two_s + d, mask=valid, other=0.0).to(tl.float32)
+            if REVERSED:
+                d = tl.load(TABLE + (j - i + N - 1), mask=valid, other=0)
+            else:
+                d = tl.load(TABLE + (i - j + N - 1), mask=valid, other=0)
+            if HAS_C2P:
+                bias = tl.load(C2P + i * two_s + d, mask=valid, other=0.0).to(tl.float32)
+                if HAS_P2C:
+                    bias += tl.load(P2C + j * two_s + d, mask=valid, other=0.0).to(tl.float32)
+            else:
+                bias = tl.load(P2C + j * two_s + d, mask=valid, other=0.0).to(tl.float32)
+    elif MODE == SAT_HI:
+        bias = sat_hi
     else:
-        bias = c2p_sat + p2c_sat
+        bias = sat_lo
     return bias
+
+
+@triton.jit
+def saturated_terms(own_hi, own_lo, OTHER, cols, col_in, two_s, HAS_OTHER: tl.constexpr, MODE: tl.constexpr,
+                    BAND_BIAS: tl.constexpr):
+    """(sat_hi, sat_lo) of :func:`position_bias` for a tile (those its MODE uses, else 0.0): the position term
+    of its pairs at rows 2S - 1 and 0, the program's own per-row values (``own_hi`` / ``own_lo``: [rows, 1]
+    or 0.0) plus the other side's at the tile's columns ``cols``, read from OTHER ([N, 2S] of this (head,
+    sequence): P2C when the rows are queries, C2P when they are keys)."""
+    sat_hi = 0.0
+    sat_lo = 0.0
+    if MODE == SAT_HI or (MODE == BAND and BAND_BIAS):
+        sat_hi = own_hi
+        if HAS_OTHER:
+            sat_hi += tl.load(OTHER + cols * two_s + (two_s - 1), mask=col_in, other=0.0).to(tl.float32)[None, :]
+    if MODE == SAT_LO or (MODE == BAND and BAND_BIAS):
+        sat_lo = own_lo
+        if HAS_OTHER:
+            sat_lo += tl.load(OTHER + cols * two_s, mask=col_in, other=0.0).to(tl.float32)[None, :]
+    return sat_hi, sat_lo
 
 
 @triton.jit

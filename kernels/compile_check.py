@@ -33,7 +33,8 @@ _FLOATS = ("scale", "qk_scale", "dropout_p")
 
 def _pointer_types(kernel_name: str, dtype: torch.dtype) -> dict[str, str]:
     io = _PTR[dtype]
-    common = dict(Q=io, K=io, V=io, C2P=io, P2C=io, TABLE="*i32", MASK="*u8", RANGE="*i32", PHILOX="*i64", LSE="*fp32")
+    common = dict(Q=io, K=io, V=io, C2P=io, P2C=io, TABLE="*i32", BIAS=io, MASK="*u8", RANGE="*i32", PHILOX="*i64",
+                  LSE="*fp32")
     if kernel_name == "fwd":
         return dict(common, O=io)
     common.update(DO=io, DELTA="*fp32")
@@ -71,6 +72,9 @@ def launch_values(name: str, *, head_dim: int = 64, seq_len: int = 4096, batch: 
     width = (r_hi + r_lo - 1 + 7) // 8 * 8
     values.update(B=batch, H=heads, N=seq_len, BH0=0, R_HI=r_hi, R_LO=r_lo, two_s=two_s, W=width,
                   SEQ_BUCKET=seq_len)
+    geometry = common.PositionGeometry(torch.empty(0), min(r_hi, seq_len), min(r_lo, seq_len), torch.empty(0))
+    layout = common.BiasLayout.of(geometry, seq_len)
+    values.update(BIAS_ROW=layout.row, BIAS_OFFSET=layout.offset, BIAS_PLANE=layout.plane)
     return values
 
 
@@ -81,14 +85,23 @@ def compile_kernel(name: str, config: triton.Config, *, dtype=torch.bfloat16, he
     jit = KERNELS[name].fn
     constexprs = dict(
         HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim), HAS_C2P=True, HAS_P2C=True, HAS_MASK=True,
-        MASKED_ZERO=False, DROPOUT=False, PREC="ieee", UPCAST=False,
+        MASKED_ZERO=False, DROPOUT=False, PREC="ieee", UPCAST=False, BAND_BIAS=False,
     )
     if name == "dkdv":
         constexprs["FUSED_DQ"] = False
     constexprs.update(flags)
     constexprs.update(config.kwargs)
-    pointers = _pointer_types(name, dtype)
-    values = launch_values(name, head_dim=head_dim)
+    source = _source(jit, constexprs, _pointer_types(name, dtype), launch_values(name, head_dim=head_dim))
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    if getattr(config, "maxnreg", None):
+        options["maxnreg"] = config.maxnreg
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def _source(jit, constexprs: dict, pointers: dict, values: dict) -> ASTSource:
+    """The kernel ``jit`` as a launch specializes it: 16-byte aligned ``pointers`` (name -> type), fp32
+    scalars, and integer ``values`` specialized as Triton's launcher does (1 -> constant, 16-divisible)."""
+    constexprs = dict(constexprs)
     signature, attrs = {}, {}
     for index, arg in enumerate(jit.arg_names):
         if arg in constexprs:
@@ -107,9 +120,21 @@ def compile_kernel(name: str, config: triton.Config, *, dtype=torch.bfloat16, he
         signature[arg] = kind
         if spec:
             attrs[(index,)] = BaseBackend.parse_attr(spec)
-    source = ASTSource(jit, signature, constexprs=constexprs, attrs=attrs)
-    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    return ASTSource(jit, signature, constexprs=constexprs, attrs=attrs)
+
+
+def compile_band_bias(dtype=torch.bfloat16, arch=90, seq_len: int = 4096, two_s: int = 512):
+    """Compile ``common._band_bias_kernel`` (the band pairs' position terms, DEBERTA_FAST_TRITON_BAND=bias) for
+    sm_``arch``, its integers specialized as a launch at ``seq_len`` with v3 settings specializes them."""
+    jit = common._band_bias_kernel
+    constexprs = dict(HAS_C2P=True, HAS_P2C=True, BLOCK=common._BIAS_BLOCK)
+    geometry = common.PositionGeometry(torch.empty(0), 506, 512, torch.empty(0))
+    layout = common.BiasLayout.of(geometry, seq_len)
+    values = dict(N=seq_len, two_s=two_s, R_HI=geometry.r_hi, W=geometry.width, ROW=layout.row,
+                  OFFSET=layout.offset, PLANE=layout.plane)
+    pointers = dict(C2P=_PTR[dtype], P2C=_PTR[dtype], TABLE="*i32", BIAS=_PTR[dtype])
+    source = _source(jit, constexprs, pointers, values)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
 
 
 def compile_band_edges(dtype=torch.bfloat16, arch=90, rows_are_queries=True):

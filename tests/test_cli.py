@@ -19,12 +19,16 @@ def test_info_reports_the_triton_settings(capsys, monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.delenv("DEBERTA_FAST_TRITON_AUTOTUNE", raising=False)
     monkeypatch.setenv("DEBERTA_FAST_TRITON_BACKWARD", "fused")
+    monkeypatch.delenv("DEBERTA_FAST_TRITON_BAND", raising=False)
     assert main(["info"]) == 0
     line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("triton configs"))
     assert "autotune auto" in line and "backward fused" in line and "recorded tunings:" in line
+    assert "band gather" in line
     monkeypatch.setenv("DEBERTA_FAST_TRITON_BACKWARD", "sideways")
+    monkeypatch.setenv("DEBERTA_FAST_TRITON_BAND", "bias")
     assert main(["info"]) == 0
-    assert "backward invalid" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "backward invalid" in out and "band bias" in out
 
 
 def test_parity_passes_on_cpu(capsys):

@@ -89,6 +89,24 @@ def test_fused_backward(case, dtype, monkeypatch):
     check(case, dtype)
 
 
+BAND_BIAS = [
+    (Case(B=2, H=4, N=512, D=64, mask="right", **V3), torch.bfloat16),
+    (Case(B=2, H=2, N=2048, D=64, mask="left", **V3), torch.bfloat16),
+    (Case(B=1, H=2, N=2048, D=128, p2c=False, mask="right", **V3), torch.float16),
+    (Case(B=1, H=2, N=8192, D=64, c2p=False, **V3), torch.bfloat16),
+    (Case(B=2, H=2, N=1025, D=48, buckets=-1, max_rel=24, mask="all_pad", masked_rows="zero"), torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("case,dtype", BAND_BIAS, ids=str)
+@pytest.mark.parametrize("backward", ["split", "fused"])
+def test_band_bias(case, dtype, backward, monkeypatch):
+    """DEBERTA_FAST_TRITON_BAND=bias: band tiles read the band pairs' position terms stored once."""
+    monkeypatch.setenv(kernel_common.BAND_ENV, "bias")
+    monkeypatch.setenv(attention_bwd.BACKWARD_ENV, backward)
+    check(case, dtype)
+
+
 FEATURES = [
     Case(B=2, H=2, N=2048, D=64, p2c=False, mask="right", **V3),
     Case(B=2, H=2, N=2048, D=64, c2p=False, mask="left", **V3),

@@ -81,6 +81,27 @@ def check_against_reference(case, dtype, *, strided=True, dropout_p=0.0, keep=No
         assert_within_rule(name, g, g_low, g_ref, floor * max(1.0, g_ref.abs().max().item()))
 
 
+def check_dropout(case, p):
+    """check_against_reference (fp32) with dropout p, the torch runs replaying the kernel's mask."""
+    torch.manual_seed(1234)
+    keep = triton_backend.dropout_keep_mask(triton_backend.draw_philox(DEVICE), case.B, case.H, case.N, p).cpu()
+    assert keep.dtype == torch.bool and keep.shape == (case.B, case.H, case.N, case.N)
+    torch.manual_seed(1234)  # the backend draws the same philox from the generator
+    check_against_reference(case, torch.float32, dropout_p=p, keep=keep)
+
+
+def runs_per_setting(monkeypatch, env, values):
+    """run_triton (fp32) of one padded case under each value of the environment variable ``env``."""
+    case = Case(B=2, H=2, N=97, D=32, mask="mixed")
+    tensors, mask = make_inputs(case)
+    grad_out = torch.randn(case.B, case.H, case.N, case.D, dtype=torch.float64)
+    results = {}
+    for value in values:
+        monkeypatch.setenv(env, value)
+        results[value] = run_triton(case, tensors, mask, torch.float32, grad_out)
+    return results
+
+
 # --- forward and gradients against the float64 reference (fp32) -------------------------------
 
 CASES = [
@@ -269,12 +290,7 @@ def test_dropout_zero_is_exact():
 )
 def test_dropout_matches_torch_given_the_kernel_mask(case, p):
     """Forward and backward use one mask: the torch backend replaying it gives the same values and grads."""
-    torch.manual_seed(1234)
-    philox = triton_backend.draw_philox(DEVICE)
-    keep = triton_backend.dropout_keep_mask(philox, case.B, case.H, case.N, p).cpu()
-    assert keep.dtype == torch.bool and keep.shape == (case.B, case.H, case.N, case.N)
-    torch.manual_seed(1234)  # the backend draws the same philox from the generator
-    check_against_reference(case, torch.float32, dropout_p=p, keep=keep)
+    check_dropout(case, p)
 
 
 @pytest.mark.parametrize("n,buckets,max_rel", [(1, 8, 32), (23, 8, 32), (70, 4, 8), (40, -1, 100), (97, 256, 512)])
@@ -387,30 +403,105 @@ def test_fused_backward_matches_reference(case, fused_backward):
 
 def test_fused_backward_low_precision_and_dropout(fused_backward):
     check_against_reference(Case(N=97, D=32, mask="right"), torch.bfloat16)
-    case, p = Case(N=70, D=48, buckets=4, max_rel=8, mask="all_pad"), 0.3
-    torch.manual_seed(1234)
-    keep = triton_backend.dropout_keep_mask(triton_backend.draw_philox(DEVICE), case.B, case.H, case.N, p).cpu()
-    torch.manual_seed(1234)
-    check_against_reference(case, torch.float32, dropout_p=p, keep=keep)
+    check_dropout(Case(N=70, D=48, buckets=4, max_rel=8, mask="all_pad"), 0.3)
 
 
 def test_fused_backward_agrees_with_split(monkeypatch):
     """The two backwards compute the same sums in different orders: equal up to fp32 rounding."""
     from deberta_fast.kernels import attention_bwd
 
-    case = Case(B=2, H=2, N=97, D=32, mask="mixed")
-    tensors, mask = make_inputs(case)
-    grad_out = torch.randn(case.B, case.H, case.N, case.D, dtype=torch.float64)
-    results = {}
-    for mode in ("split", "fused"):
-        monkeypatch.setenv(attention_bwd.BACKWARD_ENV, mode)
-        results[mode] = run_triton(case, tensors, mask, torch.float32, grad_out)
+    results = runs_per_setting(monkeypatch, attention_bwd.BACKWARD_ENV, ("split", "fused"))
     assert torch.equal(results["split"][0], results["fused"][0])  # the forward is shared
     for name, a, b in zip(GRADS, results["split"][1], results["fused"][1]):
         assert max_err(a, b) <= 1e-5 * max(1.0, a.abs().max().item()), name
     monkeypatch.setenv(attention_bwd.BACKWARD_ENV, "both")
     with pytest.raises(ValueError, match="DEBERTA_FAST_TRITON_BACKWARD must be 'split' or 'fused'"):
         attention_bwd.backward_mode()
+
+
+# --- band bias (DEBERTA_FAST_TRITON_BAND=bias): the band pairs' position terms stored once, read back ------
+
+
+@pytest.mark.parametrize(
+    "n,buckets,max_rel,c2p,p2c",
+    [(1, 8, 32, True, True), (23, 8, 32, True, True), (70, 4, 8, True, False), (70, 4, 8, False, True),
+     (40, -1, 100, True, True), (97, 256, 512, True, True), (300, 16, 64, True, True)],
+)
+def test_band_bias_holds_every_band_pair(n, buckets, max_rel, c2p, p2c):
+    """band_bias stores C2P[i, d(i, j)] + P2C[j, d(i, j)] of every band pair (-r_lo < i - j < r_hi) at
+    i * row + j + offset of its (head, sequence)'s plane; the layout keeps distinct band pairs apart and every
+    pair of the sequence inside the plane (the kernels load without a band test)."""
+    heads, batch, two_s = 2, 3, 2 * (buckets if buckets > 0 else max_rel)
+    geometry = kernel_common.position_geometry(n, buckets, max_rel, DEVICE)
+    generator = torch.Generator().manual_seed(n)
+    scores = [torch.randn(heads, batch, n, two_s, generator=generator).to(DEVICE) if on else None for on in (c2p, p2c)]
+    bias, layout = kernel_common.band_bias(*scores, geometry, n)
+    assert bias.shape == (heads * batch, layout.plane) and bias.dtype == torch.float32
+    assert layout.row % 16 == 0 and layout.offset % 16 == 0 and layout.plane % 16 == 0
+
+    i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    r = i - j
+    band = (r > -geometry.r_lo) & (r < geometry.r_hi)
+    address = i * layout.row + j + layout.offset
+    assert int(address.min()) >= 0 and int(address.max()) < layout.plane  # every pair: inside the plane
+    assert address[band].unique().numel() == int(band.sum())  # band pairs: one slot each
+    d = relative_position_index(n, buckets, max_rel)[band]  # [pairs]
+    expected = torch.zeros(heads, batch, d.numel())
+    if c2p:
+        expected += scores[0].cpu()[:, :, i[band], d]
+    if p2c:
+        expected += scores[1].cpu()[:, :, j[band], d]
+    got = bias.cpu().view(heads, batch, -1)[:, :, address[band]]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+# the fused backward's cases that have a position term, and DeBERTa-v3 settings (all band at this length)
+BIAS_CASES = [c for c in FUSED_CASES if c.c2p or c.p2c] + [Case(N=97, D=32, buckets=256, max_rel=512, mask="right")]
+
+
+@pytest.fixture
+def band_bias(monkeypatch):
+    monkeypatch.setenv(kernel_common.BAND_ENV, "bias")
+    assert kernel_common.band_mode() == "bias"
+    calls = []
+    original = kernel_common.band_bias
+
+    def counting(*args):
+        calls.append(args[0] if args[0] is not None else args[1])
+        return original(*args)
+
+    from deberta_fast.kernels import attention_bwd, attention_fwd
+
+    monkeypatch.setattr(attention_fwd, "band_bias", counting)
+    monkeypatch.setattr(attention_bwd, "band_bias", counting)
+    return calls
+
+
+@pytest.mark.parametrize("case", BIAS_CASES, ids=str)
+def test_band_bias_matches_reference(case, band_bias):
+    check_against_reference(case, torch.float32)
+    assert len(band_bias) == 2  # built by the forward and again by the backward
+
+
+def test_band_bias_low_precision_dropout_and_fused_backward(band_bias, monkeypatch):
+    from deberta_fast.kernels import attention_bwd
+
+    check_against_reference(Case(N=97, D=32, mask="right"), torch.bfloat16)
+    check_dropout(Case(N=70, D=48, buckets=4, max_rel=8, mask="all_pad"), 0.3)
+    monkeypatch.setenv(attention_bwd.BACKWARD_ENV, "fused")
+    check_against_reference(Case(N=97, D=32, mask="mixed"), torch.float32)
+    assert len(band_bias) == 6
+
+
+def test_band_bias_agrees_with_gathers(monkeypatch):
+    """Both band modes add the same fp32 values (c2p + p2c) to the same scores: equal outputs and gradients."""
+    results = runs_per_setting(monkeypatch, kernel_common.BAND_ENV, ("gather", "bias"))
+    assert max_err(results["gather"][0], results["bias"][0]) <= 1e-6
+    for name, a, b in zip(GRADS, results["gather"][1], results["bias"][1]):
+        assert max_err(a, b) <= 1e-6 * max(1.0, a.abs().max().item()), name
+    monkeypatch.setenv(kernel_common.BAND_ENV, "table")
+    with pytest.raises(ValueError, match="DEBERTA_FAST_TRITON_BAND must be 'gather' or 'bias'"):
+        kernel_common.band_mode()
 
 
 def test_dropout_is_reproducible_for_a_seed():
@@ -541,13 +632,14 @@ def test_torch_backend_replays_kernel_mask_shape_check():
 COMPILE_CHECK = """
 import torch
 from deberta_fast.kernels.compile_check import (
-    KERNELS, compile_band_edges, compile_kernel, default_config, pipelined_copies, pointer_layout_conversions,
-    ptxas_report,
+    KERNELS, compile_band_bias, compile_band_edges, compile_kernel, default_config, pipelined_copies,
+    pointer_layout_conversions, ptxas_report,
 )
 for name in KERNELS:
-    variants = [dict(), dict(DROPOUT=True, MASKED_ZERO=True, HAS_P2C=False)]
+    variants = [dict(), dict(DROPOUT=True, MASKED_ZERO=True, HAS_P2C=False), dict(BAND_BIAS=True)]
     if name == "dkdv":
         variants.append(dict(FUSED_DQ=True))
+    vector_loads = {}
     for flags in variants:
         config = default_config(name, torch.bfloat16, 64)
         compiled = compile_kernel(name, config, dtype=torch.bfloat16, head_dim=64, **flags)
@@ -557,7 +649,11 @@ for name in KERNELS:
         assert pointer_layout_conversions(compiled) == 0, (name, flags)
         # the K / V (or Q / dO) tiles of the inner loop are loaded asynchronously, ahead of their use
         assert pipelined_copies(compiled) > 0, (name, flags)
+        vector_loads[tuple(flags)] = compiled.asm["ptx"].count("ld.global.v4")
         print(name, flags, report)
+    # the band bias is read with 16-byte loads along the keys (a per-pair mask would make them 2-byte loads)
+    assert vector_loads[("BAND_BIAS",)] > vector_loads[()], (name, vector_loads)
+assert ptxas_report(compile_band_bias())["spill_stores"] == 0
 for rows_are_queries in (True, False):
     assert ptxas_report(compile_band_edges(rows_are_queries=rows_are_queries))["registers"]
 """

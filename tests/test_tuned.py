@@ -133,8 +133,14 @@ def test_launch_config_per_autotune_mode(table, monkeypatch):
     assert pick("0", "8.0") == (128, 64, 8, 3)
     assert pick("auto", "9.0") == (64, 64, 8, 3)
     assert pick("auto", "8.0") is None
-    # the fused backward's dK/dV kernel is looked up under its own name ("fwd+dq" for this stand-in)
+    # the fused backward's dK/dV kernel is looked up under its own name ("fwd+dq" for this stand-in), and so is a
+    # kernel reading the band bias ("fwd+bias")
     assert kernel_common.launch_config(_Kernel, args, "auto", "9.0", HEAD_DIM=64, FUSED_DQ=True) is None
+    assert kernel_common.launch_config(_Kernel, args, "auto", "9.0", HEAD_DIM=64, BAND_BIAS=True) is None
+    monkeypatch.setitem(kernel_common.FASTEST, ("9.0", "bfloat16", 64, "fwd+bias"), [(512, (128, 32, 8, 3))])
+    kernel_common._measured_config.cache_clear()
+    assert shape(kernel_common.launch_config(_Kernel, args, "auto", "9.0", HEAD_DIM=64, BAND_BIAS=True)) == (128, 32, 8, 3)
+    assert pick("auto", "9.0") == (64, 64, 8, 3)  # the gather kernel keeps its own
     monkeypatch.delenv(kernel_common.AUTOTUNE_ENV, raising=False)
     assert kernel_common.autotune_mode() == "auto"
     for value, mode in (("0", "0"), ("1", "1"), ("True", "1"), ("off", "0"), ("auto", "auto")):
@@ -153,7 +159,8 @@ def test_every_kernel_names_itself_for_the_table():
     assert names == {"fwd", "dkdv", "dq"}
 
 
-def test_tuning_script_smoke(tmp_path):
+@pytest.mark.parametrize("band", ["gather", "bias"])
+def test_tuning_script_smoke(tmp_path, band):
     """bench/tune_triton.py end to end on the CPU under the interpreter (one config per kernel), then the
     generator, which leaves a run without a GPU capability out."""
     out = tmp_path / "tune.json"
@@ -161,10 +168,11 @@ def test_tuning_script_smoke(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "tune_triton.py"), "--device", "cpu", "--dtype", "float32",
          "--head-dims", "32", "--seqlens", "24", "--tokens", "24", "--heads", "2", "--buckets", "4",
-         "--max-rel", "8", "--rep", "1", "--warmup", "0", "--out", str(out)],
+         "--max-rel", "8", "--rep", "1", "--warmup", "0", "--band", band, "--out", str(out)],
         capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert sorted(r["kernel"] for r in rows) == ["dkdv", "dkdv+dq", "dq", "fwd"]
+    suffix = "+bias" if band == "bias" else ""
+    assert sorted(r["kernel"] for r in rows) == [k + suffix for k in ("dkdv", "dkdv+dq", "dq", "fwd")]
     assert all(r["status"] == "ok" and r["median_ms"] > 0 and r["prune_first"] for r in rows)
     assert _load("make_tuned.py").fastest_table([json.loads(out.read_text())]) == {}
