@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     rows = []
     shapes = [(int(d), int(n)) for d in args.head_dims.split(",") for n in args.seqlens.split(",")]
     for D, N in progress(shapes, "tune"):
-        with mock.patch.dict(os.environ, {"DEBERTA_FAST_TRITON_BAND": args.band}):
+        with mock.patch.dict(os.environ, {_kernels()[3].BAND_ENV: args.band}):
             rows.extend(shape_rows(D, N, args))
         write_json(out, {"benchmark": "triton_configs", "env": environment(), "args": vars(args) | {"out": str(out)},
                          "rows": rows})  # after every shape: a cut-off run keeps what it measured

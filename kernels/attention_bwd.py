@@ -42,8 +42,8 @@ import triton
 import triton.language as tl
 
 from .common import (
-    BAND, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO, BiasLayout,
-    autotuned, band_bias, band_mode, batch_slices, block_d, dot, key_regions, launch, load_rows, load_vector,
+    BAND, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
+    autotuned, band_bias, batch_slices, bias_layout, block_d, dot, key_regions, launch, load_rows, load_vector,
     mask_scores, position_bias, position_geometry, position_scores, query_regions, saturated_terms, seq_bucket,
     store_rows, token_ranges, token_span, upcast_dots,
 )
@@ -640,17 +640,15 @@ def attention_backward(
     )
     mask_strides = mask.stride() if mask is not None else (0, 0)
     stride = _band_stride(width)
-    use_bias = width > 0 and band_mode() == "bias"
-    per_sequence = (has_c2p + has_p2c) * H * N * (two_s + stride)
-    if use_bias:
-        per_sequence += H * BiasLayout.of(geometry, N).plane
+    layout = bias_layout(geometry, N)
+    per_sequence = (has_c2p + has_p2c) * H * N * (two_s + stride) + H * layout.plane
     padded = mask is not None  # tiles of padding are skipped: their band slots stay unwritten
     ranges = token_ranges(mask) if padded else None
     for part in batch_slices(B, per_sequence * q.element_size()):
         nb = part.stop - part.start
         qs, ks, vs, dos = q[part], k[part], v[part], dout[part]
         c2p, p2c = position_scores(qs, ks, pos_key, pos_query)
-        bias, layout = band_bias(c2p, p2c, geometry, N) if use_bias else (dummy, BiasLayout(0, 0, 0))
+        bias = band_bias(c2p, p2c, geometry, layout) if layout.plane else dummy
         band_q = _band_buffer(True, H, nb, N, width, stride, r_lo, q.dtype, dev, padded) if band_c2p else None
         band_k = _band_buffer(False, H, nb, N, width, stride, r_lo, q.dtype, dev, padded) if band_p2c else None
         sat_q = (torch.zeros if fused else torch.empty)(2, nb, H, N, dtype=f32, device=dev) if has_c2p else dummy
@@ -667,7 +665,7 @@ def attention_backward(
             band_k if band_k is not None else dummy, sat_k, dqs, band_q if band_q is not None else dummy, sat_q,
             *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dks.stride(), *dvs.stride(), *dqs.stride(),
             *(pos_query.stride() if has_p2c else (0, 0, 0)), *mask_strides,
-            *common, **flags, FUSED_DQ=fused, BAND_BIAS=use_bias,
+            *common, **flags, FUSED_DQ=fused, BAND_BIAS=layout.plane > 0,
         )
         if fused:
             if has_c2p:  # the saturated pairs' c2p gradient (the dQ kernel adds it in the split backward)
@@ -680,7 +678,7 @@ def attention_backward(
                 band_q if band_q is not None else dummy, sat_q,
                 *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dqs.stride(),
                 *(pos_key.stride() if has_c2p else (0, 0, 0)), *mask_strides,
-                *common, **flags, BAND_BIAS=use_bias,
+                *common, **flags, BAND_BIAS=layout.plane > 0,
             )
         if has_c2p:
             _position_grad(band_q, sat_q, qs, pos_key, geometry, scale, dqs, dpos_key)

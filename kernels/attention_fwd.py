@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 
 from .common import (
-    BAND, K_LN2, LOG2E, PLAIN, SAT_HI, SAT_LO, BiasLayout,
-    autotuned, band_bias, band_mode, batch_slices, block_d, dot, key_regions, launch, load_rows, mask_scores,
+    BAND, K_LN2, LOG2E, PLAIN, SAT_HI, SAT_LO,
+    autotuned, band_bias, batch_slices, bias_layout, block_d, dot, key_regions, launch, load_rows, mask_scores,
     position_bias, position_geometry, position_scores, saturated_terms, seq_bucket, store_rows, token_ranges,
     token_span, upcast_dots,
 )
@@ -219,13 +219,10 @@ def attention_forward(
         UPCAST=upcast_dots(q.dtype),
     )
     ranges = token_ranges(mask) if mask is not None else None
-    use_bias = geometry is not None and geometry.width > 0 and band_mode() == "bias"
-    per_sequence = n_terms * H * N * two_s
-    if use_bias:
-        per_sequence += H * BiasLayout.of(geometry, N).plane
-    for part in batch_slices(B, per_sequence * q.element_size()):
+    layout = bias_layout(geometry, N)
+    for part in batch_slices(B, (n_terms * H * N * two_s + H * layout.plane) * q.element_size()):
         c2p, p2c = position_scores(q[part], k[part], pos_key, pos_query)
-        bias, layout = band_bias(c2p, p2c, geometry, N) if use_bias else (lse, BiasLayout(0, 0, 0))
+        bias = band_bias(c2p, p2c, geometry, layout) if layout.plane else lse
         part_mask = mask[part] if mask is not None else None
         heads = (part.stop - part.start) * H
         launch(
@@ -237,7 +234,7 @@ def attention_forward(
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *(mask.stride() if mask is not None else (0, 0)),
             part.stop - part.start, H, N, part.start * H, geometry.r_hi if geometry else N, geometry.r_lo if geometry else N,
             two_s, layout.row, layout.offset, layout.plane, scale * LOG2E, float(dropout_p), seq_bucket(N),
-            **flags, BAND_BIAS=use_bias,
+            **flags, BAND_BIAS=layout.plane > 0,
         )
         del c2p, p2c, bias  # free this slice's buffers before the next
     return out, lse

@@ -166,6 +166,17 @@ class BiasLayout:
         return BiasLayout(row, offset, _round16((seq_len - 1) * (row + 1) + offset + 1))
 
 
+NO_BIAS = BiasLayout(0, 0, 0)  # launches whose band tiles gather (no band bias)
+
+
+def bias_layout(geometry: PositionGeometry | None, seq_len: int) -> BiasLayout:
+    """The :class:`BiasLayout` of a call's band bias under DEBERTA_FAST_TRITON_BAND=bias when it has position
+    terms with a band, else ``NO_BIAS`` (plane 0)."""
+    if geometry is None or geometry.width <= 0 or band_mode() != "bias":
+        return NO_BIAS
+    return BiasLayout.of(geometry, seq_len)
+
+
 _BIAS_BLOCK = 32  # rows and band columns per program of _band_bias_kernel (16 under the interpreter); sm_90: 48 registers
 
 
@@ -202,15 +213,14 @@ def _band_bias_kernel(
              bias.to(BIAS.dtype.element_ty), mask=valid)
 
 
-def band_bias(c2p, p2c, geometry: PositionGeometry, seq_len: int) -> tuple[torch.Tensor, BiasLayout]:
+def band_bias(c2p, p2c, geometry: PositionGeometry, layout: BiasLayout) -> torch.Tensor:
     """The position term of every band pair, C2P[i, d] + P2C[j, d] (the absent term left out), rounded to the
-    input dtype, in the skewed :class:`BiasLayout`: ``[H * B, plane]``. ``c2p`` / ``p2c``: ``[H, B, N, 2S]``
+    input dtype, in the skewed ``layout`` (:func:`bias_layout`): ``[H * B, plane]``. ``c2p`` / ``p2c``: ``[H, B, N, 2S]``
     from :func:`position_scores` (either may be None). Slots of no band pair are left unwritten: the kernels
     read them only for pairs beyond the band, whose loaded value they discard. O(N * width) memory, as the
     backward's band buffers."""
     ref = c2p if c2p is not None else p2c
     H, B, N, two_s = ref.shape
-    layout = BiasLayout.of(geometry, seq_len)
     bias = torch.empty(H * B, layout.plane, dtype=ref.dtype, device=ref.device)
     block = 16 if INTERPRET else _BIAS_BLOCK
     grid = (triton.cdiv(N, block), triton.cdiv(max(geometry.width, 1), block), H * B)
@@ -219,7 +229,7 @@ def band_bias(c2p, p2c, geometry: PositionGeometry, seq_len: int) -> tuple[torch
         N, two_s, geometry.r_hi, geometry.width, layout.row, layout.offset, layout.plane,
         HAS_C2P=c2p is not None, HAS_P2C=p2c is not None, BLOCK=block, num_warps=4,
     )
-    return bias, layout
+    return bias
 
 
 def block_d(head_dim: int) -> int:

@@ -435,7 +435,8 @@ def test_band_bias_holds_every_band_pair(n, buckets, max_rel, c2p, p2c):
     geometry = kernel_common.position_geometry(n, buckets, max_rel, DEVICE)
     generator = torch.Generator().manual_seed(n)
     scores = [torch.randn(heads, batch, n, two_s, generator=generator).to(DEVICE) if on else None for on in (c2p, p2c)]
-    bias, layout = kernel_common.band_bias(*scores, geometry, n)
+    layout = kernel_common.BiasLayout.of(geometry, n)
+    bias = kernel_common.band_bias(*scores, geometry, layout)
     assert bias.shape == (heads * batch, layout.plane) and bias.dtype == torch.float32
     assert layout.row % 16 == 0 and layout.offset % 16 == 0 and layout.plane % 16 == 0
 
