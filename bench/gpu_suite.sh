@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
-#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | test-triton | test-cuda | tests | parity | variants | tune |
-#                                                tune-bias | tune-d128 | attention | attention-extra | model |
+#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | check | test-triton | test-cuda | tests | parity | variants |
+#                                                tune | tune-bias | tune-d128 | attention | attention-extra | model |
 #                                                model-large | profile | ncu | all
-#   TEST_TIMEOUT (seconds per test module, default 480) bounds the test steps.
+#   TEST_TIMEOUT (seconds per pytest run, default 480) bounds the test steps; TEST_WORKERS (default 8) is the
+#   number of pytest-xdist workers, TUNE_JOBS (default 8) the compile processes of the tune steps.
 #
-# One device call per step. On a fresh machine (cold Triton cache) the Triton test module had passed 29 of its
-# 35 tests when a 320 s limit stopped it (all 35 passed in 76 s once its kernels were compiled): run
-# test-triton and test-cuda as separate calls there; `tests` (both modules) fits one call only when warm.
+# One device call per step. On a fresh machine (cold Triton cache) most of the GPU test modules' time is Triton
+# compiling kernels, CPU work done one kernel at a time per process: run serially, the Triton module had passed
+# 29 of its 35 tests when a 320 s limit stopped it (all 35 passed in 76 s once its kernels were compiled). So the
+# test steps run pytest-xdist workers (installed on the GPU machines) that share the GPU and compile in
+# parallel, and `check` runs both modules and the CLI parity check (in the background) in one call. Not yet
+# timed that way on a GPU.
 #
 # Every step starts with `setup` (idempotent): the CUDA extension built in place for sm_90 and the repository put
 # on PYTHONPATH (the GPU machines have torch, triton and transformers, and no network), plus any wheels carried in .whl/ (the peer kernels flashdeberta and
@@ -39,9 +43,13 @@ setup() {
   } 2>&1 | tee -a "$out/setup.log"
 }
 
-run_tests() {  # $1: triton | cuda. One GPU test module.
-  logged "$out/test_$1.log" ${TEST_TIMEOUT:-480} 25 $PY -m pytest -q -rfEs --tb=short --durations=10 \
-    tests/test_gpu_$1.py --junitxml="$out/test_gpu_$1.xml"
+run_tests() {  # $1: the log's name, then GPU test modules (triton, cuda): one pytest run, xdist workers when installed
+  local name=$1 module files=() workers=()
+  shift
+  for module in "$@"; do files+=("tests/test_gpu_$module.py"); done
+  $PY -c "import xdist" 2>/dev/null && workers=(-n "${TEST_WORKERS:-8}")
+  logged "$out/test_$name.log" ${TEST_TIMEOUT:-480} 25 $PY -m pytest -q -rfEs --tb=short --durations=10 \
+    "${workers[@]}" "${files[@]}" --junitxml="$out/test_$name.xml"
 }
 
 run_parity() {  # the CLI's parity check on the GPU (every backend, fp32/bf16/fp16; compiles Triton kernels when cold)
@@ -90,10 +98,11 @@ run_ncu() {  # Nsight Compute on the Triton kernels (N 512: every tile a band ti
 run_tune() {  # $1: head dim, $2: band mode. Every Triton block config timed, one kernel at a time
   # (bench/tune_triton.py); then `python bench/make_tuned.py JSON...` (here, after copying the JSON to
   # bench/results/ and listing it in the script's SOURCES) makes kernels/tuned.py, the defaults used when
-  # autotuning is off. About 21 cold compiles.
+  # autotuning is off. 33 configs a shape at head dim 64 (12 forward, 7 for each backward kernel and the fused
+  # one), compiled first by TUNE_JOBS processes side by side.
   local name="triton_configs_cuda_bfloat16_d$1$( [ "$2" = gather ] || echo "_$2" )"
   logged "$out/tune_d$1_$2.log" 540 40 $PY bench/tune_triton.py --device cuda --dtype bfloat16 --head-dims "$1" \
-    --band "$2" --seqlens 512,2048,8192 --out "$out/$name.json"
+    --band "$2" --seqlens 512,2048,8192 --jobs "${TUNE_JOBS:-8}" --out "$out/$name.json"
 }
 
 run_variants() {  # the Triton switches side by side (default configs): band gathers vs the precomputed band
@@ -142,9 +151,18 @@ run_model_large() {  # v3-large at two lengths, a call of its own
 setup || exit 1
 case "$step" in
   setup) ;;
-  test-triton) run_tests triton ;;
-  test-cuda) run_tests cuda ;;
-  tests) run_tests triton; r=$?; run_tests cuda; exit $(( r || $? )) ;;
+  check)  # both GPU test modules and the CLI parity check, side by side
+    run_parity >"$out/parity_tail.txt" 2>&1 &
+    parity=$!
+    run_tests gpu triton cuda
+    r=$?
+    wait $parity
+    p=$?
+    cat "$out/parity_tail.txt"
+    exit $(( r || p )) ;;
+  test-triton) run_tests triton triton ;;
+  test-cuda) run_tests cuda cuda ;;
+  tests) run_tests gpu triton cuda ;;
   parity) run_parity ;;
   variants) run_variants ;;
   tune) run_tune 64 gather ;;
@@ -156,6 +174,6 @@ case "$step" in
   model-large) run_model_large ;;
   profile) run_profile ;;
   ncu) run_ncu ;;
-  all) run_tests triton; run_tests cuda; run_parity; run_attention; run_model ;;
+  all) run_tests gpu triton cuda; run_parity; run_attention; run_model ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac

@@ -13,6 +13,9 @@ recorded with its error, not timed. ``--band bias`` times the same under DEBERTA
 tiles read the precomputed band bias), as kernels "fwd+bias", "dkdv+bias", "dq+bias" and "dkdv+dq+bias" (the
 names common.measured_config looks up in that mode). On the CPU (TRITON_INTERPRET=1 set before anything imports
 triton) it runs the single interpreter config: a smoke test of this script, not a measurement.
+
+``--jobs J``: J processes first run every config once, untimed, so that Triton compiles them in parallel into
+its disk cache; the timing then runs alone, on compiled kernels.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -59,8 +63,11 @@ def inputs(B: int, N: int, H: int, D: int, S: int, dtype: torch.dtype, device: s
     return q, k, v, pos_key, pos_query, dout
 
 
-def shape_rows(D: int, N: int, args) -> list[dict]:
-    """Timed rows of every kept config of the three kernels at one head dim and sequence length."""
+def shape_rows(D: int, N: int, args, take=None) -> list[dict]:
+    """Timed rows of every kept config of the three kernels at one head dim and sequence length.
+
+    ``take(i)``: compile only (a ``--jobs`` worker): run the op once, untimed, with the i-th (config, kernel)
+    of the shape where ``take(i)`` is true, so the timing process finds every kernel in Triton's disk cache."""
     kernels, attention_fwd, attention_bwd, common = _kernels()
     dtype = DTYPES[args.dtype]
     B = max(1, args.tokens // N)
@@ -93,27 +100,45 @@ def shape_rows(D: int, N: int, args) -> list[dict]:
 
     device = torch.device(args.device)
     rows = []
-    for name in KERNEL_NAMES:
-        fixed = {"dkdv": ["dq"], "dq": ["dkdv"]}.get(name, [])
-        for config in kept(name):
-            row = dict(kernel=name + suffix, band=args.band, dtype=args.dtype, D=D, N=N, B=B, H=args.heads, position_buckets=args.buckets,
-                       max_relative_positions=args.max_rel, config=list(common.config_shape(config)),
-                       prune_first=common.config_shape(config) == common.config_shape(first[name]), timed="forward op" if name == "fwd" else "backward op" + (" (fused)" if name == "dkdv+dq" else ""))
-            try:
-                with contextlib.ExitStack() as stack:
-                    stack.enter_context(common.forced_config(kernels[name], config))
-                    for other in fixed:
-                        stack.enter_context(common.forced_config(kernels[other], first[other]))
-                    times = time_fn(runs[name], device, args.rep, args.warmup)
-                row.update(status="ok", times_ms=times, median_ms=statistics.median(times),
-                           p20_ms=_quantile(times, 0.2), p80_ms=_quantile(times, 0.8))
-            except Exception as exc:  # e.g. out of shared memory on this GPU: recorded, not timed
-                row.update(status=f"error: {type(exc).__name__}: {exc}"[:500])
-                traceback.print_exc()
-            print(f"{name + suffix:5s} D {D:3d} N {N:6d} {row['config']} {row['status']:>3s} "
-                  f"{row.get('median_ms', float('nan')):9.3f} ms", flush=True)
-            rows.append(row)
+    plan = [(name, config) for name in KERNEL_NAMES for config in kept(name)]
+    for index, (name, config) in enumerate(plan):
+        if take is not None and not take(index):
+            continue
+        row = dict(kernel=name + suffix, band=args.band, dtype=args.dtype, D=D, N=N, B=B, H=args.heads,
+                   position_buckets=args.buckets, max_relative_positions=args.max_rel,
+                   config=list(common.config_shape(config)),
+                   prune_first=common.config_shape(config) == common.config_shape(first[name]),
+                   timed="forward op" if name == "fwd" else "backward op" + (" (fused)" if name == "dkdv+dq" else ""))
+        try:
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(common.forced_config(kernels[name], config))
+                for other in {"dkdv": ["dq"], "dq": ["dkdv"]}.get(name, []):
+                    stack.enter_context(common.forced_config(kernels[other], first[other]))
+                if take is not None:
+                    runs[name]()
+                    continue
+                times = time_fn(runs[name], device, args.rep, args.warmup)
+            row.update(status="ok", times_ms=times, median_ms=statistics.median(times),
+                       p20_ms=_quantile(times, 0.2), p80_ms=_quantile(times, 0.8))
+        except Exception as exc:  # e.g. out of shared memory on this GPU: recorded, not timed
+            row.update(status=f"error: {type(exc).__name__}: {exc}"[:500])
+            if take is not None:
+                continue  # the timing process meets and records the same error
+            traceback.print_exc()
+        print(f"{name + suffix:5s} D {D:3d} N {N:6d} {row['config']} {row['status']:>3s} "
+              f"{row.get('median_ms', float('nan')):9.3f} ms", flush=True)
+        rows.append(row)
     return rows
+
+
+def compile_in_parallel(argv: list[str], jobs: int) -> None:
+    """Run ``jobs`` compile workers (this script with ``--shard k/jobs``) to their end. A worker's failure is
+    reported and otherwise ignored: the timing run compiles whatever is missing, and records real errors."""
+    base = [sys.executable, str(Path(__file__).resolve()), *argv, "--jobs", "1"]
+    workers = [subprocess.Popen(base + ["--shard", f"{k}/{jobs}"], stdout=subprocess.DEVNULL) for k in range(jobs)]
+    for k, worker in enumerate(workers):
+        if worker.wait() != 0:
+            print(f"compile worker {k}/{jobs} exited with status {worker.returncode}", file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -131,6 +156,11 @@ def main(argv=None) -> int:
     p.add_argument("--rep", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/triton_configs_<device>_<dtype>.json)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="processes that first compile every config (untimed, one op each) into Triton's disk "
+                        "cache, so the timing runs alone and warm; compiling is CPU work, one kernel at a time "
+                        "per process")
+    p.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # "k/n": one of those processes
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here (on the CPU, set TRITON_INTERPRET=1 and pass --device cpu)")
@@ -138,6 +168,16 @@ def main(argv=None) -> int:
         raise SystemExit("--device cpu runs the kernels under Triton's interpreter: set TRITON_INTERPRET=1")
     if args.buckets <= 0:
         raise SystemExit("--buckets must be positive (the v3 setting is 256)")
+    if args.jobs < 1:
+        raise SystemExit("--jobs must be at least 1")
+    if args.shard is not None:  # a compile worker: every n-th config of every shape, untimed, no JSON
+        k, n = (int(x) for x in args.shard.split("/"))
+        for D, N in [(int(d), int(n_)) for d in args.head_dims.split(",") for n_ in args.seqlens.split(",")]:
+            with mock.patch.dict(os.environ, {_kernels()[3].BAND_ENV: args.band}):
+                shape_rows(D, N, args, take=lambda index: index % n == k)
+        return 0
+    if args.jobs > 1:
+        compile_in_parallel(argv if argv is not None else sys.argv[1:], args.jobs)
     band = "_bias" if args.band == "bias" else ""
     out = args.out or Path(__file__).resolve().parent / "results" / f"triton_configs_{args.device.split(':')[0]}_{args.dtype}{band}.json"
     rows = []

@@ -162,15 +162,18 @@ def test_every_kernel_names_itself_for_the_table():
 @pytest.mark.parametrize("band", ["gather", "bias"])
 def test_tuning_script_smoke(tmp_path, band):
     """bench/tune_triton.py end to end on the CPU under the interpreter (one config per kernel), then the
-    generator, which leaves a run without a GPU capability out."""
+    generator, which leaves a run without a GPU capability out. The gather run first compiles in two worker
+    processes (--jobs 2), which must finish cleanly."""
     out = tmp_path / "tune.json"
+    jobs = ["--jobs", "2"] if band == "gather" else []
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "tune_triton.py"), "--device", "cpu", "--dtype", "float32",
          "--head-dims", "32", "--seqlens", "24", "--tokens", "24", "--heads", "2", "--buckets", "4",
-         "--max-rel", "8", "--rep", "1", "--warmup", "0", "--band", band, "--out", str(out)],
+         "--max-rel", "8", "--rep", "1", "--warmup", "0", "--band", band, "--out", str(out), *jobs],
         capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "compile worker" not in proc.stderr, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     suffix = "+bias" if band == "bias" else ""
     assert sorted(r["kernel"] for r in rows) == [k + suffix for k in ("dkdv", "dkdv+dq", "dq", "fwd")]
