@@ -28,7 +28,8 @@ def _padded(head_dim: int) -> int:
 
 
 def fastest_table(records: list[dict]) -> dict:
-    """{(capability, dtype, padded head dim, kernel): [(N, (BLOCK_M, BLOCK_N, num_warps, num_stages)), ...]}."""
+    """{(capability, dtype, padded head dim, kernel): [(N, config shape), ...]}, config shapes as
+    common.config_shape writes them: (BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg])."""
     best: dict = {}
     for record in records:
         capability = record["env"].get("gpu_capability")
@@ -58,8 +59,8 @@ def render(table: dict, sources: list[str]) -> str:
                        "first config") + ".",
         '"""',
         "",
-        "# (gpu capability, dtype, padded head dim, kernel) -> [(N, (BLOCK_M, BLOCK_N, num_warps, num_stages)), ...] "
-        "sorted by N",
+        "# (gpu capability, dtype, padded head dim, kernel) -> [(N, (BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg])),",
+        "# ...] sorted by N",
         "FASTEST = {",
     ]
     for key, entries in table.items():

@@ -257,14 +257,17 @@ def seq_bucket(n: int) -> int:
 
 
 def make_configs(shapes, interpret_blocks: tuple[int, int]) -> list[triton.Config]:
-    """``triton.Config`` per (BLOCK_M, BLOCK_N, num_warps, num_stages); one small config under the interpreter.
+    """``triton.Config`` per (BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg]); one small config under the
+    interpreter.
 
-    BLOCK_M is the query tile, BLOCK_N the key tile, whichever of them a kernel owns.
+    BLOCK_M is the query tile, BLOCK_N the key tile, whichever of them a kernel owns. ``maxnreg`` caps the
+    registers per thread (ptxas spills the rest), so that more programs fit on a multiprocessor.
     """
     if INTERPRET:  # one config: the autotuner then never benchmarks (it cannot on the CPU)
         m, n = interpret_blocks
         return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=1, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s, maxnreg=reg[0] if reg else None)
+            for m, n, w, s, *reg in shapes]
 
 
 # Budget of one tile: BLOCK_M * BLOCK_N * BLOCK_D * element size (bytes); 128 x 64 x 128 in bf16 fits.
@@ -330,16 +333,19 @@ def autotuned(name: str, shapes, interpret_blocks: tuple[int, int], owned: str, 
     return decorate
 
 
-def config_shape(config: triton.Config) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of a config, as the shape lists and ``tuned.py`` write it."""
-    return (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages)
+def config_shape(config: triton.Config) -> tuple[int, ...]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages), plus maxnreg when the config caps registers, of a config, as
+    the shape lists and ``tuned.py`` write it."""
+    shape = (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages)
+    maxnreg = getattr(config, "maxnreg", None)
+    return shape + (maxnreg,) if maxnreg else shape
 
 
 _SAME_WIDTH = {"float16": "bfloat16", "bfloat16": "float16"}
 
 
 def measured_shape(name: str | None, capability: str, dtype: torch.dtype, head_dim: int, seq_len: int):
-    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) the recorded tuning runs (``tuned.FASTEST``) found fastest
+    """The config shape (common.config_shape) the recorded tuning runs (``tuned.FASTEST``) found fastest
     for kernel ``name`` on this GPU capability, dtype (float16 and bfloat16 stand in for each other) and head
     dim (padded to a power of two), at the measured sequence length nearest ``seq_len`` in log scale (the
     shorter on a tie); None without a measurement."""

@@ -4,6 +4,7 @@ bench/make_tuned.py; do not edit by hand). Used when autotuning is off (common.d
 Sources: none yet (no tuning run recorded); every launch without autotuning takes the prune filter's first config.
 """
 
-# (gpu capability, dtype, padded head dim, kernel) -> [(N, (BLOCK_M, BLOCK_N, num_warps, num_stages)), ...] sorted by N
+# (gpu capability, dtype, padded head dim, kernel) -> [(N, (BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg])),
+# ...] sorted by N
 FASTEST = {
 }

@@ -655,6 +655,12 @@ for name in KERNELS:
     # the band bias is read with 16-byte loads along the keys (a per-pair mask would make them 2-byte loads)
     assert vector_loads[("BAND_BIAS",)] > vector_loads[()], (name, vector_loads)
 assert ptxas_report(compile_band_bias())["spill_stores"] == 0
+# the forward's register-capped configs (a fifth shape element, maxnreg) reach ptxas
+capped = [config for config in KERNELS["fwd"].configs if config.maxnreg]
+assert capped
+for config in capped:
+    report = ptxas_report(compile_kernel("fwd", config, dtype=torch.bfloat16, head_dim=64))
+    assert report["registers"] <= config.maxnreg, (config, report)
 for rows_are_queries in (True, False):
     assert ptxas_report(compile_band_edges(rows_are_queries=rows_are_queries))["registers"]
 """

@@ -118,6 +118,27 @@ def test_default_config_prefers_the_measured_shape(table):
     assert shape(kernel_common.default_config(_Kernel, args, "9.0", HEAD_DIM=128)) == (64, 64, 8, 3)
 
 
+def test_register_capped_shapes_keep_their_cap(table, monkeypatch):
+    """A config shape's fifth element caps the registers (maxnreg): make_configs passes it to the config,
+    config_shape gives it back, and a measured capped shape picks the capped config, not its uncapped twin."""
+    monkeypatch.setattr(kernel_common, "INTERPRET", False)  # the interpreter's single config otherwise
+    configs = kernel_common.make_configs([(64, 64, 4, 3), (64, 64, 4, 3, 168)], (32, 32))
+    assert [c.maxnreg for c in configs] == [None, 168]
+    assert [kernel_common.config_shape(c) for c in configs] == [(64, 64, 4, 3), (64, 64, 4, 3, 168)]
+    assert configs[1].all_kwargs()["maxnreg"] == 168  # what launch() hands to the kernel
+
+    class Capped(_Kernel):
+        deberta_name = "capped"
+
+    Capped.configs = configs
+    args = {"N": 512, "Q": torch.empty(1, dtype=torch.bfloat16)}
+    monkeypatch.setitem(kernel_common.FASTEST, ("9.0", "bfloat16", 64, "capped"), [(512, (64, 64, 4, 3, 168))])
+    assert kernel_common.default_config(Capped, args, "9.0", HEAD_DIM=64) is configs[1]
+    monkeypatch.setitem(kernel_common.FASTEST, ("9.0", "bfloat16", 64, "capped"), [(512, (64, 64, 4, 3))])
+    kernel_common._measured_config.cache_clear()
+    assert kernel_common.default_config(Capped, args, "9.0", HEAD_DIM=64) is configs[0]
+
+
 def test_launch_config_per_autotune_mode(table, monkeypatch):
     """"1": the autotuner (None); "0": the measured config, else the prune filter's first; "auto" (the default):
     the measured config, else the autotuner."""
