@@ -6,10 +6,11 @@ bench/report.py):
 - ``op``: the attention core on [B, H, N, D] inputs. Providers: ``df-torch``, ``df-triton``, ``df-cuda``
   (deberta_fast.disentangled_attention with that backend), ``sdpa-bias`` (PyTorch SDPA with the two position
   terms materialized as an additive [B, H, N, N] bias: the best stock PyTorch offers) and ``sdpa-floor``
-  (SDPA's flash backend with no bias at all: plain attention of the same shape, the floor). Triton variants,
-  each measured with its switch set for the whole forward and backward: ``df-triton-bias``
-  (DEBERTA_FAST_TRITON_BAND=bias), ``df-triton-fused`` (DEBERTA_FAST_TRITON_BACKWARD=fused) and
-  ``df-triton-bias-fused`` (both).
+  (SDPA's flash backend with no bias at all: plain attention of the same shape, the floor). The Triton
+  backend's four variants, each measured with both switches set for the whole forward and backward:
+  ``df-triton-gather`` (DEBERTA_FAST_TRITON_BAND=gather, DEBERTA_FAST_TRITON_BACKWARD=split),
+  ``df-triton-bias`` (bias, split), ``df-triton-fused`` (gather, fused) and ``df-triton-bias-fused`` (bias,
+  fused); bench/make_selection.py makes the backend's per-shape choice (with the switches unset) of them.
 - ``layer``: a whole DisentangledSelfAttention module (q/k/v/position projections + core) on hidden states
   [B, N, hidden], the same weights for every provider. Providers: ``hf-eager`` (transformers), ``df-<backend>``
   (deberta_fast's module), ``flashdeberta`` and ``disentangled-flash`` (PyPI packages, when installed).
@@ -52,7 +53,7 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import environment, progress, usable_backends, write_json  # noqa: E402
+from common import TRITON_VARIANTS, environment, progress, usable_backends, write_json  # noqa: E402
 
 import deberta_fast as df  # noqa: E402
 from deberta_fast.positions import relative_position_index  # noqa: E402
@@ -120,12 +121,13 @@ def df_op(backend: str):
     return run
 
 
-# Op-level Triton variants: the environment each is measured under (forward and backward).
-TRITON_VARIANTS = {
-    "df-triton-bias": {"DEBERTA_FAST_TRITON_BAND": "bias"},
-    "df-triton-fused": {"DEBERTA_FAST_TRITON_BACKWARD": "fused"},
-    "df-triton-bias-fused": {"DEBERTA_FAST_TRITON_BAND": "bias", "DEBERTA_FAST_TRITON_BACKWARD": "fused"},
-}
+def triton_switches(provider: str) -> dict:
+    """The environment a Triton variant provider is measured under (forward and backward); {} for the others
+    (df-triton itself runs whatever the switches say, by default the backend's own per-shape choice)."""
+    if provider not in TRITON_VARIANTS:
+        return {}
+    band, backward = TRITON_VARIANTS[provider]
+    return {"DEBERTA_FAST_TRITON_BAND": band, "DEBERTA_FAST_TRITON_BACKWARD": backward}
 
 
 def sdpa_bias(views, mask, shape, scale):
@@ -382,7 +384,7 @@ def op_rows(shape: Shape, providers: list[str], args) -> list[dict]:
             run = table[name]
             # sdpa-floor computes plain attention (different math): it is run and timed, not compared
             reference = None if name == "sdpa-floor" else (ref_out.detach(), ref_grad)
-            with mock.patch.dict(os.environ, TRITON_VARIANTS.get(name, {})):
+            with mock.patch.dict(os.environ, triton_switches(name)):
                 rows.append(measure(name, "op", lambda v, m, s, sc, leaves, run=run: run(v, m, s, sc), make_args,
                                     lambda a: [a[4][0]], reference, shape, mode, args))
     return rows

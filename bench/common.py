@@ -77,6 +77,17 @@ def environment() -> dict:
     return env
 
 
+# The Triton backend's variants as op-level benchmark providers: provider -> (DEBERTA_FAST_TRITON_BAND,
+# DEBERTA_FAST_TRITON_BACKWARD), both set for the whole forward and backward. bench/make_selection.py turns
+# their timings into the backend's per-shape choice when the switches are unset (measured.TRITON_VARIANTS).
+TRITON_VARIANTS = {
+    "df-triton-gather": ("gather", "split"),
+    "df-triton-bias": ("bias", "split"),
+    "df-triton-fused": ("gather", "fused"),
+    "df-triton-bias-fused": ("bias", "fused"),
+}
+
+
 def usable_backends(device, head_dim: int) -> list[str]:
     """The deberta_fast backends that can serve a call with this head dim on ``device``, probed with a tiny
     call of that head dim (the cuda backend takes 32, 64 and 128 only)."""

@@ -106,10 +106,11 @@ run_tune() {  # $1: head dim, $2: band mode. Every Triton block config timed, on
 }
 
 run_variants() {  # the Triton switches side by side (default configs): band gathers vs the precomputed band
-  # bias (DEBERTA_FAST_TRITON_BAND), split vs fused backward (DEBERTA_FAST_TRITON_BACKWARD), against the floor
+  # bias (DEBERTA_FAST_TRITON_BAND), split vs fused backward (DEBERTA_FAST_TRITON_BACKWARD), against the floor.
+  # Committed and listed in bench/make_selection.py's SOURCES, the JSON becomes the backend's per-shape choice.
   bench "$out/variants.log" 540 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
     --seqlens 512,2048,8192 --modes fwd,fwd_bwd --rep 20 \
-    --op-providers df-triton,df-triton-bias,df-triton-fused,df-triton-bias-fused,sdpa-floor \
+    --op-providers df-triton-gather,df-triton-bias,df-triton-fused,df-triton-bias-fused,sdpa-floor \
     --out "$out/attention_cuda_bfloat16_variants.json"
 }
 

@@ -88,14 +88,13 @@ def shape_rows(D: int, N: int, args, take=None) -> list[dict]:
     def run_forward():
         attention_fwd.attention_forward(q, k, v, pos_key, pos_query, None, None, **settings)
 
-    def run_backward():
-        attention_bwd.attention_backward(dout, q, k, v, pos_key, pos_query, None, None, out, lse, **settings)
+    def backward(variant):  # the switch set either way: unset, the backend would pick by its measured table
+        def run():
+            with mock.patch.dict(os.environ, {attention_bwd.BACKWARD_ENV: variant}):
+                attention_bwd.attention_backward(dout, q, k, v, pos_key, pos_query, None, None, out, lse, **settings)
+        return run
 
-    def run_fused_backward():
-        with mock.patch.dict(os.environ, {attention_bwd.BACKWARD_ENV: "fused"}):
-            run_backward()
-
-    runs = {"fwd": run_forward, "dkdv": run_backward, "dq": run_backward, "dkdv+dq": run_fused_backward}
+    runs = {"fwd": run_forward, "dkdv": backward("split"), "dq": backward("split"), "dkdv+dq": backward("fused")}
     suffix = "+bias" if args.band == "bias" else ""
 
     device = torch.device(args.device)

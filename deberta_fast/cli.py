@@ -67,14 +67,21 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _triton_settings() -> str:
-    """The Triton kernels' block-config mode, the GPUs / dtypes / head dims with recorded tunings, and the
-    band and backward variants (from the environment)."""
+    """The Triton kernels' block-config mode, the GPUs / dtypes / head dims with recorded tunings, the band and
+    backward switches (from the environment; "auto" where unset) and the shapes whose variants were timed."""
     try:
+        from deberta_fast.backends import measured
         from deberta_fast.kernels import attention_bwd, common
     except Exception as exc:  # triton missing or broken: the backends line above says why
         return f"unknown ({type(exc).__name__}: {exc})"
-    recorded = sorted({(cap, dtype, dim) for cap, dtype, dim, _ in common.FASTEST})
-    tunings = ", ".join(f"sm_{cap.replace('.', '')} {dtype} D{dim}" for cap, dtype, dim in recorded) or "none"
+    def shapes(keys):
+        return ", ".join(f"sm_{cap.replace('.', '')} {dtype} D{dim}" for cap, dtype, dim in sorted(set(keys))) or "none"
+
+    tunings = shapes(key[:3] for key in common.FASTEST)
+    variants = shapes(measured.TRITON_VARIANTS)
+    if variants == "none":
+        variants += f" (auto: {' / '.join(common.DEFAULT_VARIANT)})"
+
     def setting(read):
         try:
             return read()
@@ -83,7 +90,8 @@ def _triton_settings() -> str:
 
     return (f"autotune {setting(common.autotune_mode)} ({common.AUTOTUNE_ENV}); recorded tunings: {tunings}; "
             f"band {setting(common.band_mode)} ({common.BAND_ENV}); "
-            f"backward {setting(attention_bwd.backward_mode)} ({attention_bwd.BACKWARD_ENV})")
+            f"backward {setting(attention_bwd.backward_mode)} ({attention_bwd.BACKWARD_ENV}); "
+            f"timed variants: {variants}")
 
 
 @dataclass

@@ -16,13 +16,14 @@ Padded batches: the dQ programs visit only their sequence's token hull of keys (
 a padded side), and under masked_rows="zero" the dK/dV programs only its token hull of queries; the band
 buffers are then zeroed whole, since skipped tiles leave their slots unwritten.
 
-DEBERTA_FAST_TRITON_BACKWARD=fused (``backward_mode``) runs steps 2 and 3 as one kernel: the dK/dV programs also
-add scale dS^T K into a zeroed fp32 dQ, and the c2p part of dS into zeroed saturated sums, atomically, and
-store it by distance (the probabilities computed once instead of twice; the summation order of dQ is not
-fixed, so dQ may differ between runs in its last bits). Not the default until GPU measurements say so.
+The fused backward (DEBERTA_FAST_TRITON_BACKWARD=fused, or chosen by common.triton_variant) runs steps 2 and 3
+as one kernel: the dK/dV programs also add scale dS^T K into a zeroed fp32 dQ, and the c2p part of dS into
+zeroed saturated sums, atomically, and store it by distance (the probabilities computed once instead of twice;
+the summation order of dQ is not fixed, so dQ may differ between runs in its last bits).
 
-DEBERTA_FAST_TRITON_BAND=bias (common.band_mode): the backward builds common.band_bias's buffer once per call
-(per batch slice) and both kernels' band tiles read each pair's c2p + p2c from it instead of gathering.
+In band mode "bias" (DEBERTA_FAST_TRITON_BAND=bias, or chosen by common.triton_variant) the backward builds
+common.band_bias's buffer once per call (per batch slice) and both kernels' band tiles read each pair's
+c2p + p2c from it instead of gathering.
 
 Band buffers are plain stores in the inputs' dtype (each pair's distance slot is written once: no atomics,
 deterministic; the slots no pair has, row padding and distances reaching past the sequence, are zeroed by
@@ -35,17 +36,15 @@ exceed common.CHUNK_BYTES run in slices of whole sequences (steps 2-4 per slice)
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from .common import (
-    BAND, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
-    autotuned, band_bias, batch_slices, bias_layout, block_d, dot, key_regions, launch, load_rows, load_vector,
-    mask_scores, position_bias, position_geometry, position_scores, query_regions, saturated_terms, seq_bucket,
-    store_rows, token_ranges, token_span, upcast_dots,
+from .common import (  # noqa: F401  (BACKWARD_ENV, backward_mode: this module's switch, defined with the others)
+    BACKWARD_ENV, BAND, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
+    autotuned, backward_mode, band_bias, batch_slices, bias_layout, block_d, dot, key_regions, launch, load_rows,
+    load_vector, mask_scores, position_bias, position_geometry, position_scores, query_regions, saturated_terms,
+    seq_bucket, store_rows, token_ranges, token_span, triton_variant, upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -571,19 +570,6 @@ def _position_grad(band, sat, x, pos, geometry, scale, dx, dpos) -> None:
     dpos.add_(torch.matmul(onehot, per_distance[:, :width]), alpha=scale)
 
 
-BACKWARD_ENV = "DEBERTA_FAST_TRITON_BACKWARD"
-
-
-def backward_mode() -> str:
-    """DEBERTA_FAST_TRITON_BACKWARD: "split" (default: a dK/dV kernel and a dQ kernel, each recomputing the
-    probabilities; deterministic) or "fused" (one kernel over key tiles that also adds dQ, and the c2p part
-    of dS, atomically: the probabilities computed once, summation order not fixed)."""
-    mode = os.environ.get(BACKWARD_ENV, "split")
-    if mode not in ("split", "fused"):
-        raise ValueError(f"{BACKWARD_ENV} must be 'split' or 'fused', got {mode!r}")
-    return mode
-
-
 def _band_stride(width: int) -> int:
     """Row length of a band buffer: ``width`` rounded up to 8 elements (16-byte aligned half rows)."""
     return max(8, (width + 7) // 8 * 8)
@@ -623,7 +609,8 @@ def attention_backward(
 
     band_c2p = has_c2p and width > 0
     band_p2c = has_p2c and width > 0
-    fused = backward_mode() == "fused"
+    band, backward = triton_variant("bwd", q)
+    fused = backward == "fused"
     dq = _grad_like(q, f32 if band_c2p or fused else q.dtype)
     if fused:
         dq.zero_()  # accumulated atomically
@@ -640,7 +627,7 @@ def attention_backward(
     )
     mask_strides = mask.stride() if mask is not None else (0, 0)
     stride = _band_stride(width)
-    layout = bias_layout(geometry, N)
+    layout = bias_layout(geometry, N, band)
     per_sequence = (has_c2p + has_p2c) * H * N * (two_s + stride) + H * layout.plane
     padded = mask is not None  # tiles of padding are skipped: their band slots stay unwritten
     ranges = token_ranges(mask) if padded else None

@@ -22,7 +22,7 @@ from .common import (
     BAND, K_LN2, LOG2E, PLAIN, SAT_HI, SAT_LO,
     autotuned, band_bias, batch_slices, bias_layout, block_d, dot, key_regions, launch, load_rows, mask_scores,
     position_bias, position_geometry, position_scores, saturated_terms, seq_bucket, store_rows, token_ranges,
-    token_span, upcast_dots,
+    token_span, triton_variant, upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -223,7 +223,7 @@ def attention_forward(
         UPCAST=upcast_dots(q.dtype),
     )
     ranges = token_ranges(mask) if mask is not None else None
-    layout = bias_layout(geometry, N)
+    layout = bias_layout(geometry, N, triton_variant("fwd", q)[0])
     for part in batch_slices(B, (n_terms * H * N * two_s + H * layout.plane) * q.element_size()):
         c2p, p2c = position_scores(q[part], k[part], pos_key, pos_query)
         bias = band_bias(c2p, p2c, geometry, layout) if layout.plane else lse

@@ -8,9 +8,9 @@ lie beyond one of these distances is *saturated*: its c2p term is one value per 
 term one value per key column, so it skips the gathers and costs about what a plain attention tile
 costs. Only *band* tiles, crossing -r_lo < i - j < r_hi, gather through the table.
 
-Band bias (DEBERTA_FAST_TRITON_BAND=bias, :func:`band_mode`). A band pair gathers three values (its index,
-C2P[i, d], P2C[j, d]) and the P2C one is uncoalesced: the key index changes along the fast axis. In this
-mode :func:`band_bias` first stores C2P[i, d] + P2C[j, d] of every band pair once, in a skewed layout
+Band bias (band mode "bias": DEBERTA_FAST_TRITON_BAND=bias, or :func:`triton_variant`'s choice). A band pair
+gathers three values (its index, C2P[i, d], P2C[j, d]) and the P2C one is uncoalesced: the key index changes
+along the fast axis. In this mode :func:`band_bias` first stores C2P[i, d] + P2C[j, d] of every band pair once, in a skewed layout
 (:class:`BiasLayout`: pair (i, j) at ``i * row + j + offset``) where a query row's keys are contiguous,
 and the band tiles of the forward and both backward kernels read it with one coalesced load per pair.
 """
@@ -26,7 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..backends.selection import device_capability, nearest_length
+from ..backends import measured
+from ..backends.selection import device_capability, nearest_entries, nearest_length
 from ..positions import attention_span, relative_index_table
 from .tuned import FASTEST
 
@@ -131,15 +132,61 @@ def position_scores(q, k, pos_key, pos_query):
 
 
 BAND_ENV = "DEBERTA_FAST_TRITON_BAND"
+BACKWARD_ENV = "DEBERTA_FAST_TRITON_BACKWARD"
+DEFAULT_VARIANT = ("gather", "split")  # (band, backward) where neither the environment nor a measurement says
+
+
+def _switch(env: str, values: tuple[str, ...]) -> str:
+    mode = os.environ.get(env, "auto")
+    if mode not in ("auto",) + values:
+        raise ValueError(f"{env} must be 'auto', " + " or ".join(f"'{v}'" for v in values) + f", got {mode!r}")
+    return mode
 
 
 def band_mode() -> str:
-    """DEBERTA_FAST_TRITON_BAND: "gather" (default: band tiles gather the index, C2P and P2C per pair) or
-    "bias" (:func:`band_bias` stores the band's position terms once, band tiles read them back)."""
-    mode = os.environ.get(BAND_ENV, "gather")
-    if mode not in ("gather", "bias"):
-        raise ValueError(f"{BAND_ENV} must be 'gather' or 'bias', got {mode!r}")
-    return mode
+    """DEBERTA_FAST_TRITON_BAND: "gather" (band tiles gather the index, C2P and P2C per pair), "bias"
+    (:func:`band_bias` stores the band's position terms once, band tiles read them back) or "auto" (unset:
+    :func:`triton_variant` decides per call)."""
+    return _switch(BAND_ENV, ("gather", "bias"))
+
+
+def backward_mode() -> str:
+    """DEBERTA_FAST_TRITON_BACKWARD: "split" (a dK/dV kernel and a dQ kernel, each recomputing the
+    probabilities; deterministic), "fused" (one kernel over key tiles that also adds dQ, and the c2p part
+    of dS, atomically: the probabilities computed once, summation order not fixed) or "auto" (unset:
+    :func:`triton_variant` decides per call)."""
+    return _switch(BACKWARD_ENV, ("split", "fused"))
+
+
+def triton_variant(step: str, query: torch.Tensor) -> tuple[str, str]:
+    """(band mode, backward mode) of a forward (``step`` "fwd") or backward ("bwd") call on ``query``
+    ``[B, H, N, D]``: each switch the environment sets, and for the others the variant the recorded op-level
+    benchmarks found fastest at the nearest recorded shape (``measured.TRITON_VARIANTS``, made by
+    bench/make_selection.py from runs of the four variants; the rule of ``backends.selection``); without a
+    measurement, gather / split. A forward's choice compares forward times; a backward's, forward+backward
+    times less the forward's (the forward's cost depends on its band mode only)."""
+    band, backward = band_mode(), backward_mode()
+    if band != "auto" and backward != "auto":
+        return band, backward
+    times = _measured_times(step, _device_capability({"Q": query}), query.dtype, query.shape[-1], query.shape[-2])
+    fits = [v for v in times if band in ("auto", v[0]) and backward in ("auto", v[1])]
+    if fits:
+        return min(fits, key=lambda v: (times[v], v))
+    return (DEFAULT_VARIANT[0] if band == "auto" else band), (DEFAULT_VARIANT[1] if backward == "auto" else backward)
+
+
+def _measured_times(step: str, capability: str | None, dtype: torch.dtype, head_dim: int, seq_len: int) -> dict:
+    """{(band, backward): median ms} recorded for ``step`` at the nearest shape; {} without a measurement (or on
+    the CPU). A forward entry names its band mode only: it stands for that band with either backward."""
+    if capability is None:
+        return {}
+    entries = nearest_entries(measured.TRITON_VARIANTS, capability, str(dtype).removeprefix("torch."), head_dim, step)
+    if not entries:
+        return {}
+    times = nearest_length(entries, seq_len)
+    if step == "fwd":
+        return {(band, backward): ms for band, ms in times.items() for backward in ("split", "fused")}
+    return dict(times)
 
 
 def _round16(x: int) -> int:
@@ -169,10 +216,10 @@ class BiasLayout:
 NO_BIAS = BiasLayout(0, 0, 0)  # launches whose band tiles gather (no band bias)
 
 
-def bias_layout(geometry: PositionGeometry | None, seq_len: int) -> BiasLayout:
-    """The :class:`BiasLayout` of a call's band bias under DEBERTA_FAST_TRITON_BAND=bias when it has position
-    terms with a band, else ``NO_BIAS`` (plane 0)."""
-    if geometry is None or geometry.width <= 0 or band_mode() != "bias":
+def bias_layout(geometry: PositionGeometry | None, seq_len: int, band: str) -> BiasLayout:
+    """The :class:`BiasLayout` of a call's band bias when its ``band`` mode is "bias" and it has position terms
+    with a band, else ``NO_BIAS`` (plane 0)."""
+    if geometry is None or geometry.width <= 0 or band != "bias":
         return NO_BIAS
     return BiasLayout.of(geometry, seq_len)
 
@@ -351,8 +398,8 @@ def measured_shape(name: str | None, capability: str, dtype: torch.dtype, head_d
     shorter on a tie); None without a measurement."""
     name_of = str(dtype).removeprefix("torch.")
     entries = None
-    for measured in (name_of, _SAME_WIDTH.get(name_of)):  # fp16 and bf16 run the same code: either's measurement
-        entries = entries or FASTEST.get((capability, measured, block_d(head_dim), name))
+    for recorded in (name_of, _SAME_WIDTH.get(name_of)):  # fp16 and bf16 run the same code: either's measurement
+        entries = entries or FASTEST.get((capability, recorded, block_d(head_dim), name))
     if not entries:
         return None
     return tuple(nearest_length(entries, seq_len))

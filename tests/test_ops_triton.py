@@ -415,7 +415,7 @@ def test_fused_backward_agrees_with_split(monkeypatch):
     for name, a, b in zip(GRADS, results["split"][1], results["fused"][1]):
         assert max_err(a, b) <= 1e-5 * max(1.0, a.abs().max().item()), name
     monkeypatch.setenv(attention_bwd.BACKWARD_ENV, "both")
-    with pytest.raises(ValueError, match="DEBERTA_FAST_TRITON_BACKWARD must be 'split' or 'fused'"):
+    with pytest.raises(ValueError, match="DEBERTA_FAST_TRITON_BACKWARD must be 'auto', 'split' or 'fused'"):
         attention_bwd.backward_mode()
 
 
@@ -501,8 +501,73 @@ def test_band_bias_agrees_with_gathers(monkeypatch):
     for name, a, b in zip(GRADS, results["gather"][1], results["bias"][1]):
         assert max_err(a, b) <= 1e-6 * max(1.0, a.abs().max().item()), name
     monkeypatch.setenv(kernel_common.BAND_ENV, "table")
-    with pytest.raises(ValueError, match="DEBERTA_FAST_TRITON_BAND must be 'gather' or 'bias'"):
+    with pytest.raises(ValueError, match="DEBERTA_FAST_TRITON_BAND must be 'auto', 'gather' or 'bias'"):
         kernel_common.band_mode()
+
+
+# --- the variant a call runs: the switches, else the recorded timings (measured.TRITON_VARIANTS) -----------
+
+VARIANT_TIMES = {  # what bench/make_selection.py writes: forward ms per band, backward ms per (band, backward)
+    ("9.0", "bfloat16", 64): {
+        "fwd": [(512, {"bias": 0.9, "gather": 1.0}), (8192, {"bias": 3.5, "gather": 3.0})],
+        "bwd": [(512, {("bias", "fused"): 4.0, ("bias", "split"): 5.0, ("gather", "fused"): 4.5,
+                       ("gather", "split"): 6.0})],
+    },
+}
+
+
+@pytest.fixture
+def recorded_variants(monkeypatch):
+    """The table above, and a call on the CPU read as one on an sm_90 GPU."""
+    from deberta_fast.backends import measured
+
+    monkeypatch.setattr(measured, "TRITON_VARIANTS", VARIANT_TIMES)
+    monkeypatch.setattr(kernel_common, "_device_capability", lambda named: "9.0")
+    for env in (kernel_common.BAND_ENV, kernel_common.BACKWARD_ENV):
+        monkeypatch.delenv(env, raising=False)
+
+
+def test_triton_variant_takes_the_switches_then_the_recorded_times(recorded_variants, monkeypatch):
+    def variant(step, n=512, dtype=torch.bfloat16):
+        return kernel_common.triton_variant(step, torch.empty(1, 2, n, 64, dtype=dtype))
+
+    assert variant("fwd")[0] == "bias" and variant("fwd", n=8192)[0] == "gather"  # the nearest recorded length
+    assert variant("fwd", n=600, dtype=torch.float16)[0] == "bias"  # the nearest recorded dtype
+    assert variant("bwd") == ("bias", "fused")
+    monkeypatch.setenv(kernel_common.BAND_ENV, "gather")  # one switch set: the fastest variant that agrees
+    assert variant("bwd") == ("gather", "fused") and variant("fwd")[0] == "gather"
+    monkeypatch.setenv(kernel_common.BACKWARD_ENV, "split")
+    assert variant("bwd") == ("gather", "split")
+    monkeypatch.delenv(kernel_common.BAND_ENV)
+    assert variant("bwd") == ("bias", "split")
+    # nothing recorded, or no GPU to look up: gather / split unless switched
+    monkeypatch.delenv(kernel_common.BACKWARD_ENV)
+    monkeypatch.setattr(kernel_common, "_device_capability", lambda named: None)
+    assert variant("bwd") == variant("fwd") == kernel_common.DEFAULT_VARIANT == ("gather", "split")
+    from deberta_fast.backends import measured
+
+    monkeypatch.setattr(kernel_common, "_device_capability", lambda named: "9.0")
+    monkeypatch.setattr(measured, "TRITON_VARIANTS", {})
+    assert variant("bwd") == ("gather", "split")
+
+
+def test_calls_run_the_recorded_variant(recorded_variants, monkeypatch):
+    """Switches unset: the forward and the backward each run the variant the table picks for them (here the
+    forward gathers at N 8192 while the backward reads the band bias and runs fused), and still compute the
+    reference's values."""
+    from deberta_fast.kernels import attention_bwd, attention_fwd
+
+    built, launched = [], []
+    original_bias, original_launch = kernel_common.band_bias, attention_bwd.launch
+    monkeypatch.setattr(attention_fwd, "band_bias", lambda *a: built.append("fwd") or original_bias(*a))
+    monkeypatch.setattr(attention_bwd, "band_bias", lambda *a: built.append("bwd") or original_bias(*a))
+    monkeypatch.setattr(attention_bwd, "launch", lambda kernel, *a, **k: launched.append(kernel.deberta_name)
+                        or original_launch(kernel, *a, **k))
+    monkeypatch.setattr(kernel_common, "_measured_times", lambda step, *a: {
+        "fwd": {("gather", "split"): 1.0, ("bias", "split"): 2.0},
+        "bwd": {("bias", "fused"): 1.0, ("gather", "split"): 2.0}}[step])
+    check_against_reference(Case(N=97, D=32, mask="right"), torch.float32)
+    assert built == ["bwd"] and launched == ["dkdv"]  # no dQ kernel: the fused backward
 
 
 def test_dropout_is_reproducible_for_a_seed():

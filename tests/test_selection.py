@@ -127,9 +127,7 @@ def test_auto_never_builds_the_cuda_extension(monkeypatch):
 
 def test_committed_table_is_generated_from_the_committed_benchmark():
     """deberta_fast/backends/measured.py is what bench/make_selection.py makes of the recorded GPU JSON."""
-    spec = importlib.util.spec_from_file_location("make_selection", ROOT / "bench" / "make_selection.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _make_selection()
     assert module.generate(module.SOURCES) == (ROOT / "deberta_fast" / "backends" / "measured.py").read_text()
     checked = 0
     for source in module.SOURCES:  # and the table says what each JSON's medians say, row by row
@@ -144,6 +142,43 @@ def test_committed_table_is_generated_from_the_committed_benchmark():
                 assert order[0] == faster
                 checked += 1
     assert checked >= 10
+
+
+def _make_selection():
+    spec = importlib.util.spec_from_file_location("make_selection", ROOT / "bench" / "make_selection.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_variant_table_from_the_variant_providers():
+    """The Triton variants' timings as make_selection records them: per band the faster forward row, per variant
+    its forward+backward less its band's forward (whole steps where a band's forward is missing); rows of other
+    providers, padded batches, failed runs and CPU runs are left out, and a later run of a shape wins."""
+    def row(provider, mode, n, ms, **extra):
+        return dict(dict(level="op", provider=provider, mode=mode, N=n, D=64, dtype="bfloat16", status="ok",
+                         median_ms=ms, padded=False), **extra)
+
+    first = {"env": {"gpu_capability": "9.0"}, "rows": [
+        row("df-triton-gather", "fwd", 512, 1.0), row("df-triton-fused", "fwd", 512, 0.8),
+        row("df-triton-bias", "fwd", 512, 0.7), row("df-triton-bias-fused", "fwd", 512, 0.75),
+        row("df-triton-gather", "fwd_bwd", 512, 6.0), row("df-triton-fused", "fwd_bwd", 512, 5.0),
+        row("df-triton-bias", "fwd_bwd", 512, 4.0), row("df-triton-bias-fused", "fwd_bwd", 512, 4.5),
+        row("df-triton-gather", "fwd_bwd", 8192, 20.0), row("df-triton-bias", "fwd_bwd", 8192, 19.0),  # no fwd
+        row("df-triton", "fwd", 512, 0.1), row("sdpa-floor", "fwd", 512, 0.05),  # not variants
+        row("df-triton-gather", "fwd", 2048, 0.1, padded=True),  # a padded batch
+        row("df-triton-bias", "fwd", 2048, 0.1, status="error"),
+        row("df-triton-gather", "fwd", 2048, 2.0), row("df-triton-bias", "fwd", 2048, 2.5),
+    ]}
+    later = {"env": {"gpu_capability": "9.0"}, "rows": [row("df-triton-bias", "fwd", 2048, 1.5)]}
+    cpu = {"env": {}, "rows": [row("df-triton-gather", "fwd", 512, 0.01)]}
+    table = _make_selection().variant_table([first, later, cpu])
+    assert table == {("9.0", "bfloat16", 64): {
+        "fwd": [(512, {"bias": 0.7, "gather": 0.8}), (2048, {"bias": 1.5})],
+        "bwd": [(512, {("bias", "fused"): 3.8, ("bias", "split"): 3.3, ("gather", "fused"): 4.2,
+                       ("gather", "split"): 5.2}),
+                (8192, {("bias", "split"): 19.0, ("gather", "split"): 20.0})],
+    }}
 
 
 def test_cuda_order_traces_under_torch_compile_fullgraph(stub_gpu):

@@ -48,7 +48,13 @@ def measured_order(capability: str | None, dtype: str, head_dim: int, seq_len: i
     the same dtype, then the same (else the closest) head dim, then the closest sequence length in log2
     distance.
     """
-    table = measured.FASTEST if table is None else table
+    entries = nearest_entries(measured.FASTEST if table is None else table, capability, dtype, head_dim, mode)
+    return None if entries is None else tuple(nearest_length(entries, seq_len))
+
+
+def nearest_entries(table: dict, capability: str | None, dtype: str, head_dim: int, mode: str):
+    """The ``[(N, value), ...]`` that ``table`` (``{(capability, dtype, head dim): {mode: entries}}``) records for
+    ``mode`` at the shape nearest the call (the rule of :func:`measured_order`), or None."""
     # Plain loops rather than min(key=...): torch.compile traces this at model-trace time (fullgraph).
     best_key, best = None, None
     for key, modes in table.items():
@@ -58,9 +64,7 @@ def measured_order(capability: str | None, dtype: str, head_dim: int, seq_len: i
         score = (gpu, key[1] != dtype, abs(key[2] - head_dim), key)
         if best is None or score < best:
             best_key, best = key, score
-    if best_key is None:
-        return None
-    return tuple(nearest_length(table[best_key][mode], seq_len))
+    return None if best_key is None else table[best_key][mode]
 
 
 def nearest_length(entries, seq_len: int):
