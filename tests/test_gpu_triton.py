@@ -84,7 +84,8 @@ FUSED = [
 
 @pytest.mark.parametrize("case,dtype", FUSED, ids=str)
 def test_fused_backward(case, dtype, monkeypatch):
-    """DEBERTA_FAST_TRITON_BACKWARD=fused: dQ added atomically by the dK/dV kernel."""
+    """DEBERTA_FAST_TRITON_BACKWARD=fused: dQ added atomically by the dK/dV kernel (band tiles gathering)."""
+    monkeypatch.setenv(kernel_common.BAND_ENV, "gather")
     monkeypatch.setenv(attention_bwd.BACKWARD_ENV, "fused")
     check(case, dtype)
 
@@ -99,10 +100,12 @@ BAND_BIAS = [
 
 
 @pytest.mark.parametrize("case,dtype", BAND_BIAS, ids=str)
+@pytest.mark.parametrize("band", ["gather", "bias"])
 @pytest.mark.parametrize("backward", ["split", "fused"])
-def test_band_bias(case, dtype, backward, monkeypatch):
-    """DEBERTA_FAST_TRITON_BAND=bias: band tiles read the band pairs' position terms stored once."""
-    monkeypatch.setenv(kernel_common.BAND_ENV, "bias")
+def test_each_variant(case, dtype, band, backward, monkeypatch):
+    """Each of the four variants pinned by its switches (the other tests run whichever the recorded timings
+    choose): DEBERTA_FAST_TRITON_BAND=bias has band tiles read the band pairs' position terms stored once."""
+    monkeypatch.setenv(kernel_common.BAND_ENV, band)
     monkeypatch.setenv(attention_bwd.BACKWARD_ENV, backward)
     check(case, dtype)
 
