@@ -191,25 +191,33 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
   slots.init();
 
   const int n_tiles = (N + BC - 1) / BC;
+  // Query tiles: Q and dO by cp.async; each query's LSE, Delta, c2p term of the tile's kind and padding flag
+  // through registers fetched a tile ahead (ColumnFetch), one query per thread.
+  static_assert(BC <= kThreads, "one query column per thread");
+  ColumnFetch<T> next;
+  auto fetch_queries = [&](int it) {
+    const int qi = it * BC + threadIdx.x;
+    next.fetch(p, b, c2p, qi, it < n_tiles && threadIdx.x < BC, tile_mode(p, has_pos, it * BC, BC, j0, BR));
+    next.fetch_rows(lse, delta, qi);
+  };
   auto load_tile = [&](int it) {
     const int buf = it & 1;
     const int i0 = it * BC;
     load_tile_async<T, BC, D, kThreads>(sQ + buf * BC * D, q, p.q_stride_n, i0, N);
     load_tile_async<T, BC, D, kThreads>(sdO + buf * BC * D, dout, p.do_stride_n, i0, N);
-    const int mode = tile_mode(p, has_pos, i0, BC, j0, BR);
-    for (int c = threadIdx.x; c < BC; c += kThreads) {
-      const int qi = i0 + c;
-      const bool in = qi < N;
-      sLse[buf * BC + c] = in ? lse[qi] * kLog2e : INFINITY;
-      sDelta[buf * BC + c] = in ? delta[qi] : 0.f;
-      sCol[buf * BC + c] =
-          (mode == kSatHi || mode == kSatLo) ? sat_value(c2p, p.two_s, qi, N, mode == kSatHi) : 0.f;
-      sPad[buf * BC + c] = (has_mask && in && !is_token(p, b, qi)) ? 1.f : 0.f;
+    if (threadIdx.x < BC) {
+      const int c = buf * BC + threadIdx.x;
+      sLse[c] = next.in ? next.lse * kLog2e : INFINITY;
+      sDelta[c] = next.in ? next.delta : 0.f;
+      sCol[c] = next.pos_value();
+      sPad[c] = (has_mask && next.in && !next.is_token()) ? 1.f : 0.f;
     }
+    fetch_queries(it + 1);
   };
 
   load_tile_async<T, BR, D, kThreads>(sK, k, p.k_stride_n, j0, N);
   load_tile_async<T, BR, D, kThreads>(sV, v, p.v_stride_n, j0, N);
+  fetch_queries(0);
   load_tile(0);
   cp_async_commit();
 
@@ -385,22 +393,26 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
   slots.init();
 
   const int n_tiles = (N + BC - 1) / BC;
+  // Key tiles: K and V by cp.async; each key's column term (as the forward's) through registers fetched a
+  // tile ahead (ColumnFetch), one key per thread.
+  static_assert(BC <= kThreads, "one key column per thread");
+  ColumnFetch<T> next;
+  auto fetch_keys = [&](int jt) {
+    next.fetch(p, b, p2c, jt * BC + threadIdx.x, jt < n_tiles && threadIdx.x < BC,
+               tile_mode(p, has_pos, i0, BR, jt * BC, BC));
+  };
   auto load_tile = [&](int jt) {
     const int buf = jt & 1;
     const int j0 = jt * BC;
     load_tile_async<T, BC, D, kThreads>(sK + buf * BC * D, k, p.k_stride_n, j0, N);
     load_tile_async<T, BC, D, kThreads>(sV + buf * BC * D, v, p.v_stride_n, j0, N);
-    const int mode = tile_mode(p, has_pos, i0, BR, j0, BC);
-    for (int c = threadIdx.x; c < BC; c += kThreads) {
-      const int kj = j0 + c;
-      float x = -INFINITY;
-      if (is_token(p, b, kj)) x = (mode == kSatHi || mode == kSatLo) ? sat_value(p2c, p.two_s, kj, N, mode == kSatHi) : 0.f;
-      sCol[buf * BC + c] = x;
-    }
+    if (threadIdx.x < BC) sCol[buf * BC + threadIdx.x] = next.key_term();
+    fetch_keys(jt + 1);
   };
 
   load_tile_async<T, BR, D, kThreads>(sQ, q, p.q_stride_n, i0, N);
   load_tile_async<T, BR, D, kThreads>(sdO, dout, p.do_stride_n, i0, N);
+  fetch_keys(0);
   load_tile(0);
   cp_async_commit();
 

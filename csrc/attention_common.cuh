@@ -50,6 +50,39 @@ __device__ __forceinline__ bool is_token(const AttnParams& p, int b, int n) {
   return n < p.N && (p.mask == nullptr || p.mask[b * p.mask_stride_b + n * p.mask_stride_n] != 0);
 }
 
+// What a streamed tile needs of one of its columns (a key of the forward's and dQ kernel's key tiles, a query
+// of the dK/dV kernel's query tiles), fetched into registers a tile ahead of its store to shared memory. The
+// values stay raw (no conversion, no comparison) until the store, so the global loads issued in one iteration
+// are waited for in the next, their latency hidden behind a tile's compute, instead of holding the whole CTA
+// at the barrier that publishes the tile (one dependent load chain per tile otherwise).
+template <typename T>
+struct ColumnFetch {
+  bool in = false;         // a position < N of a tile that exists
+  uint8_t token = 0;       // its mask byte (1 without a mask)
+  bool has_pos = false;    // the tile is saturated and the term present: pos holds its value
+  T pos;                   // the C2P / P2C value at row 2S - 1 (SAT_HI) or 0 (SAT_LO), raw
+  float lse = 0.f, delta = 0.f;  // the dK/dV kernel's per-query rows (raw)
+
+  // Column n of a tile of kind ``mode``; pos_scores is this (batch, head)'s C2P or P2C [N, 2S] (or null).
+  __device__ __forceinline__ void fetch(const AttnParams& p, int b, const T* pos_scores, int n, bool exists,
+                                        int mode) {
+    in = exists && n < p.N;
+    has_pos = in && pos_scores != nullptr && (mode == kSatHi || mode == kSatLo);
+    if (in) token = p.mask != nullptr ? __ldg(p.mask + b * p.mask_stride_b + n * p.mask_stride_n) : 1;
+    if (has_pos) pos = __ldg(pos_scores + static_cast<int64_t>(n) * p.two_s + (mode == kSatHi ? p.two_s - 1 : 0));
+  }
+  __device__ __forceinline__ void fetch_rows(const float* lse_row, const float* delta_row, int n) {
+    if (in) {
+      lse = __ldg(lse_row + n);
+      delta = __ldg(delta_row + n);
+    }
+  }
+  __device__ __forceinline__ bool is_token() const { return in && token != 0; }
+  __device__ __forceinline__ float pos_value() const { return has_pos ? to_float(pos) : 0.f; }
+  // A key column's term: its p2c value of the tile's kind, 0 on band tiles, -inf off the sequence's tokens.
+  __device__ __forceinline__ float key_term() const { return is_token() ? pos_value() : -INFINITY; }
+};
+
 // Calls f(mf, nf, e, keep) for every element of an accumulator tile [16 MF x 8 NF] whose row 0 is the
 // absolute index row0 and column 0 col0 (both multiples of 16). kTrans: rows are keys, columns queries.
 template <bool kTrans, int MF, int NF, typename F>

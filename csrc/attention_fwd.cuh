@@ -4,7 +4,7 @@
 // (cp.async double buffering) and keeps an online softmax in fp32 base 2. Per tile:
 //   S = Q K^T (tensor cores), + position terms, scaled, masked;
 //   saturated tiles (every pair clamped to row 2S - 1 or 0) add a per-query c2p value (registers) and a
-//   per-key p2c value (shared memory, resolved when the tile is loaded): no gathers;
+//   per-key p2c value (shared memory, its global loads issued a tile ahead: ColumnFetch): no gathers;
 //   band tiles gather C2P[i, d(i, j)] and P2C[j, d(i, j)] through the index table;
 //   O += dropout(P) V. Stores O and the row log-sum-exp (natural log).
 #pragma once
@@ -66,21 +66,25 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
   zero(acc_o);
 
   const int n_tiles = (N + BN - 1) / BN;
+  // Key tiles: K and V by cp.async; each key's column term (the p2c value of the tile's kind, -inf off keys)
+  // through registers fetched a tile ahead (ColumnFetch), one key per thread.
+  static_assert(BN <= kThreads, "one key column per thread");
+  ColumnFetch<T> next;
+  auto fetch_keys = [&](int jt) {
+    next.fetch(p, b, p2c, jt * BN + threadIdx.x, jt < n_tiles && threadIdx.x < BN,
+               tile_mode(p, has_pos, i0, BM, jt * BN, BN));
+  };
   auto load_tile = [&](int jt) {
     const int buf = jt & 1;
     const int j0 = jt * BN;
     load_tile_async<T, BN, D, kThreads>(sK + buf * BN * D, k, p.k_stride_n, j0, N);
     load_tile_async<T, BN, D, kThreads>(sV + buf * BN * D, v, p.v_stride_n, j0, N);
-    const int mode = tile_mode(p, has_pos, i0, BM, j0, BN);
-    for (int c = threadIdx.x; c < BN; c += kThreads) {
-      const int kj = j0 + c;
-      float x = -INFINITY;
-      if (is_token(p, b, kj)) x = (mode == kSatHi || mode == kSatLo) ? sat_value(p2c, p.two_s, kj, N, mode == kSatHi) : 0.f;
-      sCol[buf * BN + c] = x;
-    }
+    if (threadIdx.x < BN) sCol[buf * BN + threadIdx.x] = next.key_term();
+    fetch_keys(jt + 1);
   };
 
   load_tile_async<T, BM, D, kThreads>(sQ, q, p.q_stride_n, i0, N);
+  fetch_keys(0);
   load_tile(0);
   cp_async_commit();
 
