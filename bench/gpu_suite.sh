@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
-#   bash bench/gpu_suite.sh STEP OUTDIR    STEP: setup | check | test-triton | test-cuda | tests | parity | variants |
-#                                                tune | tune-bias | tune-d128 | attention | attention-extra | model |
-#                                                model-large | profile | ncu | all
+#   bash bench/gpu_suite.sh STEP[,STEP...] OUTDIR    STEP: setup | check | test-triton | test-cuda | tests | parity |
+#                                                variants | tune | tune-bias | tune-d128 | attention | attention-extra |
+#                                                model | model-large | profile | ncu | all
 #   TEST_TIMEOUT (seconds per pytest run, default 480) bounds the test steps; TEST_WORKERS (default 8) is the
 #   number of pytest-xdist workers, TUNE_JOBS (default 8) the compile processes of the tune steps.
 #
@@ -149,32 +149,47 @@ run_model_large() {  # v3-large at two lengths, a call of its own
     --seqlens 512,2048 --out "$out/model_cuda_bfloat16_large.json"
 }
 
+run_check() {  # both GPU test modules and the CLI parity check, side by side
+  run_parity >"$out/parity_tail.txt" 2>&1 &
+  local parity=$! r p
+  run_tests gpu triton cuda
+  r=$?
+  wait $parity
+  p=$?
+  cat "$out/parity_tail.txt"
+  return $(( r || p ))
+}
+
+run_step() {
+  case "$1" in
+    setup) ;;
+    check) run_check ;;
+    test-triton) run_tests triton triton ;;
+    test-cuda) run_tests cuda cuda ;;
+    tests) run_tests gpu triton cuda ;;
+    parity) run_parity ;;
+    variants) run_variants ;;
+    tune) run_tune 64 gather ;;
+    tune-bias) run_tune 64 bias ;;
+    tune-d128) run_tune 128 gather ;;
+    attention) run_attention ;;
+    attention-extra) run_attention_extra ;;
+    model) run_model ;;
+    model-large) run_model_large ;;
+    profile) run_profile ;;
+    ncu) run_ncu ;;
+    all) run_tests gpu triton cuda; run_parity; run_attention; run_model ;;
+    *) echo "unknown step $1" >&2; return 2 ;;
+  esac
+}
+
+# STEP may name several steps, comma-separated ("tune,tune-bias"): run in order in one call (one setup), each
+# under its own time limit; the status is the first failure's. Their limits must add up to less than the call's.
 setup || exit 1
-case "$step" in
-  setup) ;;
-  check)  # both GPU test modules and the CLI parity check, side by side
-    run_parity >"$out/parity_tail.txt" 2>&1 &
-    parity=$!
-    run_tests gpu triton cuda
-    r=$?
-    wait $parity
-    p=$?
-    cat "$out/parity_tail.txt"
-    exit $(( r || p )) ;;
-  test-triton) run_tests triton triton ;;
-  test-cuda) run_tests cuda cuda ;;
-  tests) run_tests gpu triton cuda ;;
-  parity) run_parity ;;
-  variants) run_variants ;;
-  tune) run_tune 64 gather ;;
-  tune-bias) run_tune 64 bias ;;
-  tune-d128) run_tune 128 gather ;;
-  attention) run_attention ;;
-  attention-extra) run_attention_extra ;;
-  model) run_model ;;
-  model-large) run_model_large ;;
-  profile) run_profile ;;
-  ncu) run_ncu ;;
-  all) run_tests gpu triton cuda; run_parity; run_attention; run_model ;;
-  *) echo "unknown step $step" >&2; exit 2 ;;
-esac
+status=0
+IFS=, read -ra steps <<<"$step"
+for s in "${steps[@]}"; do
+  echo "== $(date -u +%T) $s"
+  run_step "$s" || { r=$?; [ $status -ne 0 ] || status=$r; }
+done
+exit $status
