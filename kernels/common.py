@@ -364,14 +364,15 @@ def autotune_mode() -> str:
 
 
 def autotuned(name: str, shapes, interpret_blocks: tuple[int, int], owned: str, wide_owned: int = 64):
-    """``triton.autotune`` over ``make_configs(shapes)`` keyed on AUTOTUNE_KEY, with the prune filter; ``name``
-    ("fwd", "dkdv", "dq") is the kernel's name in the measured-defaults table (``tuned.py``)."""
+    """``triton.autotune`` over ``make_configs(shapes)`` keyed on the AUTOTUNE_KEY names the kernel has (Triton
+    3.9 rejects a key that is not an argument), with the prune filter; ``name`` ("fwd", "dkdv", "dq") is the
+    kernel's name in the measured-defaults table (``tuned.py``)."""
     prune = functools.partial(prune_configs, owned=owned, wide_owned=wide_owned)
 
     def decorate(fn):
         kernel = triton.autotune(
             configs=make_configs(shapes, interpret_blocks),
-            key=AUTOTUNE_KEY,
+            key=[arg for arg in AUTOTUNE_KEY if arg in fn.arg_names],
             prune_configs_by={"early_config_prune": prune},
         )(fn)
         kernel.deberta_name = name

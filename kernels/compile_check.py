@@ -21,6 +21,7 @@ import tempfile
 import torch
 import triton
 from triton.backends.compiler import BaseBackend, GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 from triton.runtime.jit import native_specialize_impl
 
@@ -149,8 +150,9 @@ def compile_band_edges(dtype=torch.bfloat16, arch=90, rows_are_queries=True):
 
 
 def ptxas_report(compiled, arch=90) -> dict:
-    """Registers per thread and spill bytes of a compiled kernel, from Triton's bundled ptxas."""
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    """Registers per thread and spill bytes of a compiled kernel, from the ptxas Triton itself uses for ``arch``
+    (the bundled one; Triton 3.9's PTX needs its newer ``ptxas-blackwell`` even for sm_90)."""
+    ptxas = get_ptxas(arch).path
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(compiled.asm["ptx"])
     try:

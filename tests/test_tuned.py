@@ -118,6 +118,17 @@ def test_default_config_prefers_the_measured_shape(table):
     assert shape(kernel_common.default_config(_Kernel, args, "9.0", HEAD_DIM=128)) == (64, 64, 8, 3)
 
 
+def test_autotune_keys_are_kernel_arguments():
+    """Triton 3.9 refuses an autotune key that is not an argument of the kernel (the forward and dQ kernels,
+    which have no FUSED_DQ, failed to import there): each kernel keys on the AUTOTUNE_KEY names it has."""
+    from deberta_fast.kernels import attention_bwd, attention_fwd
+
+    for kernel in (attention_fwd._attn_fwd_kernel, attention_bwd._dkdv_kernel, attention_bwd._dq_kernel):
+        assert kernel.keys == [k for k in kernel_common.AUTOTUNE_KEY if k in kernel.arg_names]
+        assert {"SEQ_BUCKET", "HEAD_DIM", "BAND_BIAS"} <= set(kernel.keys)
+    assert "FUSED_DQ" in attention_bwd._dkdv_kernel.keys and "FUSED_DQ" not in attention_fwd._attn_fwd_kernel.keys
+
+
 def test_register_capped_shapes_keep_their_cap(table, monkeypatch):
     """A config shape's fifth element caps the registers (maxnreg): make_configs passes it to the config,
     config_shape gives it back, and a measured capped shape picks the capped config, not its uncapped twin."""
