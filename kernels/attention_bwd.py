@@ -44,7 +44,7 @@ from .common import (  # noqa: F401  (BACKWARD_ENV, backward_mode: this module's
     BACKWARD_ENV, BAND, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
     autotuned, backward_mode, band_bias, batch_slices, bias_layout, block_d, dot, key_regions, launch, load_rows,
     load_vector, mask_scores, position_bias, position_geometry, position_scores, query_regions, saturated_terms,
-    seq_bucket, store_rows, token_ranges, token_span, triton_variant, upcast_dots,
+    seq_bucket, store_rows, index_table, token_ranges, token_span, triton_variant, upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -152,7 +152,7 @@ def _dkdv_tiles(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FUSED_DQ: tl.constexpr,
-    BAND_BIAS: tl.constexpr,
+    BAND_BIAS: tl.constexpr, INDEX_REVERSED: tl.constexpr,
 ):
     """Accumulate over the query tiles [start, end) of one kind (MODE); scores are transposed [keys, queries].
     ``p2c_hi`` / ``p2c_lo``: the keys' p2c values at position rows 2S - 1 / 0 ([BLOCK_N, 1], or 0.0).
@@ -173,7 +173,8 @@ def _dkdv_tiles(
             sat_hi, sat_lo = saturated_terms(p2c_hi, p2c_lo, C2P, offs_m, row_in, two_s, HAS_C2P, MODE, BAND_BIAS)
             valid = col_in[:, None] & row_in[None, :]
             s += position_bias(offs_m[None, :], offs_n[:, None], valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset,
-                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, MODE, HAS_C2P, HAS_P2C, False, BAND_BIAS)
+                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, MODE, HAS_C2P, HAS_P2C, INDEX_REVERSED,
+                               BAND_BIAS)
         s = s * qk_scale
         row_ok = row_in
         if HAS_MASK:
@@ -243,7 +244,7 @@ def _dkdv_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FUSED_DQ: tl.constexpr,
-    BAND_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BAND_BIAS: tl.constexpr, INDEX_REVERSED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     n_blocks = tl.cdiv(N, BLOCK_N)
     pid = tl.program_id(0)
@@ -308,7 +309,7 @@ def _dkdv_kernel(
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
             dk, dv, t_hi, t_lo, k, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, tl.maximum(lo_end, q_lo),
             tl.minimum(hi_start, q_hi),
@@ -317,7 +318,7 @@ def _dkdv_kernel(
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
             dk, dv, t_hi, t_lo, k, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, tl.maximum(hi_start, q_lo), q_hi,
             Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_K, seed, offset, global_bh,
@@ -325,7 +326,7 @@ def _dkdv_kernel(
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
     else:
         dk, dv, t_hi, t_lo = _dkdv_tiles(
             dk, dv, t_hi, t_lo, k, v, col_ok, 0.0, 0.0, j0, offs_n, q_lo, q_hi,
@@ -334,7 +335,7 @@ def _dkdv_kernel(
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
 
     dk = dk * scale
     if HAS_P2C:  # saturated pairs: their p2c gradient flows through pos_query rows 0 and 2S - 1
@@ -362,6 +363,7 @@ def _dq_tiles(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr,
+    INDEX_REVERSED: tl.constexpr,
 ):
     """Accumulate over the key tiles [start, end) of one kind (MODE). ``c2p_hi`` / ``c2p_lo``: the rows' c2p
     values at position rows 2S - 1 / 0 ([BLOCK_M, 1], or 0.0)."""
@@ -376,7 +378,8 @@ def _dq_tiles(
         if MODE != PLAIN:
             sat_hi, sat_lo = saturated_terms(c2p_hi, c2p_lo, P2C, offs_n, col_in, two_s, HAS_P2C, MODE, BAND_BIAS)
             s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset,
-                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, MODE, HAS_C2P, HAS_P2C, True, BAND_BIAS)
+                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, MODE, HAS_C2P, HAS_P2C, INDEX_REVERSED,
+                               BAND_BIAS)
         s = s * qk_scale
         col_ok = col_in
         if HAS_MASK:
@@ -408,7 +411,7 @@ def _dq_tiles(
 @autotuned("dq", _DQ_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M")
 @triton.jit
 def _dq_kernel(
-    Q, K, V, DO, C2P, P2C, TABLE, BIAS, MASK, RANGE, PHILOX, LSE, DELTA, POS_K, DQ, BAND_Q, SAT_Q,  # TABLE: table_rev
+    Q, K, V, DO, C2P, P2C, TABLE, BIAS, MASK, RANGE, PHILOX, LSE, DELTA, POS_K, DQ, BAND_Q, SAT_Q,  # TABLE: index_table's
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -420,7 +423,7 @@ def _dq_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    INDEX_REVERSED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     n_blocks = tl.cdiv(N, BLOCK_M)
     pid = tl.program_id(0)
@@ -478,7 +481,7 @@ def _dq_kernel(
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
         dq, s_hi, s_lo = _dq_tiles(
             dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(hi_end, key_lo),
             tl.minimum(lo_start, key_hi),
@@ -486,14 +489,14 @@ def _dq_kernel(
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
         dq, s_hi, s_lo = _dq_tiles(
             dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(lo_start, key_lo), key_hi,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
     else:
         dq, s_hi, s_lo = _dq_tiles(
             dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, 0.0, i0, offs_m, key_lo, key_hi,
@@ -501,7 +504,7 @@ def _dq_kernel(
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
 
     dq = dq * scale
     if HAS_C2P:  # saturated pairs: their c2p gradient flows through pos_key rows 0 and 2S - 1
@@ -619,8 +622,8 @@ def attention_backward(
     dpos_key = torch.zeros(pos_key.shape, dtype=f32, device=dev) if has_c2p else None
     dpos_query = torch.zeros(pos_query.shape, dtype=f32, device=dev) if has_p2c else None
 
-    table = geometry.table if geometry is not None else dummy  # dK/dV tiles run queries along the fast axis
-    table_rev = geometry.table_rev if geometry is not None else dummy  # dQ tiles run keys along it
+    key_table, key_reversed = index_table(geometry, keys_fast=False, absent=dummy)  # dK/dV: queries on the fast axis
+    query_table, query_reversed = index_table(geometry, keys_fast=True, absent=dummy)  # dQ: keys on the fast axis
     flags = dict(
         HEAD_DIM=D, BLOCK_D=BD, HAS_C2P=has_c2p, HAS_P2C=has_p2c, HAS_MASK=mask is not None,
         MASKED_ZERO=bool(masked_zero), DROPOUT=dropout, PREC=precision, UPCAST=upcast_dots(q.dtype),
@@ -648,11 +651,11 @@ def attention_backward(
                   scale, scale * LOG2E, float(dropout_p), seq_bucket(N))
         launch(
             _dkdv_kernel, lambda meta, nb=nb: (triton.cdiv(N, meta["BLOCK_N"]) * nb * H,),
-            qs, ks, vs, dos, *scores, table, bias, *rest, pos_query if has_p2c else dummy, dks, dvs,
+            qs, ks, vs, dos, *scores, key_table, bias, *rest, pos_query if has_p2c else dummy, dks, dvs,
             band_k if band_k is not None else dummy, sat_k, dqs, band_q if band_q is not None else dummy, sat_q,
             *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dks.stride(), *dvs.stride(), *dqs.stride(),
             *(pos_query.stride() if has_p2c else (0, 0, 0)), *mask_strides,
-            *common, **flags, FUSED_DQ=fused, BAND_BIAS=layout.plane > 0,
+            *common, **flags, FUSED_DQ=fused, BAND_BIAS=layout.plane > 0, INDEX_REVERSED=key_reversed,
         )
         if fused:
             if has_c2p:  # the saturated pairs' c2p gradient (the dQ kernel adds it in the split backward)
@@ -661,11 +664,11 @@ def attention_backward(
         else:
             launch(
                 _dq_kernel, lambda meta, nb=nb: (triton.cdiv(N, meta["BLOCK_M"]) * nb * H,),
-                qs, ks, vs, dos, *scores, table_rev, bias, *rest, pos_key if has_c2p else dummy, dqs,
+                qs, ks, vs, dos, *scores, query_table, bias, *rest, pos_key if has_c2p else dummy, dqs,
                 band_q if band_q is not None else dummy, sat_q,
                 *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dqs.stride(),
                 *(pos_key.stride() if has_c2p else (0, 0, 0)), *mask_strides,
-                *common, **flags, BAND_BIAS=layout.plane > 0,
+                *common, **flags, BAND_BIAS=layout.plane > 0, INDEX_REVERSED=query_reversed,
             )
         if has_c2p:
             _position_grad(band_q, sat_q, qs, pos_key, geometry, scale, dqs, dpos_key)

@@ -22,7 +22,7 @@ from .common import (
     BAND, K_LN2, LOG2E, PLAIN, SAT_HI, SAT_LO,
     autotuned, band_bias, batch_slices, bias_layout, block_d, dot, key_regions, launch, load_rows, mask_scores,
     position_bias, position_geometry, position_scores, saturated_terms, seq_bucket, store_rows, token_ranges,
-    token_span, triton_variant, upcast_dots,
+    index_table, token_span, triton_variant, upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -53,6 +53,7 @@ def _fwd_tiles(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr,
+    INDEX_REVERSED: tl.constexpr,
 ):
     """Online-softmax update of (acc, l_i, m_i) over the key tiles [start, end) of one kind (MODE).
     ``c2p_hi`` / ``c2p_lo``: the rows' c2p values at position rows 2S - 1 / 0 ([BLOCK_M, 1], or 0.0)."""
@@ -66,7 +67,8 @@ def _fwd_tiles(
             sat_hi, sat_lo = saturated_terms(c2p_hi, c2p_lo, P2C, offs_n, col_in, two_s, HAS_P2C, MODE, BAND_BIAS)
             valid = (offs_m[:, None] < N) & col_in[None, :]
             s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset,
-                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, MODE, HAS_C2P, HAS_P2C, True, BAND_BIAS)
+                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, MODE, HAS_C2P, HAS_P2C, INDEX_REVERSED,
+                               BAND_BIAS)
         s = s * qk_scale
         col_ok = col_in
         if HAS_MASK:
@@ -88,7 +90,7 @@ def _fwd_tiles(
 @autotuned("fwd", _FWD_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M", wide_owned=128)
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, C2P, P2C, TABLE, BIAS, MASK, RANGE, PHILOX, O, LSE,  # TABLE: PositionGeometry.table_rev (keys along the fast axis)
+    Q, K, V, C2P, P2C, TABLE, BIAS, MASK, RANGE, PHILOX, O, LSE,  # TABLE: common.index_table's (INDEX_REVERSED)
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -98,7 +100,7 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    INDEX_REVERSED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # One program: BLOCK_M queries of one (batch, head) of this slice of the batch; BH0 is the slice's
     # first global batch * H + head (the dropout counter uses global indices).
@@ -157,27 +159,27 @@ def _attn_fwd_kernel(
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
         acc, l_i, m_i = _fwd_tiles(
             acc, l_i, m_i, q, row_ok, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(hi_end, key_lo),
             tl.minimum(lo_start, key_hi),
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
         acc, l_i, m_i = _fwd_tiles(
             acc, l_i, m_i, q, row_ok, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(lo_start, key_lo), key_hi,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
     else:
         acc, l_i, m_i = _fwd_tiles(
             acc, l_i, m_i, q, row_ok, 0.0, 0.0, i0, offs_m, key_lo, key_hi,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
 
     # l_i == 0 only on fully padded rows under MASKED_ZERO: output 0, LSE +inf (probabilities 0).
     seen = l_i > 0.0
@@ -224,6 +226,7 @@ def attention_forward(
     )
     ranges = token_ranges(mask) if mask is not None else None
     layout = bias_layout(geometry, N, triton_variant("fwd", q)[0])
+    table, index_reversed = index_table(geometry, keys_fast=True, absent=lse)
     for part in batch_slices(B, (n_terms * H * N * two_s + H * layout.plane) * q.element_size()):
         c2p, p2c = position_scores(q[part], k[part], pos_key, pos_query)
         bias = band_bias(c2p, p2c, geometry, layout) if layout.plane else lse
@@ -231,14 +234,14 @@ def attention_forward(
         heads = (part.stop - part.start) * H
         launch(
             _attn_fwd_kernel, lambda meta, heads=heads: (triton.cdiv(N, meta["BLOCK_M"]) * heads,),
-            q[part], k[part], v[part], _or(c2p, lse), _or(p2c, lse), geometry.table_rev if geometry else lse, bias,
+            q[part], k[part], v[part], _or(c2p, lse), _or(p2c, lse), table, bias,
             part_mask.view(torch.uint8) if mask is not None else lse, ranges[part] if mask is not None else lse,
             philox if dropout else lse,
             out[part], lse[part],
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *(mask.stride() if mask is not None else (0, 0)),
             part.stop - part.start, H, N, part.start * H, geometry.r_hi if geometry else N, geometry.r_lo if geometry else N,
             two_s, layout.row, layout.offset, layout.plane, scale * LOG2E, float(dropout_p), seq_bucket(N),
-            **flags, BAND_BIAS=layout.plane > 0,
+            **flags, BAND_BIAS=layout.plane > 0, INDEX_REVERSED=index_reversed,
         )
         del c2p, p2c, bias  # free this slice's buffers before the next
     return out, lse

@@ -49,14 +49,39 @@ _SATURATION: dict[tuple, tuple[int, int]] = {}
 _MIN_TABLE = 1 << 16  # the index is guaranteed bit-identical to transformers for |i - j| < 65536
 
 
+def _triton_version() -> tuple[int, int]:
+    try:
+        return tuple(int(part) for part in triton.__version__.split(".")[:2])
+    except ValueError:  # a development build: assume recent
+        return (99, 0)
+
+
+# Which way band tiles read the position index. The c2p / p2c gathers' addresses have no known contiguity, and
+# Triton's coalescing pass lays such loads out with threads along the tile's fast axis from Triton 3.7 on, along
+# its slow axis in 3.6. The table load, contiguous along whichever axis its index grows, must get the same
+# layout, or every band tile moves two tiles of 64-bit addresses through shared memory (sm_90, all three
+# kernels: compile_check.pointer_layout_conversions 0 with the orientation below, 2 with the other, on Triton
+# 3.6, 3.7.1, 3.8 and 3.9). So the index grows along the fast axis from 3.7 on, along the slow axis before.
+INDEX_ALONG_FAST_AXIS = _triton_version() >= (3, 7)
+
+
+def index_table(geometry: "PositionGeometry | None", keys_fast: bool, absent: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(table, reversed) for band tiles whose fast axis runs over keys (``keys_fast``: the forward and dQ kernels)
+    or queries (dK/dV): :attr:`PositionGeometry.table_rev` (reversed, index j - i + N - 1, growing along keys)
+    or ``table`` (i - j + N - 1, growing along queries), the one whose index grows along the axis
+    INDEX_ALONG_FAST_AXIS names; ``absent`` stands in without position terms."""
+    reversed_ = keys_fast == INDEX_ALONG_FAST_AXIS
+    if geometry is None:
+        return absent, reversed_
+    return (geometry.table_rev if reversed_ else geometry.table), reversed_
+
+
 @dataclass(frozen=True)
 class PositionGeometry:
     """The relative-position index of one sequence length as the kernels read it.
 
     ``table``: int32 ``[2N - 1]``, ``table[i - j + N - 1] = d(i, j)``; ``table_rev`` the same reversed, for
-    tiles whose key index runs along the fast axis (addresses then grow along that axis, as the c2p / p2c
-    gathers' do, and Triton keeps one layout for both instead of moving a tile of pointers through shared
-    memory). Pairs with ``i - j >= r_hi`` use row
+    tiles that want the index to grow along keys (:func:`index_table`). Pairs with ``i - j >= r_hi`` use row
     2S - 1, pairs with ``i - j <= -r_lo`` row 0 (both clamped to N, so r_hi = N means "never"). The band
     ``-r_lo < i - j < r_hi`` has ``width = r_hi + r_lo - 1`` distances; column ``c`` of a band buffer holds
     the distance ``i - j = c - (r_lo - 1)``, whose row is ``band_index[c]``.

@@ -79,6 +79,13 @@ def launch_values(name: str, *, head_dim: int = 64, seq_len: int = 4096, batch: 
     return values
 
 
+def index_reversed(name: str, along_fast_axis: bool | None = None) -> bool:
+    """The INDEX_REVERSED a launch of kernel ``name`` passes (common.index_table), for the installed Triton's
+    orientation or, given ``along_fast_axis``, for that one."""
+    along = common.INDEX_ALONG_FAST_AXIS if along_fast_axis is None else along_fast_axis
+    return (name != "dkdv") == along
+
+
 def compile_kernel(name: str, config: triton.Config, *, dtype=torch.bfloat16, head_dim=64, arch=90, **flags):
     """Compile kernel ``name`` ("fwd", "dkdv", "dq") with ``config`` and feature ``flags`` for sm_``arch``,
     its arguments specialized as a launch with :func:`launch_values` specializes them (16-byte aligned
@@ -87,6 +94,7 @@ def compile_kernel(name: str, config: triton.Config, *, dtype=torch.bfloat16, he
     constexprs = dict(
         HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim), HAS_C2P=True, HAS_P2C=True, HAS_MASK=True,
         MASKED_ZERO=False, DROPOUT=False, PREC="ieee", UPCAST=False, BAND_BIAS=False,
+        INDEX_REVERSED=index_reversed(name),
     )
     if name == "dkdv":
         constexprs["FUSED_DQ"] = False
@@ -169,8 +177,8 @@ def ptxas_report(compiled, arch=90) -> dict:
 
 def pointer_layout_conversions(compiled) -> int:
     """How many ``ttg.convert_layout`` of pointer tensors the compiled kernel has. Each moves a whole tile of
-    64-bit addresses through shared memory; the band tiles' gathers had two per tile in the forward and dQ
-    kernels until their table was read in key order (``PositionGeometry.table_rev``)."""
+    64-bit addresses through shared memory: two per band tile when the index table is read along the other
+    axis than the gathers' layout (common.INDEX_ALONG_FAST_AXIS)."""
     return sum(1 for line in compiled.asm["ttgir"].splitlines() if "ttg.convert_layout" in line and "!tt.ptr" in line)
 
 

@@ -505,6 +505,23 @@ def test_band_bias_agrees_with_gathers(monkeypatch):
         kernel_common.band_mode()
 
 
+# --- the index table's orientation (common.INDEX_ALONG_FAST_AXIS: per Triton version) -------------------------
+
+
+@pytest.mark.parametrize("along_fast_axis", [True, False], ids=["fast-axis", "slow-axis"])
+def test_both_index_orientations_match_reference(along_fast_axis, monkeypatch):
+    """Each kernel reads the position index along its tile's fast axis (Triton >= 3.7) or slow axis (3.6),
+    whichever this Triton is: both orientations give the reference's values (band tiles of every kernel, the
+    fused backward too)."""
+    from deberta_fast.kernels import attention_bwd
+
+    monkeypatch.setattr(kernel_common, "INDEX_ALONG_FAST_AXIS", along_fast_axis)
+    for env, case in ((None, Case(N=97, D=32, mask="right")), (None, Case(N=97, D=32, buckets=256, max_rel=512)),
+                      ("fused", Case(N=70, D=48, buckets=4, max_rel=8, mask="left"))):
+        monkeypatch.setenv(attention_bwd.BACKWARD_ENV, env or "split")
+        check_against_reference(case, torch.float32)
+
+
 # --- the variant a call runs: the switches, else the recorded timings (measured.TRITON_VARIANTS) -----------
 
 VARIANT_TIMES = {  # what bench/make_selection.py writes: forward ms per band, backward ms per (band, backward)
@@ -702,7 +719,7 @@ def test_torch_backend_replays_kernel_mask_shape_check():
 COMPILE_CHECK = """
 import torch
 from deberta_fast.kernels.compile_check import (
-    KERNELS, compile_band_bias, compile_band_edges, compile_kernel, default_config, pipelined_copies,
+    KERNELS, compile_band_bias, compile_band_edges, compile_kernel, default_config, index_reversed, pipelined_copies,
     pointer_layout_conversions, ptxas_report,
 )
 for name in KERNELS:
@@ -715,8 +732,13 @@ for name in KERNELS:
         compiled = compile_kernel(name, config, dtype=torch.bfloat16, head_dim=64, **flags)
         report = ptxas_report(compiled)
         assert report["registers"], (name, report)
-        # no tile of addresses moved between layouts (the forward and dQ kernels had two per band tile)
+        # no tile of addresses moved between layouts; with the index table read the other way, two per band tile
+        # (the reason for common.INDEX_ALONG_FAST_AXIS, which this Triton version's layouts must bear out)
         assert pointer_layout_conversions(compiled) == 0, (name, flags)
+        if not flags:
+            other = not index_reversed(name)
+            turned = compile_kernel(name, config, dtype=torch.bfloat16, head_dim=64, INDEX_REVERSED=other)
+            assert pointer_layout_conversions(turned) == 2, name
         # the K / V (or Q / dO) tiles of the inner loop are loaded asynchronously, ahead of their use
         assert pipelined_copies(compiled) > 0, (name, flags)
         vector_loads[tuple(flags)] = compiled.asm["ptx"].count("ld.global.v4")
