@@ -757,12 +757,26 @@ for rows_are_queries in (True, False):
 """
 
 
-def test_kernels_compile_for_sm90():
+# Another Triton to compile with, installed apart (``pip install --no-deps --target DIR triton==3.6.0``): .ci/run
+# installs the GPU machines' version there, whose layouts differ from the CI's own Triton (common.INDEX_ALONG_FAST_AXIS).
+OTHER_TRITON_ENV = "DEBERTA_FAST_OTHER_TRITON"
+
+
+@pytest.mark.parametrize("which", ["installed", "other"])
+def test_kernels_compile_for_sm90(which):
     """The interpreter never compiles: build the kernels for sm_90 with Triton's ptxas (no GPU needed), their
     arguments specialized as a launch specializes them, and check the compiled layouts keep the gathers'
-    addresses where they are computed and the tile loads stay pipelined."""
+    addresses where they are computed and the tile loads stay pipelined; with the installed Triton and with
+    the one DEBERTA_FAST_OTHER_TRITON names (CI: 3.6)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", COMPILE_CHECK], cwd=REPO.parent, env=env,
+    script = COMPILE_CHECK
+    if which == "other":
+        path = os.environ.get(OTHER_TRITON_ENV)
+        if not path:
+            pytest.skip(f"{OTHER_TRITON_ENV} names no other Triton install")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (path, env.get("PYTHONPATH")) if p)
+        script = f"import triton; assert triton.__file__.startswith({path!r}), triton.__file__\n" + script
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO.parent, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
 
