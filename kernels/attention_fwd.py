@@ -30,13 +30,13 @@ __all__ = ["attention_forward"]
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg]) for H100/H200-class GPUs, pruned per call
 # (common.prune_configs); the first that survives the prune filter is the default when autotuning is off.
-# ptxas (sm_90, bf16, D 64, c2p + p2c + mask, arguments specialized as a launch does; compile_check): 128 x 64
-# uses 254 registers, no spills, under 8 warps (one program per multiprocessor); 452 bytes of spills under 4.
-# (D 128's default, 64 x 64 under 4 warps, spills 24 bytes.) The last three cap the registers so that more
-# programs share a multiprocessor (65536 registers): 64 x 64 under 8 warps at 128 (two programs, 20 bytes of
-# spills), 64 x 64 and 64 x 32 under 4 warps at 168 (three programs; 20 and 4 bytes). With dropout or the
-# band bias the cap costs more spills (264 / 280 bytes at 64 x 64, 4 warps); only a tuning run can say
-# whether the extra programs pay for them.
+# ptxas (sm_90, bf16, D 64, c2p + p2c + mask, arguments specialized as a launch does; compile_check), with Triton
+# 3.6 (the GPU machines') / 3.8: 128 x 64 uses 254 registers, no spills, under 8 warps (one program per
+# multiprocessor); 48 / 452 bytes of spills under 4. (D 128's default, 64 x 64 under 4 warps: none / 24 bytes.)
+# The last three cap the registers so that more programs share a multiprocessor (65536 registers): 64 x 64 under
+# 8 warps at 128 (two programs; spills none / 20 bytes), 64 x 64 and 64 x 32 under 4 warps at 168 (three
+# programs; 28 / 20 and none / 4 bytes). With dropout the cap costs more (136 / 264 bytes at 64 x 64, 4 warps);
+# only a tuning run can say whether the extra programs pay for their spills.
 _FWD_SHAPES = [
     (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 64, 8, 3), (128, 32, 8, 3),
     (64, 32, 4, 3), (32, 32, 4, 2), (16, 16, 4, 2), (64, 64, 8, 3, 128), (64, 64, 4, 3, 168), (64, 32, 4, 3, 168),
