@@ -44,7 +44,7 @@ from .common import (  # noqa: F401  (BACKWARD_ENV, backward_mode: this module's
     BACKWARD_ENV, BAND, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
     autotuned, backward_mode, band_bias, batch_slices, bias_layout, block_d, dot, key_regions, launch, load_rows,
     load_vector, mask_scores, position_bias, position_geometry, position_scores, query_regions, saturated_terms,
-    seq_bucket, store_rows, index_table, token_ranges, token_span, triton_variant, upcast_dots,
+    index_table, seq_bucket, store_rows, token_ranges, token_span, triton_variant, upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -412,7 +412,7 @@ def _dq_tiles(
 @autotuned("dq", _DQ_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M")
 @triton.jit
 def _dq_kernel(
-    Q, K, V, DO, C2P, P2C, TABLE, BIAS, MASK, RANGE, PHILOX, LSE, DELTA, POS_K, DQ, BAND_Q, SAT_Q,  # TABLE: index_table's
+    Q, K, V, DO, C2P, P2C, TABLE, BIAS, MASK, RANGE, PHILOX, LSE, DELTA, POS_K, DQ, BAND_Q, SAT_Q,  # index_table's
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,

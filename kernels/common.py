@@ -9,10 +9,11 @@ term one value per key column, so it skips the gathers and costs about what a pl
 costs. Only *band* tiles, crossing -r_lo < i - j < r_hi, gather through the table.
 
 Band bias (band mode "bias": DEBERTA_FAST_TRITON_BAND=bias, or :func:`triton_variant`'s choice). A band pair
-gathers three values (its index, C2P[i, d], P2C[j, d]) and the P2C one is uncoalesced: the key index changes
-along the fast axis. In this mode :func:`band_bias` first stores C2P[i, d] + P2C[j, d] of every band pair once, in a skewed layout
-(:class:`BiasLayout`: pair (i, j) at ``i * row + j + offset``) where a query row's keys are contiguous,
-and the band tiles of the forward and both backward kernels read it with one coalesced load per pair.
+gathers three values (its index, C2P[i, d], P2C[j, d]) and one of the last two is uncoalesced (its row, the query
+or the key, changes across a warp's threads). In this mode :func:`band_bias` first stores C2P[i, d] + P2C[j, d] of
+every band pair once, in a skewed layout (:class:`BiasLayout`: pair (i, j) at ``i * row + j + offset``) where a
+query row's keys are contiguous, and the band tiles of the forward and both backward kernels read it with one
+coalesced load per pair.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def _triton_version() -> tuple[int, int]:
 INDEX_ALONG_FAST_AXIS = _triton_version() >= (3, 7)
 
 
-def index_table(geometry: "PositionGeometry | None", keys_fast: bool, absent: torch.Tensor) -> tuple[torch.Tensor, bool]:
+def index_table(geometry: "PositionGeometry | None", keys_fast: bool,
+                absent: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """(table, reversed) for band tiles whose fast axis runs over keys (``keys_fast``: the forward and dQ kernels)
     or queries (dK/dV): :attr:`PositionGeometry.table_rev` (reversed, index j - i + N - 1, growing along keys)
     or ``table`` (i - j + N - 1, growing along queries), the one whose index grows along the axis
