@@ -255,6 +255,24 @@ def test_no_grad_memory_is_blocked(monkeypatch):
     assert max_err(out, ref) < 1e-5
 
 
+def test_no_grad_block_budget_per_device():
+    """Under no_grad the CPU walks 8 MiB score blocks (cache-sized), other devices 128 MiB ones (few launches);
+    with autograd, or a block size given, no budget applies. v3-base at N 2048 (B 4, H 12)."""
+    from types import SimpleNamespace
+
+    import deberta_fast.backends.torch_backend as tb
+
+    def rows(device, requires_grad=False, block_rows=None):
+        query = SimpleNamespace(shape=(4, 12, 2048, 64), device=torch.device(device))
+        return tb._block_rows(SimpleNamespace(query=query, requires_grad=requires_grad), block_rows)
+
+    # at most 2^21 // 98304 = 21 rows: 98 blocks of 21 (CPU); 2^25 // 98304 = 341: 7 equal blocks of 293 (CUDA)
+    assert rows("cpu") == 21
+    assert rows("cuda") == 293 and 4 * 12 * 293 * 2048 <= tb.DEVICE_NO_GRAD_BLOCK_ELEMENTS
+    assert rows("cuda", requires_grad=True) == rows("cpu", requires_grad=True) == 2048
+    assert rows("cuda", block_rows=64) == 64
+
+
 def test_dropout_zero_is_deterministic_and_mask_hook_replays():
     case = Case(N=19, D=8, mask="right")
     tensors, mask = make_inputs(case)

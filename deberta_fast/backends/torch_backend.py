@@ -24,6 +24,11 @@ __all__ = ["TorchBackend", "torch_attention"]
 # Elements of one [B, H, block, N] score block under no_grad (fp32: 4 bytes each): 8 MiB in fp32, so a
 # block's few score-sized tensors stay in a server CPU's L3 (128 rows measured faster than 256 at N = 512).
 NO_GRAD_BLOCK_ELEMENTS = 1 << 21
+# The same on other devices (CUDA): 128 MiB in fp32. Each block costs about ten kernel launches, and the CPU's
+# budget made a GPU forward a string of small launches: v3-base inference on an H100 ran at 18,728 tokens/s
+# against transformers' 83,033 at N 2048 (bench/results/model_cuda_bfloat16.json; about 100 blocks a layer
+# there, 7 with this budget). Still O(B * H * block * N), far below the full score tensor at long N.
+DEVICE_NO_GRAD_BLOCK_ELEMENTS = 1 << 25
 
 
 # The p2c gather's flat indices (d(i, j) - lo) * N + j, per block of query rows: the same for every layer of a model
@@ -82,7 +87,8 @@ def _block_rows(call: AttentionCall, block_rows: int | None) -> int:
         return max(1, min(N, block_rows))
     if call.requires_grad:
         return N
-    max_rows = max(1, min(N, NO_GRAD_BLOCK_ELEMENTS // (B * H * N)))
+    budget = NO_GRAD_BLOCK_ELEMENTS if call.query.device.type == "cpu" else DEVICE_NO_GRAD_BLOCK_ELEMENTS
+    max_rows = max(1, min(N, budget // (B * H * N)))
     blocks = -(-N // max_rows)
     return -(-N // blocks)  # equal blocks, no small remainder
 
