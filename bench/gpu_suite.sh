@@ -2,8 +2,8 @@
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
 #   bash bench/gpu_suite.sh STEP[,STEP...] OUTDIR    STEP: setup | check | test-triton | test-cuda | tests | parity |
-#                                                variants | tune | tune-bias | tune-d128 | attention | attention-extra |
-#                                                model | model-large | profile | ncu | all
+#                                                variants | tune | tune-bias | tune-d128 | apply-tuned | apply-variants |
+#                                                attention | attention-extra | model | model-large | profile | ncu | all
 #   TEST_TIMEOUT (seconds per pytest run, default 480) bounds the test steps; TEST_WORKERS (default 8) is the
 #   number of pytest-xdist workers, TUNE_JOBS (default 8) the compile processes of the tune steps.
 #
@@ -149,6 +149,17 @@ run_model_large() {  # v3-large at two lengths, a call of its own
     --seqlens 512,2048 --out "$out/model_cuda_bfloat16_large.json"
 }
 
+# apply-tuned / apply-variants: this call's tuning runs / variants run added to the committed ones in the device's
+# copy of kernels/tuned.py / deberta_fast/backends/measured.py, so later steps of the same call run with them
+# (nothing is committed from the device: rerun the generators here over the returned JSON, then commit).
+run_apply() {  # $1: generator script, then the JSON of this call to add
+  local script=$1 runs=()
+  shift
+  for f in "$@"; do [ -e "$f" ] && runs+=("$f"); done
+  [ ${#runs[@]} -gt 0 ] || { echo "nothing to apply: no $* in $out"; return 1; }
+  $PY "bench/$script" --add "${runs[@]}"
+}
+
 run_check() {  # both GPU test modules and the CLI parity check, side by side
   run_parity >"$out/parity_tail.txt" 2>&1 &
   local parity=$! r p
@@ -172,6 +183,8 @@ run_step() {
     tune) run_tune 64 gather ;;
     tune-bias) run_tune 64 bias ;;
     tune-d128) run_tune 128 gather ;;
+    apply-tuned) run_apply make_tuned.py "$out"/triton_configs_cuda_bfloat16_d*.json ;;
+    apply-variants) run_apply make_selection.py "$out/attention_cuda_bfloat16_variants.json" ;;
     attention) run_attention ;;
     attention-extra) run_attention_extra ;;
     model) run_model ;;

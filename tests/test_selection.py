@@ -181,6 +181,27 @@ def test_variant_table_from_the_variant_providers():
     }}
 
 
+def test_generator_adds_a_run_to_the_committed_ones(tmp_path):
+    """``make_selection.py --add RUN``: the committed SOURCES, then RUN (what the GPU suite's apply-variants step
+    does on the device before the steps that follow it)."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "variants.json"
+    row = dict(level="op", provider="df-triton-bias", mode="fwd", N=2048, D=64, dtype="bfloat16", status="ok",
+               median_ms=1.25, padded=False)
+    run.write_text(json.dumps({"env": {"gpu_capability": "9.0", "gpu": "test GPU", "timestamp": "2026-11-22"},
+                               "rows": [row]}))
+    out = tmp_path / "measured.py"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "make_selection.py"), "--add", str(run), "--out", str(out)],
+                   check=True, capture_output=True)
+    namespace = {}
+    exec(out.read_text(), namespace)
+    assert namespace["FASTEST"] == measured.FASTEST  # the committed runs' order, unchanged
+    assert namespace["TRITON_VARIANTS"] == {("9.0", "bfloat16", 64): {"fwd": [(2048, {"bias": 1.25})]}}
+    assert str(run) in out.read_text()  # named among the sources
+
+
 def test_cuda_order_traces_under_torch_compile_fullgraph(stub_gpu):
     """The model calls select_backend inside torch.compile(fullgraph=True): the lookup must trace (it did
     not with min(key=...)) and give the same order as eagerly."""
