@@ -191,8 +191,11 @@ def triton_variant(step: str, query: torch.Tensor) -> tuple[str, str]:
     benchmarks found fastest at the nearest recorded shape (``measured.TRITON_VARIANTS``, made by
     bench/make_selection.py from runs of the four variants; the rule of ``backends.selection``); without a
     measurement, gather / split. A forward's choice compares forward times; a backward's, forward+backward
-    times less the forward's (the forward's cost depends on its band mode only)."""
+    times less the forward's (the forward's cost depends on its band mode only). Under
+    ``torch.use_deterministic_algorithms(True)`` an unset backward switch means "split" (deterministic)."""
     band, backward = band_mode(), backward_mode()
+    if backward == "auto" and torch.are_deterministic_algorithms_enabled():
+        backward = "split"  # the fused backward adds dQ atomically: its last bits vary from run to run
     if band != "auto" and backward != "auto":
         return band, backward
     times = _measured_times(step, _device_capability({"Q": query}), query.dtype, query.shape[-1], query.shape[-2])

@@ -557,8 +557,16 @@ def test_triton_variant_takes_the_switches_then_the_recorded_times(recorded_vari
     assert variant("bwd") == ("gather", "split")
     monkeypatch.delenv(kernel_common.BAND_ENV)
     assert variant("bwd") == ("bias", "split")
-    # nothing recorded, or no GPU to look up: gather / split unless switched
     monkeypatch.delenv(kernel_common.BACKWARD_ENV)
+    # deterministic algorithms requested: the split backward (the fused one adds dQ atomically), bias still allowed
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert variant("bwd") == ("bias", "split")
+    monkeypatch.setenv(kernel_common.BACKWARD_ENV, "fused")  # unless asked for by name
+    assert variant("bwd") == ("bias", "fused")
+    monkeypatch.delenv(kernel_common.BACKWARD_ENV)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
+    assert variant("bwd") == ("bias", "fused")
+    # nothing recorded, or no GPU to look up: gather / split unless switched
     monkeypatch.setattr(kernel_common, "_device_capability", lambda named: None)
     assert variant("bwd") == variant("fwd") == kernel_common.DEFAULT_VARIANT == ("gather", "split")
     from deberta_fast.backends import measured
