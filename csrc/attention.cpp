@@ -256,7 +256,6 @@ void fill_common(AttnParams& p, const Inputs& in, int64_t b0, int64_t nb, double
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
 }
 
-// C2P = q pos_key^T and P2C = k pos_query^T for one batch slice: contiguous [nb, H, N, 2S], input dtype.
 // x [nb, H, N, D] . pos [H, 2S, D]^T as [H, nb, N, 2S] (head-major): one GEMM per head over the nb * N rows,
 // which for the model's [B, N, H, D] views are a strided view (no copy of x, nor of pos broadcast over the batch).
 Tensor head_major_scores(const Tensor& x, const Tensor& pos) {
@@ -265,6 +264,7 @@ Tensor head_major_scores(const Tensor& x, const Tensor& pos) {
   return at::bmm(rows, pos.transpose(1, 2)).view({H, nb, N, pos.size(1)});
 }
 
+// C2P = q pos_key^T and P2C = k pos_query^T for one batch slice: contiguous [H, nb, N, 2S], input dtype.
 std::pair<Tensor, Tensor> position_scores(const Inputs& in, int64_t b0, int64_t nb) {
   Tensor c2p, p2c;
   if (in.has_c2p) c2p = head_major_scores(in.q.narrow(0, b0, nb), in.pos_key);

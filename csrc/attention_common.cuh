@@ -39,15 +39,25 @@ __device__ __forceinline__ float band_bias(const AttnParams& p, const T* c2p, co
   return b;
 }
 
-// The saturated position value of one row of C2P or P2C ([N, 2S], this (batch, head)): row 2S - 1 (hi) or 0.
+// Where row n of C2P or P2C ([N, 2S], this (batch, head)) holds its saturated value: column 2S - 1 (hi) or 0.
+template <typename T>
+__device__ __forceinline__ const T* sat_at(const T* pos_scores, int two_s, int n, bool hi) {
+  return pos_scores + static_cast<int64_t>(n) * two_s + (hi ? two_s - 1 : 0);
+}
+
+// The mask byte of position n of sequence b (the mask present).
+__device__ __forceinline__ const uint8_t* mask_at(const AttnParams& p, int b, int n) {
+  return p.mask + b * p.mask_stride_b + n * p.mask_stride_n;
+}
+
 template <typename T>
 __device__ __forceinline__ float sat_value(const T* pos_scores, int two_s, int n, int N, bool hi) {
   if (pos_scores == nullptr || n >= N) return 0.f;
-  return to_float(__ldg(pos_scores + static_cast<int64_t>(n) * two_s + (hi ? two_s - 1 : 0)));
+  return to_float(__ldg(sat_at(pos_scores, two_s, n, hi)));
 }
 
 __device__ __forceinline__ bool is_token(const AttnParams& p, int b, int n) {
-  return n < p.N && (p.mask == nullptr || p.mask[b * p.mask_stride_b + n * p.mask_stride_n] != 0);
+  return n < p.N && (p.mask == nullptr || *mask_at(p, b, n) != 0);
 }
 
 // What a streamed tile needs of one of its columns (a key of the forward's and dQ kernel's key tiles, a query
@@ -68,8 +78,8 @@ struct ColumnFetch {
                                         int mode) {
     in = exists && n < p.N;
     has_pos = in && pos_scores != nullptr && (mode == kSatHi || mode == kSatLo);
-    if (in) token = p.mask != nullptr ? __ldg(p.mask + b * p.mask_stride_b + n * p.mask_stride_n) : 1;
-    if (has_pos) pos = __ldg(pos_scores + static_cast<int64_t>(n) * p.two_s + (mode == kSatHi ? p.two_s - 1 : 0));
+    if (in) token = p.mask != nullptr ? __ldg(mask_at(p, b, n)) : 1;
+    if (has_pos) pos = __ldg(sat_at(pos_scores, p.two_s, n, mode == kSatHi));
   }
   __device__ __forceinline__ void fetch_rows(const float* lse_row, const float* delta_row, int n) {
     if (in) {
