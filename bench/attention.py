@@ -126,8 +126,10 @@ def triton_switches(provider: str) -> dict:
     (df-triton itself runs whatever the switches say, by default the backend's own per-shape choice)."""
     if provider not in TRITON_VARIANTS:
         return {}
+    from deberta_fast.kernels.common import BACKWARD_ENV, BAND_ENV
+
     band, backward = TRITON_VARIANTS[provider]
-    return {"DEBERTA_FAST_TRITON_BAND": band, "DEBERTA_FAST_TRITON_BACKWARD": backward}
+    return {BAND_ENV: band, BACKWARD_ENV: backward}
 
 
 def sdpa_bias(views, mask, shape, scale):

@@ -115,7 +115,7 @@ def generate_from_json(paths: list[Path], table_of, render, label_fields: tuple[
     return render(table_of(records), [source_label(p.resolve(), r, *label_fields) for p, r in zip(paths, records)])
 
 
-def write_generated(description: str, generate, sources: list[Path], target: Path, what: str, argv=None) -> None:
+def write_generated(description: str, generate, sources: list[Path], target: Path, what: str) -> None:
     """The generators' command line: ``[JSON ...] [--add JSON ...] [--out PATH]``, writing ``generate(paths)``
     atomically: the JSON given, else the committed SOURCES, followed by any ``--add`` (later runs of a shape win;
     the GPU suite's apply steps add a run it just made to the committed ones)."""
@@ -125,7 +125,7 @@ def write_generated(description: str, generate, sources: list[Path], target: Pat
     p.add_argument("json", nargs="*", type=Path, help=f"{what} JSON (default: the committed SOURCES)")
     p.add_argument("--add", nargs="+", type=Path, default=[], help=f"{what} JSON read after the others")
     p.add_argument("--out", type=Path, default=target)
-    args = p.parse_args(argv)
+    args = p.parse_args()
     atomic_write_text(args.out, generate(list(args.json or sources) + args.add))
     print(f"written to {args.out}")
 

@@ -64,10 +64,16 @@ def inputs(B: int, N: int, H: int, D: int, S: int, dtype: torch.dtype, device: s
 
 
 def shape_rows(D: int, N: int, args, take=None) -> list[dict]:
-    """Timed rows of every kept config of the three kernels at one head dim and sequence length.
+    """Timed rows of every kept config of the three kernels at one head dim and sequence length, every run under
+    DEBERTA_FAST_TRITON_BAND = ``args.band``.
 
     ``take(i)``: compile only (a ``--jobs`` worker): run the op once, untimed, with the i-th (config, kernel)
     of the shape where ``take(i)`` is true, so the timing process finds every kernel in Triton's disk cache."""
+    with mock.patch.dict(os.environ, {_kernels()[3].BAND_ENV: args.band}):
+        return _shape_rows(D, N, args, take)
+
+
+def _shape_rows(D: int, N: int, args, take) -> list[dict]:
     kernels, attention_fwd, attention_bwd, common = _kernels()
     dtype = DTYPES[args.dtype]
     B = max(1, args.tokens // N)
@@ -169,21 +175,19 @@ def main(argv=None) -> int:
         raise SystemExit("--buckets must be positive (the v3 setting is 256)")
     if args.jobs < 1:
         raise SystemExit("--jobs must be at least 1")
+    shapes = [(int(d), int(n)) for d in args.head_dims.split(",") for n in args.seqlens.split(",")]
     if args.shard is not None:  # a compile worker: every n-th config of every shape, untimed, no JSON
         k, n = (int(x) for x in args.shard.split("/"))
-        for D, N in [(int(d), int(n_)) for d in args.head_dims.split(",") for n_ in args.seqlens.split(",")]:
-            with mock.patch.dict(os.environ, {_kernels()[3].BAND_ENV: args.band}):
-                shape_rows(D, N, args, take=lambda index: index % n == k)
+        for D, N in shapes:
+            shape_rows(D, N, args, take=lambda index: index % n == k)
         return 0
     if args.jobs > 1:
         compile_in_parallel(argv if argv is not None else sys.argv[1:], args.jobs)
     band = "_bias" if args.band == "bias" else ""
     out = args.out or Path(__file__).resolve().parent / "results" / f"triton_configs_{args.device.split(':')[0]}_{args.dtype}{band}.json"
     rows = []
-    shapes = [(int(d), int(n)) for d in args.head_dims.split(",") for n in args.seqlens.split(",")]
     for D, N in progress(shapes, "tune"):
-        with mock.patch.dict(os.environ, {_kernels()[3].BAND_ENV: args.band}):
-            rows.extend(shape_rows(D, N, args))
+        rows.extend(shape_rows(D, N, args))
         write_json(out, {"benchmark": "triton_configs", "env": environment(), "args": vars(args) | {"out": str(out)},
                          "rows": rows})  # after every shape: a cut-off run keeps what it measured
     print(f"written to {out}")
