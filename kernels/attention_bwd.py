@@ -12,6 +12,10 @@
    dK += scale band_k E_k and dpos_query = scale M (band_k^T K) with M the [2S, W] one-hot of
    band_index; the same for dQ / dpos_key; the saturated sums add to rows 0 and 2S - 1.
 
+Saturated tiles recompute their scores with one dot and no per-tile position loads (common.saturated_operand):
+the dK/dV programs fold the c2p term into their keys (k + pos_key[row]) and add their keys' own p2c values, the
+dQ programs fold the p2c term into their queries and add their rows' c2p values in the exponent, as the forward.
+
 Padded batches: the dQ programs visit only their sequence's token hull of keys (dS is zero on every pair with
 a padded side), and under masked_rows="zero" the dK/dV programs only its token hull of queries; the band
 buffers are then zeroed whole, since skipped tiles leave their slots unwritten.
@@ -42,9 +46,9 @@ import triton.language as tl
 
 from .common import (  # noqa: F401  (BACKWARD_ENV, backward_mode: this module's switch, defined with the others)
     BACKWARD_ENV, BAND, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
-    autotuned, backward_mode, band_bias, batch_slices, bias_layout, block_d, dot, key_regions, launch, load_rows,
-    load_vector, mask_scores, position_bias, position_geometry, position_scores, query_regions, saturated_terms,
-    index_table, seq_bucket, store_rows, token_ranges, token_span, triton_variant, upcast_dots,
+    autotuned, backward_mode, band_bias, band_edge_terms, batch_slices, bias_layout, block_d, dot, index_table,
+    key_regions, launch, load_rows, load_vector, mask_scores, position_bias, position_geometry, position_scores,
+    query_regions, saturated_operand, seq_bucket, store_rows, token_ranges, token_span, triton_variant, upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -53,8 +57,9 @@ __all__ = ["attention_backward"]
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). dK/dV owns BLOCK_N keys, dQ owns BLOCK_M queries; the first
 # config surviving the prune filter is the default (D <= 64: 32 x 128 / 128 x 32; D 128: 16 x 64 / 64 x 32).
 # ptxas, sm_90, bf16, c2p + p2c + mask (compile_check, arguments specialized as a launch does), with Triton 3.6 (the
-# GPU machines') / 3.8: dK/dV 32 x 128 at D 64 spills none / 244 bytes (32 x 64 under 8 warps: none / none); dQ
-# 128 x 32 none (196 / 254 registers); at D 128 both defaults none.
+# GPU machines') / 3.8: dK/dV 32 x 128 at D 64 spills 12 / 276 bytes (on 3.6 outside the loops: the saturated
+# tiles' key operands; 32 x 64 under 8 warps: none / none); dQ 128 x 32 none / 8 bytes (196 / 255 registers); at
+# D 128 dK/dV none / none, dQ none / 48 bytes.
 _DKDV_SHAPES = [
     (32, 128, 8, 2), (16, 64, 8, 2), (64, 64, 8, 3), (32, 64, 4, 3), (32, 64, 8, 2), (64, 128, 8, 2), (16, 16, 4, 2),
 ]
@@ -144,7 +149,7 @@ def _band_buffer(rows_are_queries: bool, heads: int, batch: int, N: int, width: 
 
 @triton.jit
 def _dkdv_tiles(
-    dk, dv, t_hi, t_lo, k, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, start, end,
+    dk, dv, t_hi, t_lo, k, kt, own, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, start, end,
     Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, MASK_B, BAND_K, seed, offset, bh,
     DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
     stride_qn, stride_qd, stride_dn, stride_dd, stride_mn,
@@ -156,7 +161,10 @@ def _dkdv_tiles(
     BAND_BIAS: tl.constexpr, INDEX_REVERSED: tl.constexpr,
 ):
     """Accumulate over the query tiles [start, end) of one kind (MODE); scores are transposed [keys, queries].
-    ``p2c_hi`` / ``p2c_lo``: the keys' p2c values at position rows 2S - 1 / 0 ([BLOCK_N, 1], or 0.0).
+    ``kt``: the scores' key operand, in saturated tiles the keys with the c2p term folded in
+    (common.saturated_operand; ``k`` itself is what dQ needs); ``own``: the keys' p2c values at the position
+    row of saturated tiles ([BLOCK_N, 1], or 0.0). ``p2c_hi`` / ``p2c_lo``: the keys' p2c values at rows 2S - 1
+    / 0 ([BLOCK_N, 1], or 0.0), which band tiles read under BAND_BIAS for their pairs beyond the band.
 
     FUSED_DQ: also the dQ kernel's work for these pairs, added atomically: scale dS^T K into DQ (fp32, zeroed),
     the c2p part of dS summed over saturated pairs into SAT_Q_LO / SAT_Q_HI (fp32, zeroed) and stored by
@@ -169,19 +177,22 @@ def _dkdv_tiles(
         do = load_rows(DO, offs_m, stride_dn, stride_dd, N, HEAD_DIM, BLOCK_D, CHECK_M)
         lse2 = tl.load(LSE + offs_m, mask=row_in, other=float("inf")) * K_LOG2E
         delta = tl.load(DELTA + offs_m, mask=row_in, other=0.0)
-        s = dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), PREC, UPCAST)
-        if MODE != PLAIN:
-            sat_hi, sat_lo = saturated_terms(p2c_hi, p2c_lo, C2P, offs_m, row_in, two_s, HAS_C2P, MODE, BAND_BIAS)
+        s = dot(kt, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), PREC, UPCAST)
+        if MODE == BAND:
+            sat_hi = 0.0
+            sat_lo = 0.0
+            if BAND_BIAS:
+                sat_hi, sat_lo = band_edge_terms(p2c_hi, p2c_lo, C2P, offs_m, row_in, two_s, HAS_C2P)
             valid = col_in[:, None] & row_in[None, :]
             s += position_bias(offs_m[None, :], offs_n[:, None], valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset,
-                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, MODE, HAS_C2P, HAS_P2C, INDEX_REVERSED,
-                               BAND_BIAS)
-        s = s * qk_scale
+                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS)
+        elif MODE != PLAIN:
+            s += own  # before the mask: a fully padded query row's scores stay one constant
         row_ok = row_in
         if HAS_MASK:
             row_ok = tl.load(MASK_B + offs_m * stride_mn, mask=row_in, other=1) != 0
         s = mask_scores(s, row_ok[None, :], col_ok[:, None], col_in[:, None], HAS_MASK, MASKED_ZERO, False)
-        p = tl.math.exp2(s - lse2[None, :])  # 0 on rows past N and fully padded rows under MASKED_ZERO
+        p = tl.math.exp2(s * qk_scale - lse2[None, :])  # 0 on rows past N and fully padded rows under MASKED_ZERO
         dp = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), PREC, UPCAST)
         if DROPOUT:
             keep = tl.trans(dropout_keep(seed, offset, bh, start_m, j0, dropout_p, BLOCK_M, BLOCK_N))
@@ -230,8 +241,8 @@ def _dkdv_tiles(
 @autotuned("dkdv", _DKDV_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_N")
 @triton.jit
 def _dkdv_kernel(
-    Q, K, V, DO, C2P, P2C, TABLE, BIAS, MASK, RANGE, PHILOX, LSE, DELTA, POS_Q, DK, DV, BAND_K, SAT_K, DQ, BAND_Q,
-    SAT_Q,
+    Q, K, V, DO, C2P, P2C, TABLE, BIAS, MASK, RANGE, PHILOX, LSE, DELTA, POS_K, POS_Q, DK, DV, BAND_K, SAT_K, DQ,
+    BAND_Q, SAT_Q,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -239,7 +250,7 @@ def _dkdv_kernel(
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_dqb, stride_dqh, stride_dqn, stride_dqd,
-    stride_ph, stride_pn, stride_pd,
+    stride_pkh, stride_pkn, stride_pkd, stride_pqh, stride_pqn, stride_pqd,
     stride_mb, stride_mn,
     B, H, N, BH0, R_HI, R_LO, two_s, W, BIAS_ROW, BIAS_OFFSET, BIAS_PLANE, scale, qk_scale, dropout_p, SEQ_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -298,13 +309,16 @@ def _dkdv_kernel(
 
     if HAS_C2P or HAS_P2C:
         lo_end, hi_start = query_regions(j0, N, R_HI, R_LO, BLOCK_M, BLOCK_N)
+        # Saturated tiles: the c2p term folded into the keys, the p2c term one value per key.
+        POS_K += h * stride_pkh
+        k_lo = saturated_operand(k, POS_K, 0, stride_pkn, stride_pkd, HAS_C2P, HEAD_DIM, BLOCK_D)
         p2c_hi = 0.0
         p2c_lo = 0.0
         if HAS_P2C:
             p2c_hi = tl.load(P2C + offs_n * two_s + (two_s - 1), mask=col_in, other=0.0).to(tl.float32)[:, None]
             p2c_lo = tl.load(P2C + offs_n * two_s, mask=col_in, other=0.0).to(tl.float32)[:, None]
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, q_lo, tl.minimum(lo_end, q_hi),
+            dk, dv, t_hi, t_lo, k, k_lo, p2c_lo, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, q_lo, tl.minimum(lo_end, q_hi),
             Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
@@ -312,7 +326,7 @@ def _dkdv_kernel(
             SAT_LO, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, tl.maximum(lo_end, q_lo),
+            dk, dv, t_hi, t_lo, k, k, 0.0, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, tl.maximum(lo_end, q_lo),
             tl.minimum(hi_start, q_hi),
             Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
@@ -320,8 +334,9 @@ def _dkdv_kernel(
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
+        k_hi = saturated_operand(k, POS_K, two_s - 1, stride_pkn, stride_pkd, HAS_C2P, HEAD_DIM, BLOCK_D)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, tl.maximum(hi_start, q_lo), q_hi,
+            dk, dv, t_hi, t_lo, k, k_hi, p2c_hi, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, tl.maximum(hi_start, q_lo), q_hi,
             Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
@@ -330,7 +345,7 @@ def _dkdv_kernel(
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
     else:
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, v, col_ok, 0.0, 0.0, j0, offs_n, q_lo, q_hi,
+            dk, dv, t_hi, t_lo, k, k, 0.0, v, col_ok, 0.0, 0.0, j0, offs_n, q_lo, q_hi,
             Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
@@ -340,9 +355,9 @@ def _dkdv_kernel(
 
     dk = dk * scale
     if HAS_P2C:  # saturated pairs: their p2c gradient flows through pos_query rows 0 and 2S - 1
-        POS_Q += h * stride_ph
-        pq_hi = load_vector(POS_Q + (two_s - 1) * stride_pn, stride_pd, HEAD_DIM, BLOCK_D)
-        pq_lo = load_vector(POS_Q, stride_pd, HEAD_DIM, BLOCK_D)
+        POS_Q += h * stride_pqh
+        pq_hi = load_vector(POS_Q + (two_s - 1) * stride_pqn, stride_pqd, HEAD_DIM, BLOCK_D)
+        pq_lo = load_vector(POS_Q, stride_pqd, HEAD_DIM, BLOCK_D)
         dk += scale * (t_hi[:, None] * pq_hi[None, :] + t_lo[:, None] * pq_lo[None, :])
         tl.store(SAT_K + bh64 * N + offs_n, t_lo, mask=col_in)
         tl.store(SAT_K + (B * H + bh64) * N + offs_n, t_hi, mask=col_in)
@@ -356,7 +371,7 @@ def _dkdv_kernel(
 
 @triton.jit
 def _dq_tiles(
-    dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_hi, c2p_lo, i0, offs_m, start, end,
+    dq, s_hi, s_lo, q, do, lse2, delta, row_ok, row_off, c2p_hi, c2p_lo, i0, offs_m, start, end,
     K, V, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, MASK_B, BAND_Q, seed, offset, bh,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
     N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
@@ -366,8 +381,9 @@ def _dq_tiles(
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr,
     INDEX_REVERSED: tl.constexpr,
 ):
-    """Accumulate over the key tiles [start, end) of one kind (MODE). ``c2p_hi`` / ``c2p_lo``: the rows' c2p
-    values at position rows 2S - 1 / 0 ([BLOCK_M, 1], or 0.0)."""
+    """Accumulate over the key tiles [start, end) of one kind (MODE). ``q``: the scores' query operand and
+    ``row_off`` the rows' scaled additions, as in the forward's ``_fwd_tiles``; ``c2p_hi`` / ``c2p_lo``: the rows'
+    c2p values at position rows 2S - 1 / 0 ([BLOCK_M, 1], or 0.0), for band tiles under BAND_BIAS."""
     row_in = offs_m < N
     for start_n in range(start, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -376,17 +392,18 @@ def _dq_tiles(
         v = load_rows(V, offs_n, stride_vn, stride_vd, N, HEAD_DIM, BLOCK_D, CHECK_N)
         s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
         valid = row_in[:, None] & col_in[None, :]
-        if MODE != PLAIN:
-            sat_hi, sat_lo = saturated_terms(c2p_hi, c2p_lo, P2C, offs_n, col_in, two_s, HAS_P2C, MODE, BAND_BIAS)
+        if MODE == BAND:
+            sat_hi = 0.0
+            sat_lo = 0.0
+            if BAND_BIAS:
+                sat_hi, sat_lo = band_edge_terms(c2p_hi, c2p_lo, P2C, offs_n, col_in, two_s, HAS_P2C)
             s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset,
-                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, MODE, HAS_C2P, HAS_P2C, INDEX_REVERSED,
-                               BAND_BIAS)
-        s = s * qk_scale
+                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS)
         col_ok = col_in
         if HAS_MASK:
             col_ok = tl.load(MASK_B + offs_n * stride_mn, mask=col_in, other=0) != 0
         s = mask_scores(s, row_ok[:, None], col_ok[None, :], col_in[None, :], HAS_MASK, MASKED_ZERO, CHECK_N)
-        p = tl.math.exp2(s - lse2[:, None])
+        p = tl.math.exp2(s * qk_scale + (row_off - lse2)[:, None])
         dp = dot(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
         if DROPOUT:
             keep = dropout_keep(seed, offset, bh, i0, start_n, dropout_p, BLOCK_M, BLOCK_N)
@@ -412,13 +429,13 @@ def _dq_tiles(
 @autotuned("dq", _DQ_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M")
 @triton.jit
 def _dq_kernel(
-    Q, K, V, DO, C2P, P2C, TABLE, BIAS, MASK, RANGE, PHILOX, LSE, DELTA, POS_K, DQ, BAND_Q, SAT_Q,  # index_table's
+    Q, K, V, DO, C2P, P2C, TABLE, BIAS, MASK, RANGE, PHILOX, LSE, DELTA, POS_K, POS_Q, DQ, BAND_Q, SAT_Q,  # index_table's
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_don, stride_dod,
     stride_dqb, stride_dqh, stride_dqn, stride_dqd,
-    stride_ph, stride_pn, stride_pd,
+    stride_pkh, stride_pkn, stride_pkd, stride_pqh, stride_pqn, stride_pqd,
     stride_mb, stride_mn,
     B, H, N, BH0, R_HI, R_LO, two_s, W, BIAS_ROW, BIAS_OFFSET, BIAS_PLANE, scale, qk_scale, dropout_p, SEQ_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -471,28 +488,40 @@ def _dq_kernel(
 
     if HAS_C2P or HAS_P2C:
         hi_end, lo_start = key_regions(i0, N, R_HI, R_LO, BLOCK_M, BLOCK_N)
+        # Saturated tiles as in the forward: the p2c term folded into the queries, the c2p term per row.
+        POS_Q += h * stride_pqh
+        q_hi = saturated_operand(q, POS_Q, two_s - 1, stride_pqn, stride_pqd, HAS_P2C, HEAD_DIM, BLOCK_D)
         c2p_hi = 0.0
         c2p_lo = 0.0
+        off_hi = 0.0
+        off_lo = 0.0
         if HAS_C2P:
-            c2p_hi = tl.load(C2P + offs_m * two_s + (two_s - 1), mask=row_in, other=0.0).to(tl.float32)[:, None]
-            c2p_lo = tl.load(C2P + offs_m * two_s, mask=row_in, other=0.0).to(tl.float32)[:, None]
+            c2p_hi = tl.load(C2P + offs_m * two_s + (two_s - 1), mask=row_in, other=0.0).to(tl.float32)
+            c2p_lo = tl.load(C2P + offs_m * two_s, mask=row_in, other=0.0).to(tl.float32)
+            off_hi = tl.where(row_ok, c2p_hi * qk_scale, 0.0)
+            off_lo = tl.where(row_ok, c2p_lo * qk_scale, 0.0)
+            c2p_hi = c2p_hi[:, None]
+            c2p_lo = c2p_lo[:, None]
         dq, s_hi, s_lo = _dq_tiles(
-            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_hi, c2p_lo, i0, offs_m, key_lo, tl.minimum(hi_end, key_hi),
+            dq, s_hi, s_lo, q_hi, do, lse2, delta, row_ok, off_hi, c2p_hi, c2p_lo, i0, offs_m, key_lo,
+            tl.minimum(hi_end, key_hi),
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
         dq, s_hi, s_lo = _dq_tiles(
-            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(hi_end, key_lo),
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(hi_end, key_lo),
             tl.minimum(lo_start, key_hi),
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
+        q_lo = saturated_operand(q, POS_Q, 0, stride_pqn, stride_pqd, HAS_P2C, HEAD_DIM, BLOCK_D)
         dq, s_hi, s_lo = _dq_tiles(
-            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(lo_start, key_lo), key_hi,
+            dq, s_hi, s_lo, q_lo, do, lse2, delta, row_ok, off_lo, c2p_hi, c2p_lo, i0, offs_m,
+            tl.maximum(lo_start, key_lo), key_hi,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
@@ -500,7 +529,7 @@ def _dq_kernel(
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
     else:
         dq, s_hi, s_lo = _dq_tiles(
-            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, 0.0, i0, offs_m, key_lo, key_hi,
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, 0.0, 0.0, i0, offs_m, key_lo, key_hi,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
@@ -509,9 +538,9 @@ def _dq_kernel(
 
     dq = dq * scale
     if HAS_C2P:  # saturated pairs: their c2p gradient flows through pos_key rows 0 and 2S - 1
-        POS_K += h * stride_ph
-        pk_hi = load_vector(POS_K + (two_s - 1) * stride_pn, stride_pd, HEAD_DIM, BLOCK_D)
-        pk_lo = load_vector(POS_K, stride_pd, HEAD_DIM, BLOCK_D)
+        POS_K += h * stride_pkh
+        pk_hi = load_vector(POS_K + (two_s - 1) * stride_pkn, stride_pkd, HEAD_DIM, BLOCK_D)
+        pk_lo = load_vector(POS_K, stride_pkd, HEAD_DIM, BLOCK_D)
         dq += scale * (s_hi[:, None] * pk_hi[None, :] + s_lo[:, None] * pk_lo[None, :])
         tl.store(SAT_Q + bh64 * N + offs_m, s_lo, mask=row_in)
         tl.store(SAT_Q + (B * H + bh64) * N + offs_m, s_hi, mask=row_in)
@@ -630,6 +659,8 @@ def attention_backward(
         MASKED_ZERO=bool(masked_zero), DROPOUT=dropout, PREC=precision, UPCAST=upcast_dots(q.dtype),
     )
     mask_strides = mask.stride() if mask is not None else (0, 0)
+    tables = (pos_key if has_c2p else dummy, pos_query if has_p2c else dummy)  # POS_K, POS_Q
+    table_strides = (*(pos_key.stride() if has_c2p else (0, 0, 0)), *(pos_query.stride() if has_p2c else (0, 0, 0)))
     stride = _band_stride(width)
     layout = bias_layout(geometry, N, band)
     per_sequence = (has_c2p + has_p2c) * H * N * (two_s + stride) + H * layout.plane
@@ -652,10 +683,10 @@ def attention_backward(
                   scale, scale * LOG2E, float(dropout_p), seq_bucket(N))
         launch(
             _dkdv_kernel, lambda meta, nb=nb: (triton.cdiv(N, meta["BLOCK_N"]) * nb * H,),
-            qs, ks, vs, dos, *scores, key_table, bias, *rest, pos_query if has_p2c else dummy, dks, dvs,
+            qs, ks, vs, dos, *scores, key_table, bias, *rest, *tables, dks, dvs,
             band_k if band_k is not None else dummy, sat_k, dqs, band_q if band_q is not None else dummy, sat_q,
             *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dks.stride(), *dvs.stride(), *dqs.stride(),
-            *(pos_query.stride() if has_p2c else (0, 0, 0)), *mask_strides,
+            *table_strides, *mask_strides,
             *common, **flags, FUSED_DQ=fused, BAND_BIAS=layout.plane > 0, INDEX_REVERSED=key_reversed,
         )
         if fused:
@@ -665,10 +696,10 @@ def attention_backward(
         else:
             launch(
                 _dq_kernel, lambda meta, nb=nb: (triton.cdiv(N, meta["BLOCK_M"]) * nb * H,),
-                qs, ks, vs, dos, *scores, query_table, bias, *rest, pos_key if has_c2p else dummy, dqs,
+                qs, ks, vs, dos, *scores, query_table, bias, *rest, *tables, dqs,
                 band_q if band_q is not None else dummy, sat_q,
                 *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dqs.stride(),
-                *(pos_key.stride() if has_c2p else (0, 0, 0)), *mask_strides,
+                *table_strides, *mask_strides,
                 *common, **flags, BAND_BIAS=layout.plane > 0, INDEX_REVERSED=query_reversed,
             )
         if has_c2p:

@@ -3,9 +3,10 @@
 One program owns BLOCK_M query rows of one (batch, head) and walks the key tiles with an online softmax
 in fp32 (exp2, scores in log2 units). The key range splits into three runs (common.key_regions):
 saturated-high tiles (every pair has i - j >= r_hi, position row 2S - 1), band tiles (gathers through
-the index table) and saturated-low tiles (row 0). Saturated tiles add a per-row c2p vector and a
-per-column p2c vector, loaded once per program / per tile, instead of gathering: at long sequences
-most tiles are saturated and cost about a plain attention tile. Under DEBERTA_FAST_TRITON_BAND=bias the band
+the index table) and saturated-low tiles (row 0). Saturated tiles run the dot on the queries with the p2c term
+folded in (q + pos_query[row], common.saturated_operand) and add the rows' c2p values in the exponent: no
+gather and no per-tile load beyond K and V, so at long sequences, where most tiles are saturated, they cost
+what a plain attention tile costs. Under DEBERTA_FAST_TRITON_BAND=bias the band
 tiles read each pair's c2p + p2c from common.band_bias's buffer (built per call, before the kernel) instead. In a padded batch a tile of token rows
 visits only the key tiles of its sequence's token hull (common.token_span; a tile holding a fully padded
 row visits every key under masked_rows="uniform", none of its own under "zero"). Stores O and the row
@@ -20,9 +21,9 @@ import triton.language as tl
 
 from .common import (
     BAND, K_LN2, LOG2E, PLAIN, SAT_HI, SAT_LO,
-    autotuned, band_bias, batch_slices, bias_layout, block_d, dot, key_regions, launch, load_rows, mask_scores,
-    position_bias, position_geometry, position_scores, saturated_terms, seq_bucket, store_rows, token_ranges,
-    index_table, token_span, triton_variant, upcast_dots,
+    autotuned, band_bias, band_edge_terms, batch_slices, bias_layout, block_d, dot, index_table, key_regions, launch,
+    load_rows, mask_scores, position_bias, position_geometry, position_scores, saturated_operand, seq_bucket,
+    store_rows, token_ranges, token_span, triton_variant, upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -32,10 +33,10 @@ __all__ = ["attention_forward"]
 # (common.prune_configs); the first that survives the prune filter is the default when autotuning is off.
 # ptxas (sm_90, bf16, D 64, c2p + p2c + mask, arguments specialized as a launch does; compile_check), with Triton
 # 3.6 (the GPU machines') / 3.8: 128 x 64 uses 254 registers, no spills, under 8 warps (one program per
-# multiprocessor); 48 / 452 bytes of spills under 4. (D 128's default, 64 x 64 under 4 warps: none / 24 bytes.)
+# multiprocessor); 32 / 412 bytes of spills under 4. (At D 128, 128 x 64 under 8 warps: none / 32 bytes.)
 # The last three cap the registers so that more programs share a multiprocessor (65536 registers): 64 x 64 under
-# 8 warps at 128 (two programs; spills none / 20 bytes), 64 x 64 and 64 x 32 under 4 warps at 168 (three
-# programs; 28 / 20 and none / 4 bytes). With dropout the cap costs more (136 / 264 bytes at 64 x 64, 4 warps);
+# 8 warps at 128 (two programs; spills none / 36 bytes), 64 x 64 and 64 x 32 under 4 warps at 168 (three
+# programs; 20 / 4 and none / none). With dropout the cap costs more (116 / 188 bytes at 64 x 64, 4 warps);
 # only a tuning run can say whether the extra programs pay for their spills.
 _FWD_SHAPES = [
     (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 64, 8, 3), (128, 32, 8, 3),
@@ -45,7 +46,7 @@ _FWD_SHAPES = [
 
 @triton.jit
 def _fwd_tiles(
-    acc, l_i, m_i, q, row_ok, c2p_hi, c2p_lo, i0, offs_m, start, end,
+    acc, l_i, m_i, q, row_ok, row_off, c2p_hi, c2p_lo, i0, offs_m, start, end,
     K, V, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, MASK_B, seed, offset, bh,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
     N, two_s, R_HI, R_LO, qk_scale, dropout_p,
@@ -56,27 +57,34 @@ def _fwd_tiles(
     INDEX_REVERSED: tl.constexpr,
 ):
     """Online-softmax update of (acc, l_i, m_i) over the key tiles [start, end) of one kind (MODE).
-    ``c2p_hi`` / ``c2p_lo``: the rows' c2p values at position rows 2S - 1 / 0 ([BLOCK_M, 1], or 0.0)."""
+
+    ``q``: the dot's query operand, in saturated tiles the queries with the p2c term folded in
+    (common.saturated_operand); ``row_off``: what the rows' scores in these tiles get added after scaling
+    ([BLOCK_M]: the c2p term times the scale in saturated tiles, 0 on fully padded rows; 0.0 otherwise).
+    ``c2p_hi`` / ``c2p_lo``: the rows' c2p values at position rows 2S - 1 / 0 ([BLOCK_M, 1], or 0.0), which
+    band tiles read under BAND_BIAS for their pairs beyond the band."""
     for start_n in range(start, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_in = offs_n < N
         k = load_rows(K, offs_n, stride_kn, stride_kd, N, HEAD_DIM, BLOCK_D, CHECK_N)
         v = load_rows(V, offs_n, stride_vn, stride_vd, N, HEAD_DIM, BLOCK_D, CHECK_N)
         s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
-        if MODE != PLAIN:
-            sat_hi, sat_lo = saturated_terms(c2p_hi, c2p_lo, P2C, offs_n, col_in, two_s, HAS_P2C, MODE, BAND_BIAS)
+        if MODE == BAND:
+            sat_hi = 0.0
+            sat_lo = 0.0
+            if BAND_BIAS:
+                sat_hi, sat_lo = band_edge_terms(c2p_hi, c2p_lo, P2C, offs_n, col_in, two_s, HAS_P2C)
             valid = (offs_m[:, None] < N) & col_in[None, :]
             s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset,
-                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, MODE, HAS_C2P, HAS_P2C, INDEX_REVERSED,
-                               BAND_BIAS)
-        s = s * qk_scale
+                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS)
         col_ok = col_in
         if HAS_MASK:
             col_ok = tl.load(MASK_B + offs_n * stride_mn, mask=col_in, other=0) != 0
         s = mask_scores(s, row_ok[:, None], col_ok[None, :], col_in[None, :], HAS_MASK, MASKED_ZERO, CHECK_N)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # scores in log2 units: s * qk_scale + row_off, the scale applied once, in the exponent's FMA
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale + row_off)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key seen yet
-        p = tl.math.exp2(s - m_safe[:, None])
+        p = tl.math.exp2(s * qk_scale + (row_off - m_safe)[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:
@@ -90,11 +98,12 @@ def _fwd_tiles(
 @autotuned("fwd", _FWD_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M", wide_owned=128)
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, C2P, P2C, TABLE, BIAS, MASK, RANGE, PHILOX, O, LSE,  # TABLE: common.index_table's (INDEX_REVERSED)
+    Q, K, V, C2P, P2C, POS_Q, TABLE, BIAS, MASK, RANGE, PHILOX, O, LSE,  # TABLE: common.index_table's (INDEX_REVERSED)
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
+    stride_ph, stride_pn, stride_pd,
     stride_mb, stride_mn,
     B, H, N, BH0, R_HI, R_LO, two_s, BIAS_ROW, BIAS_OFFSET, BIAS_PLANE, qk_scale, dropout_p, SEQ_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -149,33 +158,44 @@ def _attn_fwd_kernel(
 
     if HAS_C2P or HAS_P2C:
         hi_end, lo_start = key_regions(i0, N, R_HI, R_LO, BLOCK_M, BLOCK_N)
+        # Saturated tiles: the p2c term folded into the queries, the c2p term one value per row (zero on fully
+        # padded rows, whose scores are one constant). Band tiles gather both.
+        POS_Q += h64 * stride_ph
+        q_hi = saturated_operand(q, POS_Q, two_s - 1, stride_pn, stride_pd, HAS_P2C, HEAD_DIM, BLOCK_D)
+        q_lo = saturated_operand(q, POS_Q, 0, stride_pn, stride_pd, HAS_P2C, HEAD_DIM, BLOCK_D)
         c2p_hi = 0.0
         c2p_lo = 0.0
+        off_hi = 0.0
+        off_lo = 0.0
         if HAS_C2P:
-            c2p_hi = tl.load(C2P + offs_m * two_s + (two_s - 1), mask=row_in, other=0.0).to(tl.float32)[:, None]
-            c2p_lo = tl.load(C2P + offs_m * two_s, mask=row_in, other=0.0).to(tl.float32)[:, None]
+            c2p_hi = tl.load(C2P + offs_m * two_s + (two_s - 1), mask=row_in, other=0.0).to(tl.float32)
+            c2p_lo = tl.load(C2P + offs_m * two_s, mask=row_in, other=0.0).to(tl.float32)
+            off_hi = tl.where(row_ok, c2p_hi * qk_scale, 0.0)
+            off_lo = tl.where(row_ok, c2p_lo * qk_scale, 0.0)
+            c2p_hi = c2p_hi[:, None]
+            c2p_lo = c2p_lo[:, None]
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, row_ok, c2p_hi, c2p_lo, i0, offs_m, key_lo, tl.minimum(hi_end, key_hi),
+            acc, l_i, m_i, q_hi, row_ok, off_hi, c2p_hi, c2p_lo, i0, offs_m, key_lo, tl.minimum(hi_end, key_hi),
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, row_ok, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(hi_end, key_lo),
+            acc, l_i, m_i, q, row_ok, 0.0, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(hi_end, key_lo),
             tl.minimum(lo_start, key_hi),
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, row_ok, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(lo_start, key_lo), key_hi,
+            acc, l_i, m_i, q_lo, row_ok, off_lo, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(lo_start, key_lo), key_hi,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
     else:
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, row_ok, 0.0, 0.0, i0, offs_m, key_lo, key_hi,
+            acc, l_i, m_i, q, row_ok, 0.0, 0.0, 0.0, i0, offs_m, key_lo, key_hi,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
@@ -234,11 +254,12 @@ def attention_forward(
         heads = (part.stop - part.start) * H
         launch(
             _attn_fwd_kernel, lambda meta, heads=heads: (triton.cdiv(N, meta["BLOCK_M"]) * heads,),
-            q[part], k[part], v[part], _or(c2p, lse), _or(p2c, lse), table, bias,
+            q[part], k[part], v[part], _or(c2p, lse), _or(p2c, lse), _or(pos_query, lse), table, bias,
             part_mask.view(torch.uint8) if mask is not None else lse, ranges[part] if mask is not None else lse,
             philox if dropout else lse,
             out[part], lse[part],
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *(mask.stride() if mask is not None else (0, 0)),
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            *(pos_query.stride() if pos_query is not None else (0, 0, 0)), *(mask.stride() if mask is not None else (0, 0)),
             part.stop - part.start, H, N, part.start * H, geometry.r_hi if geometry else N, geometry.r_lo if geometry else N,
             two_s, layout.row, layout.offset, layout.plane, scale * LOG2E, float(dropout_p), seq_bucket(N),
             **flags, BAND_BIAS=layout.plane > 0, INDEX_REVERSED=index_reversed,

@@ -611,61 +611,62 @@ def token_span(RANGE, b, ok, inside, N, BLOCK: tl.constexpr, PADDED_NEED_ALL: tl
 
 @triton.jit
 def position_bias(i, j, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO, sat_hi, sat_lo,
-                  MODE: tl.constexpr, HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, REVERSED: tl.constexpr,
-                  BAND_BIAS: tl.constexpr):
-    """Unscaled q_i . pos_key[d] + k_j . pos_query[d] for the pairs (i, j) of a tile (i, j broadcast).
+                  HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, REVERSED: tl.constexpr, BAND_BIAS: tl.constexpr):
+    """Unscaled q_i . pos_key[d] + k_j . pos_query[d] for the pairs (i, j) of a band tile (i, j broadcast).
 
-    Saturated tiles return ``sat_hi`` (SAT_HI) or ``sat_lo`` (SAT_LO): the sums of the per-row c2p and per-column
-    p2c vectors of row 2S - 1 / row 0 the caller loaded (0.0 for an absent term). BAND tiles gather d from the
-    table (REVERSED: TABLE is ``PositionGeometry.table_rev``) and the terms from the [N, 2S] matrices
-    C2P = Q pos_key^T and P2C = K pos_query^T; under BAND_BIAS they read the band pairs' sums from
-    :func:`band_bias`'s buffer (``BIAS``, :class:`BiasLayout` ``bias_row`` / ``bias_offset``) and take ``sat_hi``
-    / ``sat_lo`` for the tile's pairs beyond the band.
+    Band tiles gather d from the table (REVERSED: TABLE is ``PositionGeometry.table_rev``) and the terms from the
+    [N, 2S] matrices C2P = Q pos_key^T and P2C = K pos_query^T; under BAND_BIAS they read the band pairs' sums
+    from :func:`band_bias`'s buffer (``BIAS``, :class:`BiasLayout` ``bias_row`` / ``bias_offset``) and take
+    ``sat_hi`` / ``sat_lo`` (:func:`band_edge_terms`) for the tile's pairs beyond the band. (Saturated tiles
+    need none of this: :func:`saturated_operand`.)
     """
-    if MODE == BAND:
-        if BAND_BIAS:
-            # Every pair with i, j < N addresses a slot inside the plane (i * row + j + offset < plane), so the
-            # load needs no band test (a mask constant along keys keeps it vectorized): a pair beyond the band
-            # reads some other pair's slot, which the saturated value then replaces.
-            r = i - j
-            bias = tl.load(BIAS + i * bias_row + j + bias_offset, mask=valid, other=0.0).to(tl.float32)
-            bias = tl.where(r >= R_HI, sat_hi, tl.where(r <= -R_LO, sat_lo, bias))
-        else:
-            if REVERSED:
-                d = tl.load(TABLE + (j - i + N - 1), mask=valid, other=0)
-            else:
-                d = tl.load(TABLE + (i - j + N - 1), mask=valid, other=0)
-            if HAS_C2P:
-                bias = tl.load(C2P + i * two_s + d, mask=valid, other=0.0).to(tl.float32)
-                if HAS_P2C:
-                    bias += tl.load(P2C + j * two_s + d, mask=valid, other=0.0).to(tl.float32)
-            else:
-                bias = tl.load(P2C + j * two_s + d, mask=valid, other=0.0).to(tl.float32)
-    elif MODE == SAT_HI:
-        bias = sat_hi
+    if BAND_BIAS:
+        # Every pair with i, j < N addresses a slot inside the plane (i * row + j + offset < plane), so the
+        # load needs no band test (a mask constant along keys keeps it vectorized): a pair beyond the band
+        # reads some other pair's slot, which the saturated value then replaces.
+        r = i - j
+        bias = tl.load(BIAS + i * bias_row + j + bias_offset, mask=valid, other=0.0).to(tl.float32)
+        bias = tl.where(r >= R_HI, sat_hi, tl.where(r <= -R_LO, sat_lo, bias))
     else:
-        bias = sat_lo
+        if REVERSED:
+            d = tl.load(TABLE + (j - i + N - 1), mask=valid, other=0)
+        else:
+            d = tl.load(TABLE + (i - j + N - 1), mask=valid, other=0)
+        if HAS_C2P:
+            bias = tl.load(C2P + i * two_s + d, mask=valid, other=0.0).to(tl.float32)
+            if HAS_P2C:
+                bias += tl.load(P2C + j * two_s + d, mask=valid, other=0.0).to(tl.float32)
+        else:
+            bias = tl.load(P2C + j * two_s + d, mask=valid, other=0.0).to(tl.float32)
     return bias
 
 
 @triton.jit
-def saturated_terms(own_hi, own_lo, OTHER, cols, col_in, two_s, HAS_OTHER: tl.constexpr, MODE: tl.constexpr,
-                    BAND_BIAS: tl.constexpr):
-    """(sat_hi, sat_lo) of :func:`position_bias` for a tile (those its MODE uses, else 0.0): the position term
-    of its pairs at rows 2S - 1 and 0, the program's own per-row values (``own_hi`` / ``own_lo``: [rows, 1]
-    or 0.0) plus the other side's at the tile's columns ``cols``, read from OTHER ([N, 2S] of this (head,
-    sequence): P2C when the rows are queries, C2P when they are keys)."""
-    sat_hi = 0.0
-    sat_lo = 0.0
-    if MODE == SAT_HI or (MODE == BAND and BAND_BIAS):
-        sat_hi = own_hi
-        if HAS_OTHER:
-            sat_hi += tl.load(OTHER + cols * two_s + (two_s - 1), mask=col_in, other=0.0).to(tl.float32)[None, :]
-    if MODE == SAT_LO or (MODE == BAND and BAND_BIAS):
-        sat_lo = own_lo
-        if HAS_OTHER:
-            sat_lo += tl.load(OTHER + cols * two_s, mask=col_in, other=0.0).to(tl.float32)[None, :]
+def band_edge_terms(own_hi, own_lo, OTHER, cols, col_in, two_s, HAS_OTHER: tl.constexpr):
+    """(sat_hi, sat_lo) of :func:`position_bias` for a band tile under BAND_BIAS: the position term of its pairs
+    at rows 2S - 1 and 0, the program's own per-row values (``own_hi`` / ``own_lo``: [rows, 1] or 0.0) plus the
+    other side's at the tile's columns ``cols``, read from OTHER ([N, 2S] of this (head, sequence): P2C when the
+    rows are queries, C2P when they are keys)."""
+    sat_hi = own_hi
+    sat_lo = own_lo
+    if HAS_OTHER:
+        sat_hi += tl.load(OTHER + cols * two_s + (two_s - 1), mask=col_in, other=0.0).to(tl.float32)[None, :]
+        sat_lo += tl.load(OTHER + cols * two_s, mask=col_in, other=0.0).to(tl.float32)[None, :]
     return sat_hi, sat_lo
+
+
+@triton.jit
+def saturated_operand(x, POS, row, stride_pn, stride_pd, HAS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                      BLOCK_D: tl.constexpr):
+    """``x + POS[row]`` in x's dtype ([rows, BLOCK_D]; POS this head's [2S, D] table), or x when not HAS.
+
+    In a saturated tile every pair uses one position row, so the other side's position term folds into this
+    side's operand: q_i . k_j + k_j . pos_query[row] = (q_i + pos_query[row]) . k_j. Such tiles then run one
+    dot and add one value per row of the program (its own term at that row), with no per-tile position loads.
+    The sum is rounded to x's dtype (the dot's input type), as the materialized C2P / P2C are."""
+    if HAS:
+        x = (x.to(tl.float32) + load_vector(POS + row * stride_pn, stride_pd, HEAD_DIM, BLOCK_D)[None, :]).to(x.dtype)
+    return x
 
 
 @triton.jit

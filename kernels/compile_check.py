@@ -37,11 +37,11 @@ def _pointer_types(kernel_name: str, dtype: torch.dtype) -> dict[str, str]:
     common = dict(Q=io, K=io, V=io, C2P=io, P2C=io, TABLE="*i32", BIAS=io, MASK="*u8", RANGE="*i32", PHILOX="*i64",
                   LSE="*fp32")
     if kernel_name == "fwd":
-        return dict(common, O=io)
-    common.update(DO=io, DELTA="*fp32")
+        return dict(common, O=io, POS_Q=io)
+    common.update(DO=io, DELTA="*fp32", POS_K=io, POS_Q=io)
     if kernel_name == "dkdv":
-        return dict(common, POS_Q=io, DK="*fp32", DV=io, BAND_K=io, SAT_K="*fp32", DQ="*fp32", BAND_Q=io, SAT_Q="*fp32")
-    return dict(common, POS_K=io, DQ="*fp32", BAND_Q=io, SAT_Q="*fp32")
+        return dict(common, DK="*fp32", DV=io, BAND_K=io, SAT_K="*fp32", DQ="*fp32", BAND_Q=io, SAT_Q="*fp32")
+    return dict(common, DQ="*fp32", BAND_Q=io, SAT_Q="*fp32")
 
 
 KERNELS = {
@@ -69,7 +69,10 @@ def launch_values(name: str, *, head_dim: int = 64, seq_len: int = 4096, batch: 
         match = re.fullmatch(r"stride_[a-z]+([bhnd])", arg)
         if match:
             values[arg] = rows[match.group(1)]
-    values.update(stride_ph=two_s * head_dim, stride_pn=head_dim, stride_pd=1, stride_mb=seq_len, stride_mn=1)
+    # the position tables [H, 2S, D] as the model passes them: [2S, H, D] projections, transposed
+    table = dict(h=head_dim, n=heads * head_dim, d=1)
+    values.update({f"stride_{t}{axis}": table[axis] for t in ("pk", "pq", "p") for axis in "hnd"})
+    values.update(stride_mb=seq_len, stride_mn=1)
     width = (r_hi + r_lo - 1 + 7) // 8 * 8
     values.update(B=batch, H=heads, N=seq_len, BH0=0, R_HI=r_hi, R_LO=r_lo, two_s=two_s, W=width,
                   SEQ_BUCKET=seq_len)
