@@ -15,6 +15,8 @@
 Saturated tiles recompute their scores with one dot and no per-tile position loads (common.saturated_operand):
 the dK/dV programs fold the c2p term into their keys (k + pos_key[row]) and add their keys' own p2c values, the
 dQ programs fold the p2c term into their queries and add their rows' c2p values in the exponent, as the forward.
+INNER band tiles (common.inner_band) store dS by distance without edge or bounds tests and add nothing to the
+saturated sums.
 
 Padded batches: the dQ programs visit only their sequence's token hull of keys (dS is zero on every pair with
 a padded side), and under masked_rows="zero" the dK/dV programs only its token hull of queries; the band
@@ -45,10 +47,11 @@ import triton
 import triton.language as tl
 
 from .common import (  # noqa: F401  (BACKWARD_ENV, backward_mode: this module's switch, defined with the others)
-    BACKWARD_ENV, BAND, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
-    autotuned, backward_mode, band_bias, band_edge_terms, batch_slices, bias_layout, block_d, dot, index_table,
-    key_regions, launch, load_rows, load_vector, mask_scores, position_bias, position_geometry, position_scores,
-    query_regions, saturated_operand, seq_bucket, store_rows, token_ranges, token_span, triton_variant, upcast_dots,
+    BACKWARD_ENV, BAND, INNER, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
+    autotuned, backward_mode, band_bias, band_edge_terms, band_runs, batch_slices, bias_layout, block_d, dot,
+    index_table, inner_band, key_regions, launch, load_rows, load_vector, mask_scores, position_bias,
+    position_geometry, position_scores, query_regions, saturated_operand, seq_bucket, store_rows, tile_count,
+    tile_start, token_ranges, token_span, triton_variant, upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -57,9 +60,9 @@ __all__ = ["attention_backward"]
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). dK/dV owns BLOCK_N keys, dQ owns BLOCK_M queries; the first
 # config surviving the prune filter is the default (D <= 64: 32 x 128 / 128 x 32; D 128: 16 x 64 / 64 x 32).
 # ptxas, sm_90, bf16, c2p + p2c + mask (compile_check, arguments specialized as a launch does), with Triton 3.6 (the
-# GPU machines') / 3.8: dK/dV 32 x 128 at D 64 spills 12 / 276 bytes (on 3.6 outside the loops: the saturated
-# tiles' key operands; 32 x 64 under 8 warps: none / none); dQ 128 x 32 none / 8 bytes (196 / 255 registers); at
-# D 128 dK/dV none / none, dQ none / 48 bytes.
+# GPU machines') / 3.8: dK/dV 32 x 128 at D 64 spills 24 / 56 bytes (on 3.6 outside the loops: the saturated
+# tiles' key operands; 32 x 64 under 8 warps: none / none); dQ 128 x 32 none / none (218 / 255 registers); at
+# D 128 dK/dV none / none, dQ none / 8 bytes.
 _DKDV_SHAPES = [
     (32, 128, 8, 2), (16, 64, 8, 2), (64, 64, 8, 3), (32, 64, 4, 3), (32, 64, 8, 2), (64, 128, 8, 2), (16, 16, 4, 2),
 ]
@@ -149,7 +152,7 @@ def _band_buffer(rows_are_queries: bool, heads: int, batch: int, N: int, width: 
 
 @triton.jit
 def _dkdv_tiles(
-    dk, dv, t_hi, t_lo, k, kt, own, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, start, end,
+    dk, dv, t_hi, t_lo, k, kt, own, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, start, end, gap_lo, gap_hi,
     Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, MASK_B, BAND_K, seed, offset, bh,
     DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
     stride_qn, stride_qd, stride_dn, stride_dd, stride_mn,
@@ -160,7 +163,8 @@ def _dkdv_tiles(
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FUSED_DQ: tl.constexpr,
     BAND_BIAS: tl.constexpr, INDEX_REVERSED: tl.constexpr,
 ):
-    """Accumulate over the query tiles [start, end) of one kind (MODE); scores are transposed [keys, queries].
+    """Accumulate over the query tiles [start, end) less [gap_lo, gap_hi) (as the forward's ``_fwd_tiles``), all of
+    one kind (MODE); scores are transposed [keys, queries].
     ``kt``: the scores' key operand, in saturated tiles the keys with the c2p term folded in
     (common.saturated_operand; ``k`` itself is what dQ needs); ``own``: the keys' p2c values at the position
     row of saturated tiles ([BLOCK_N, 1], or 0.0). ``p2c_hi`` / ``p2c_lo``: the keys' p2c values at rows 2S - 1
@@ -170,7 +174,8 @@ def _dkdv_tiles(
     the c2p part of dS summed over saturated pairs into SAT_Q_LO / SAT_Q_HI (fp32, zeroed) and stored by
     distance in BAND_Q (``band_q[i, i - j + r_lo - 1]``)."""
     col_in = offs_n < N
-    for start_m in range(start, end, BLOCK_M):
+    for t in range(0, tile_count(start, end, gap_lo, gap_hi, BLOCK_M)):
+        start_m = tile_start(t, start, gap_lo, gap_hi, BLOCK_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_in = offs_m < N
         q = load_rows(Q, offs_m, stride_qn, stride_qd, N, HEAD_DIM, BLOCK_D, CHECK_M)
@@ -178,14 +183,15 @@ def _dkdv_tiles(
         lse2 = tl.load(LSE + offs_m, mask=row_in, other=float("inf")) * K_LOG2E
         delta = tl.load(DELTA + offs_m, mask=row_in, other=0.0)
         s = dot(kt, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), PREC, UPCAST)
-        if MODE == BAND:
+        valid = col_in[:, None] & row_in[None, :]
+        if MODE == BAND or MODE == INNER:
             sat_hi = 0.0
             sat_lo = 0.0
-            if BAND_BIAS:
+            if BAND_BIAS and MODE == BAND:
                 sat_hi, sat_lo = band_edge_terms(p2c_hi, p2c_lo, C2P, offs_m, row_in, two_s, HAS_C2P)
-            valid = col_in[:, None] & row_in[None, :]
             s += position_bias(offs_m[None, :], offs_n[:, None], valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset,
-                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS)
+                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS,
+                               MODE == BAND)
         elif MODE != PLAIN:
             s += own  # before the mask: a fully padded query row's scores stay one constant
         row_ok = row_in
@@ -210,6 +216,9 @@ def _dkdv_tiles(
                 t_hi += tl.sum(ds, 1)
             elif MODE == SAT_LO:
                 t_lo += tl.sum(ds, 1)
+            elif MODE == INNER:
+                r = offs_m[None, :] - offs_n[:, None]
+                tl.store(BAND_K + offs_n[:, None] * W + (r + (R_LO - 1)), ds.to(BAND_K.dtype.element_ty))
             else:
                 r = offs_m[None, :] - offs_n[:, None]
                 t_hi += tl.sum(tl.where(r >= R_HI, ds, 0.0), 1)
@@ -217,7 +226,7 @@ def _dkdv_tiles(
                 in_band = (r > -R_LO) & (r < R_HI) & valid
                 tl.store(BAND_K + offs_n[:, None] * W + (r + (R_LO - 1)), ds.to(BAND_K.dtype.element_ty), mask=in_band)
         if FUSED_DQ:
-            if not HAS_MASK:  # keys past N (whose dK / dV rows are never stored) must not reach the queries' sums
+            if not HAS_MASK and MODE != INNER:  # keys past N (their dK / dV rows are never stored) must not reach dQ
                 ds = tl.where(col_in[:, None], ds, 0.0)
             offs_d = tl.arange(0, BLOCK_D)
             dq = dot(tl.trans(ds.to(k.dtype)), k, tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), PREC, UPCAST)
@@ -228,6 +237,9 @@ def _dkdv_tiles(
                     tl.atomic_add(SAT_Q_HI + offs_m, tl.sum(ds, 0), mask=row_in, sem="relaxed")
                 elif MODE == SAT_LO:
                     tl.atomic_add(SAT_Q_LO + offs_m, tl.sum(ds, 0), mask=row_in, sem="relaxed")
+                elif MODE == INNER:
+                    r = offs_m[None, :] - offs_n[:, None]
+                    tl.store(BAND_Q + offs_m[None, :] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty))
                 else:
                     r = offs_m[None, :] - offs_n[:, None]
                     tl.atomic_add(SAT_Q_HI + offs_m, tl.sum(tl.where(r >= R_HI, ds, 0.0), 0), mask=row_in, sem="relaxed")
@@ -312,31 +324,46 @@ def _dkdv_kernel(
         # Saturated tiles: the c2p term folded into the keys, the p2c term one value per key.
         POS_K += h * stride_pkh
         k_lo = saturated_operand(k, POS_K, 0, stride_pkn, stride_pkd, HAS_C2P, HEAD_DIM, BLOCK_D)
+        lo_stop = tl.minimum(lo_end, q_hi)
         p2c_hi = 0.0
         p2c_lo = 0.0
         if HAS_P2C:
             p2c_hi = tl.load(P2C + offs_n * two_s + (two_s - 1), mask=col_in, other=0.0).to(tl.float32)[:, None]
             p2c_lo = tl.load(P2C + offs_n * two_s, mask=col_in, other=0.0).to(tl.float32)[:, None]
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, k_lo, p2c_lo, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, q_lo, tl.minimum(lo_end, q_hi),
+            dk, dv, t_hi, t_lo, k, k_lo, p2c_lo, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, q_lo, lo_stop, lo_stop, lo_stop,
             Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
+        band_start = tl.maximum(lo_end, q_lo)
+        band_end = tl.minimum(hi_start, q_hi)
+        inner_lo, inner_hi = inner_band(j0, N, R_LO, R_HI, BLOCK_N, BLOCK_M)
+        inner_start, inner_end = band_runs(band_start, band_end, inner_lo, inner_hi)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, k, 0.0, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, tl.maximum(lo_end, q_lo),
-            tl.minimum(hi_start, q_hi),
+            dk, dv, t_hi, t_lo, k, k, 0.0, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, band_start, band_end,
+            inner_start, inner_end,
             Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
+        dk, dv, t_hi, t_lo = _dkdv_tiles(
+            dk, dv, t_hi, t_lo, k, k, 0.0, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, inner_start, inner_end,
+            inner_end, inner_end,
+            Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_K, seed, offset, global_bh,
+            DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
+            stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
+            N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
+            INNER, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
         k_hi = saturated_operand(k, POS_K, two_s - 1, stride_pkn, stride_pkd, HAS_C2P, HEAD_DIM, BLOCK_D)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, k_hi, p2c_hi, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, tl.maximum(hi_start, q_lo), q_hi,
+            dk, dv, t_hi, t_lo, k, k_hi, p2c_hi, v, col_ok, p2c_hi, p2c_lo, j0, offs_n,
+            tl.maximum(hi_start, q_lo), q_hi, q_hi, q_hi,
             Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
@@ -345,7 +372,7 @@ def _dkdv_kernel(
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
     else:
         dk, dv, t_hi, t_lo = _dkdv_tiles(
-            dk, dv, t_hi, t_lo, k, k, 0.0, v, col_ok, 0.0, 0.0, j0, offs_n, q_lo, q_hi,
+            dk, dv, t_hi, t_lo, k, k, 0.0, v, col_ok, 0.0, 0.0, j0, offs_n, q_lo, q_hi, q_hi, q_hi,
             Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_K, seed, offset, global_bh,
             DQ, BAND_Q, SAT_Q_LO, SAT_Q_HI, stride_dqn, stride_dqd, scale,
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
@@ -371,7 +398,7 @@ def _dkdv_kernel(
 
 @triton.jit
 def _dq_tiles(
-    dq, s_hi, s_lo, q, do, lse2, delta, row_ok, row_off, c2p_hi, c2p_lo, i0, offs_m, start, end,
+    dq, s_hi, s_lo, q, do, lse2, delta, row_ok, row_off, c2p_hi, c2p_lo, i0, offs_m, start, end, gap_lo, gap_hi,
     K, V, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, MASK_B, BAND_Q, seed, offset, bh,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
     N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
@@ -381,24 +408,27 @@ def _dq_tiles(
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr,
     INDEX_REVERSED: tl.constexpr,
 ):
-    """Accumulate over the key tiles [start, end) of one kind (MODE). ``q``: the scores' query operand and
+    """Accumulate over the key tiles [start, end) less [gap_lo, gap_hi) (as the forward's ``_fwd_tiles``), all of one
+    kind (MODE). ``q``: the scores' query operand and
     ``row_off`` the rows' scaled additions, as in the forward's ``_fwd_tiles``; ``c2p_hi`` / ``c2p_lo``: the rows'
     c2p values at position rows 2S - 1 / 0 ([BLOCK_M, 1], or 0.0), for band tiles under BAND_BIAS."""
     row_in = offs_m < N
-    for start_n in range(start, end, BLOCK_N):
+    for t in range(0, tile_count(start, end, gap_lo, gap_hi, BLOCK_N)):
+        start_n = tile_start(t, start, gap_lo, gap_hi, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_in = offs_n < N
         k = load_rows(K, offs_n, stride_kn, stride_kd, N, HEAD_DIM, BLOCK_D, CHECK_N)
         v = load_rows(V, offs_n, stride_vn, stride_vd, N, HEAD_DIM, BLOCK_D, CHECK_N)
         s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
         valid = row_in[:, None] & col_in[None, :]
-        if MODE == BAND:
+        if MODE == BAND or MODE == INNER:
             sat_hi = 0.0
             sat_lo = 0.0
-            if BAND_BIAS:
+            if BAND_BIAS and MODE == BAND:
                 sat_hi, sat_lo = band_edge_terms(c2p_hi, c2p_lo, P2C, offs_n, col_in, two_s, HAS_P2C)
             s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset,
-                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS)
+                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS,
+                               MODE == BAND)
         col_ok = col_in
         if HAS_MASK:
             col_ok = tl.load(MASK_B + offs_n * stride_mn, mask=col_in, other=0) != 0
@@ -417,6 +447,9 @@ def _dq_tiles(
                 s_hi += tl.sum(ds, 1)
             elif MODE == SAT_LO:
                 s_lo += tl.sum(ds, 1)
+            elif MODE == INNER:
+                r = offs_m[:, None] - offs_n[None, :]
+                tl.store(BAND_Q + offs_m[:, None] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty))
             else:
                 r = offs_m[:, None] - offs_n[None, :]
                 s_hi += tl.sum(tl.where(r >= R_HI, ds, 0.0), 1)
@@ -491,6 +524,7 @@ def _dq_kernel(
         # Saturated tiles as in the forward: the p2c term folded into the queries, the c2p term per row.
         POS_Q += h * stride_pqh
         q_hi = saturated_operand(q, POS_Q, two_s - 1, stride_pqn, stride_pqd, HAS_P2C, HEAD_DIM, BLOCK_D)
+        hi_stop = tl.minimum(hi_end, key_hi)
         c2p_hi = 0.0
         c2p_lo = 0.0
         off_hi = 0.0
@@ -503,25 +537,37 @@ def _dq_kernel(
             c2p_hi = c2p_hi[:, None]
             c2p_lo = c2p_lo[:, None]
         dq, s_hi, s_lo = _dq_tiles(
-            dq, s_hi, s_lo, q_hi, do, lse2, delta, row_ok, off_hi, c2p_hi, c2p_lo, i0, offs_m, key_lo,
-            tl.minimum(hi_end, key_hi),
+            dq, s_hi, s_lo, q_hi, do, lse2, delta, row_ok, off_hi, c2p_hi, c2p_lo, i0, offs_m, key_lo, hi_stop, hi_stop,
+            hi_stop,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
+        band_start = tl.maximum(hi_end, key_lo)
+        band_end = tl.minimum(lo_start, key_hi)
+        inner_lo, inner_hi = inner_band(i0, N, R_HI, R_LO, BLOCK_M, BLOCK_N)
+        inner_start, inner_end = band_runs(band_start, band_end, inner_lo, inner_hi)
         dq, s_hi, s_lo = _dq_tiles(
-            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(hi_end, key_lo),
-            tl.minimum(lo_start, key_hi),
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, c2p_hi, c2p_lo, i0, offs_m, band_start, band_end,
+            inner_start, inner_end,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
+        dq, s_hi, s_lo = _dq_tiles(
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, c2p_hi, c2p_lo, i0, offs_m, inner_start, inner_end,
+            inner_end, inner_end,
+            K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_Q, seed, offset, global_bh,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+            N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
+            INNER, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
         q_lo = saturated_operand(q, POS_Q, 0, stride_pqn, stride_pqd, HAS_P2C, HEAD_DIM, BLOCK_D)
         dq, s_hi, s_lo = _dq_tiles(
             dq, s_hi, s_lo, q_lo, do, lse2, delta, row_ok, off_lo, c2p_hi, c2p_lo, i0, offs_m,
-            tl.maximum(lo_start, key_lo), key_hi,
+            tl.maximum(lo_start, key_lo), key_hi, key_hi, key_hi,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
@@ -529,7 +575,7 @@ def _dq_kernel(
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
     else:
         dq, s_hi, s_lo = _dq_tiles(
-            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, 0.0, 0.0, i0, offs_m, key_lo, key_hi,
+            dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, 0.0, 0.0, i0, offs_m, key_lo, key_hi, key_hi, key_hi,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_Q, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,

@@ -6,7 +6,8 @@ saturated-high tiles (every pair has i - j >= r_hi, position row 2S - 1), band t
 the index table) and saturated-low tiles (row 0). Saturated tiles run the dot on the queries with the p2c term
 folded in (q + pos_query[row], common.saturated_operand) and add the rows' c2p values in the exponent: no
 gather and no per-tile load beyond K and V, so at long sequences, where most tiles are saturated, they cost
-what a plain attention tile costs. Under DEBERTA_FAST_TRITON_BAND=bias the band
+what a plain attention tile costs. Band tiles whose pairs all lie inside the band and the sequence (INNER,
+common.inner_band: most of the band beyond short sequences) gather without edge or bounds tests. Under DEBERTA_FAST_TRITON_BAND=bias the band
 tiles read each pair's c2p + p2c from common.band_bias's buffer (built per call, before the kernel) instead. In a padded batch a tile of token rows
 visits only the key tiles of its sequence's token hull (common.token_span; a tile holding a fully padded
 row visits every key under masked_rows="uniform", none of its own under "zero"). Stores O and the row
@@ -20,10 +21,11 @@ import triton
 import triton.language as tl
 
 from .common import (
-    BAND, K_LN2, LOG2E, PLAIN, SAT_HI, SAT_LO,
-    autotuned, band_bias, band_edge_terms, batch_slices, bias_layout, block_d, dot, index_table, key_regions, launch,
-    load_rows, mask_scores, position_bias, position_geometry, position_scores, saturated_operand, seq_bucket,
-    store_rows, token_ranges, token_span, triton_variant, upcast_dots,
+    BAND, INNER, K_LN2, LOG2E, PLAIN, SAT_HI, SAT_LO,
+    autotuned, band_bias, band_edge_terms, band_runs, batch_slices, bias_layout, block_d, dot, index_table,
+    inner_band, key_regions, launch, load_rows, mask_scores, position_bias, position_geometry, position_scores,
+    saturated_operand, seq_bucket, store_rows, tile_count, tile_start, token_ranges, token_span, triton_variant,
+    upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -32,11 +34,11 @@ __all__ = ["attention_forward"]
 # (BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg]) for H100/H200-class GPUs, pruned per call
 # (common.prune_configs); the first that survives the prune filter is the default when autotuning is off.
 # ptxas (sm_90, bf16, D 64, c2p + p2c + mask, arguments specialized as a launch does; compile_check), with Triton
-# 3.6 (the GPU machines') / 3.8: 128 x 64 uses 254 registers, no spills, under 8 warps (one program per
-# multiprocessor); 32 / 412 bytes of spills under 4. (At D 128, 128 x 64 under 8 warps: none / 32 bytes.)
+# 3.6 (the GPU machines') / 3.8: 128 x 64 uses 255 / 254 registers, no spills, under 8 warps (one program per
+# multiprocessor); 424 / 884 bytes of spills under 4. (At D 128, 128 x 64 under 8 warps: none / 48 bytes.)
 # The last three cap the registers so that more programs share a multiprocessor (65536 registers): 64 x 64 under
-# 8 warps at 128 (two programs; spills none / 36 bytes), 64 x 64 and 64 x 32 under 4 warps at 168 (three
-# programs; 20 / 4 and none / none). With dropout the cap costs more (116 / 188 bytes at 64 x 64, 4 warps);
+# 8 warps at 128 (two programs; spills none / 16 bytes), 64 x 64 and 64 x 32 under 4 warps at 168 (three
+# programs; 48 / 60 and 4 / none). With dropout the cap costs more (236 / 220 bytes at 64 x 64, 4 warps);
 # only a tuning run can say whether the extra programs pay for their spills.
 _FWD_SHAPES = [
     (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 64, 8, 3), (128, 32, 8, 3),
@@ -46,7 +48,7 @@ _FWD_SHAPES = [
 
 @triton.jit
 def _fwd_tiles(
-    acc, l_i, m_i, q, row_ok, row_off, c2p_hi, c2p_lo, i0, offs_m, start, end,
+    acc, l_i, m_i, q, row_ok, row_off, c2p_hi, c2p_lo, i0, offs_m, start, end, gap_lo, gap_hi,
     K, V, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, MASK_B, seed, offset, bh,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
     N, two_s, R_HI, R_LO, qk_scale, dropout_p,
@@ -56,27 +58,30 @@ def _fwd_tiles(
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr,
     INDEX_REVERSED: tl.constexpr,
 ):
-    """Online-softmax update of (acc, l_i, m_i) over the key tiles [start, end) of one kind (MODE).
+    """Online-softmax update of (acc, l_i, m_i) over the key tiles [start, end) less [gap_lo, gap_hi) (the band
+    tiles around the inner ones; gap_lo = gap_hi = end for the other kinds), all of one kind (MODE).
 
     ``q``: the dot's query operand, in saturated tiles the queries with the p2c term folded in
     (common.saturated_operand); ``row_off``: what the rows' scores in these tiles get added after scaling
     ([BLOCK_M]: the c2p term times the scale in saturated tiles, 0 on fully padded rows; 0.0 otherwise).
     ``c2p_hi`` / ``c2p_lo``: the rows' c2p values at position rows 2S - 1 / 0 ([BLOCK_M, 1], or 0.0), which
     band tiles read under BAND_BIAS for their pairs beyond the band."""
-    for start_n in range(start, end, BLOCK_N):
+    for t in range(0, tile_count(start, end, gap_lo, gap_hi, BLOCK_N)):
+        start_n = tile_start(t, start, gap_lo, gap_hi, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_in = offs_n < N
         k = load_rows(K, offs_n, stride_kn, stride_kd, N, HEAD_DIM, BLOCK_D, CHECK_N)
         v = load_rows(V, offs_n, stride_vn, stride_vd, N, HEAD_DIM, BLOCK_D, CHECK_N)
         s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
-        if MODE == BAND:
+        if MODE == BAND or MODE == INNER:
             sat_hi = 0.0
             sat_lo = 0.0
-            if BAND_BIAS:
+            if BAND_BIAS and MODE == BAND:
                 sat_hi, sat_lo = band_edge_terms(c2p_hi, c2p_lo, P2C, offs_n, col_in, two_s, HAS_P2C)
             valid = (offs_m[:, None] < N) & col_in[None, :]
             s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset,
-                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS)
+                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS,
+                               MODE == BAND)
         col_ok = col_in
         if HAS_MASK:
             col_ok = tl.load(MASK_B + offs_n * stride_mn, mask=col_in, other=0) != 0
@@ -174,28 +179,41 @@ def _attn_fwd_kernel(
             off_lo = tl.where(row_ok, c2p_lo * qk_scale, 0.0)
             c2p_hi = c2p_hi[:, None]
             c2p_lo = c2p_lo[:, None]
+        hi_stop = tl.minimum(hi_end, key_hi)
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q_hi, row_ok, off_hi, c2p_hi, c2p_lo, i0, offs_m, key_lo, tl.minimum(hi_end, key_hi),
+            acc, l_i, m_i, q_hi, row_ok, off_hi, c2p_hi, c2p_lo, i0, offs_m, key_lo, hi_stop, hi_stop, hi_stop,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
+        # Band tiles: those wholly inside the band and the sequence (INNER) skip the edge and bounds tests; the
+        # others, on both sides of them, run in one loop.
+        band_start = tl.maximum(hi_end, key_lo)
+        band_end = tl.minimum(lo_start, key_hi)
+        inner_lo, inner_hi = inner_band(i0, N, R_HI, R_LO, BLOCK_M, BLOCK_N)
+        inner_start, inner_end = band_runs(band_start, band_end, inner_lo, inner_hi)
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, row_ok, 0.0, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(hi_end, key_lo),
-            tl.minimum(lo_start, key_hi),
+            acc, l_i, m_i, q, row_ok, 0.0, c2p_hi, c2p_lo, i0, offs_m, band_start, band_end, inner_start, inner_end,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
         acc, l_i, m_i = _fwd_tiles(
+            acc, l_i, m_i, q, row_ok, 0.0, c2p_hi, c2p_lo, i0, offs_m, inner_start, inner_end, inner_end, inner_end,
+            K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
+            INNER, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
+        acc, l_i, m_i = _fwd_tiles(
             acc, l_i, m_i, q_lo, row_ok, off_lo, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(lo_start, key_lo), key_hi,
+            key_hi, key_hi,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
     else:
         acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, row_ok, 0.0, 0.0, 0.0, i0, offs_m, key_lo, key_hi,
+            acc, l_i, m_i, q, row_ok, 0.0, 0.0, 0.0, i0, offs_m, key_lo, key_hi, key_hi, key_hi,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,

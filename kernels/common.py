@@ -40,6 +40,7 @@ PLAIN = tl.constexpr(0)  # no position terms
 BAND = tl.constexpr(1)  # gather c2p / p2c through the table
 SAT_HI = tl.constexpr(2)  # every pair has i - j >= r_hi: row 2S - 1
 SAT_LO = tl.constexpr(3)  # every pair has i - j <= -r_lo: row 0
+INNER = tl.constexpr(4)  # a band tile whose pairs all lie inside the band and the sequence (common.inner_band)
 
 LOG2E = 1.4426950408889634  # host side (scale * LOG2E)
 K_LOG2E = tl.constexpr(LOG2E)  # the same inside kernels (jit globals must be constexpr)
@@ -61,8 +62,8 @@ def _triton_version() -> tuple[int, int]:
 # Triton's coalescing pass lays such loads out with threads along the tile's fast axis from Triton 3.7 on, along
 # its slow axis in 3.6. The table load, contiguous along whichever axis its index grows, must get the same
 # layout, or every band tile moves two tiles of 64-bit addresses through shared memory (sm_90, all three
-# kernels: compile_check.pointer_layout_conversions 0 with the orientation below, 2 with the other, on Triton
-# 3.6, 3.7.1, 3.8 and 3.9). So the index grows along the fast axis from 3.7 on, along the slow axis before.
+# kernels: compile_check.pointer_layout_conversions 0 with the orientation below, 2 per band loop with the other,
+# on Triton 3.6, 3.7.1, 3.8 and 3.9). So the index grows along the fast axis from 3.7 on, along the slow axis before.
 INDEX_ALONG_FAST_AXIS = _triton_version() >= (3, 7)
 
 
@@ -580,6 +581,43 @@ def query_regions(j0, N, R_HI, R_LO, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexp
     return lo_end, hi_start
 
 
+@triton.jit
+def inner_band(o0, N, R_BEFORE, R_AFTER, OWN: tl.constexpr, OTHER: tl.constexpr):
+    """[lo, hi): the tiles of the other index (starting at multiples of OTHER) whose pairs with the program's OWN
+    indices [o0, o0 + OWN) all lie strictly inside the band and inside the sequence: INNER tiles, which need no
+    band-edge or bounds tests. Queries own (forward, dQ): R_BEFORE = R_HI, R_AFTER = R_LO (a key tile j0 is inner
+    when j0 >= i0 + BLOCK_M - r_hi and j0 + BLOCK_N <= i0 + r_lo); keys own (dK/dV): R_LO, R_HI. Empty when the
+    program's own tile reaches past N."""
+    lo = (tl.maximum(o0 + OWN - R_BEFORE, 0) + OTHER - 1) // OTHER * OTHER
+    hi = tl.minimum((o0 + R_AFTER) // OTHER * OTHER, N // OTHER * OTHER)
+    return lo, tl.where(o0 + OWN <= N, tl.maximum(hi, lo), lo)
+
+
+@triton.jit
+def band_runs(start, end, inner_lo, inner_hi):
+    """Split the band tiles [start, end) around the inner ones: [a, b) inner, [start, a) and [b, end) not (one loop
+    of the tile functions visits both: :func:`tile_start`)."""
+    a = tl.minimum(tl.maximum(inner_lo, start), end)
+    b = tl.maximum(tl.minimum(inner_hi, end), a)
+    return a, b
+
+
+@triton.jit
+def tile_count(start, end, gap_lo, gap_hi, BLOCK: tl.constexpr):
+    """How many tiles of BLOCK a loop over [start, end) less the gap [gap_lo, gap_hi) visits (gap_lo = gap_hi =
+    end: no gap); :func:`tile_start` gives the t-th tile's first index."""
+    return (gap_lo - start + BLOCK - 1) // BLOCK + (end - gap_hi + BLOCK - 1) // BLOCK
+
+
+@triton.jit
+def tile_start(t, start, gap_lo, gap_hi, BLOCK: tl.constexpr):
+    """The first index of the t-th tile of :func:`tile_count`'s loop. Every loop of the kernels starts on the
+    tile grid (a multiple of BLOCK), and so does a gap with tiles after it: the result is a multiple of BLOCK,
+    which the hint tells the compiler (aligned, vectorized loads of the mask and of K / V rows)."""
+    lead = (gap_lo - start + BLOCK - 1) // BLOCK
+    return tl.multiple_of(tl.where(t < lead, start + t * BLOCK, gap_hi + (t - lead) * BLOCK), BLOCK)
+
+
 def token_ranges(mask: torch.Tensor) -> torch.Tensor:
     """int32 ``[B, 2]``: each sequence's first token and last token + 1 (``[N, 0]`` for a sequence without a
     token), from a bool ``[B, N]`` mask; no host-device synchronization."""
@@ -610,34 +648,47 @@ def token_span(RANGE, b, ok, inside, N, BLOCK: tl.constexpr, PADDED_NEED_ALL: tl
 
 
 @triton.jit
+def load_if(ptr, mask, other, CHECK: tl.constexpr):
+    """``tl.load(ptr, mask=mask, other=other)``, or unmasked without CHECK."""
+    if CHECK:
+        x = tl.load(ptr, mask=mask, other=other)
+    else:
+        x = tl.load(ptr)
+    return x
+
+
+@triton.jit
 def position_bias(i, j, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO, sat_hi, sat_lo,
-                  HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, REVERSED: tl.constexpr, BAND_BIAS: tl.constexpr):
+                  HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, REVERSED: tl.constexpr, BAND_BIAS: tl.constexpr,
+                  CHECK: tl.constexpr):
     """Unscaled q_i . pos_key[d] + k_j . pos_query[d] for the pairs (i, j) of a band tile (i, j broadcast).
 
     Band tiles gather d from the table (REVERSED: TABLE is ``PositionGeometry.table_rev``) and the terms from the
     [N, 2S] matrices C2P = Q pos_key^T and P2C = K pos_query^T; under BAND_BIAS they read the band pairs' sums
     from :func:`band_bias`'s buffer (``BIAS``, :class:`BiasLayout` ``bias_row`` / ``bias_offset``) and take
     ``sat_hi`` / ``sat_lo`` (:func:`band_edge_terms`) for the tile's pairs beyond the band. (Saturated tiles
-    need none of this: :func:`saturated_operand`.)
+    need none of this: :func:`saturated_operand`.) Without CHECK (INNER tiles: every pair inside the band and
+    the sequence) the loads are unmasked and no pair is beyond the band.
     """
     if BAND_BIAS:
         # Every pair with i, j < N addresses a slot inside the plane (i * row + j + offset < plane), so the
         # load needs no band test (a mask constant along keys keeps it vectorized): a pair beyond the band
         # reads some other pair's slot, which the saturated value then replaces.
-        r = i - j
-        bias = tl.load(BIAS + i * bias_row + j + bias_offset, mask=valid, other=0.0).to(tl.float32)
-        bias = tl.where(r >= R_HI, sat_hi, tl.where(r <= -R_LO, sat_lo, bias))
+        bias = load_if(BIAS + i * bias_row + j + bias_offset, valid, 0.0, CHECK).to(tl.float32)
+        if CHECK:
+            r = i - j
+            bias = tl.where(r >= R_HI, sat_hi, tl.where(r <= -R_LO, sat_lo, bias))
     else:
         if REVERSED:
-            d = tl.load(TABLE + (j - i + N - 1), mask=valid, other=0)
+            d = load_if(TABLE + (j - i + N - 1), valid, 0, CHECK)
         else:
-            d = tl.load(TABLE + (i - j + N - 1), mask=valid, other=0)
+            d = load_if(TABLE + (i - j + N - 1), valid, 0, CHECK)
         if HAS_C2P:
-            bias = tl.load(C2P + i * two_s + d, mask=valid, other=0.0).to(tl.float32)
+            bias = load_if(C2P + i * two_s + d, valid, 0.0, CHECK).to(tl.float32)
             if HAS_P2C:
-                bias += tl.load(P2C + j * two_s + d, mask=valid, other=0.0).to(tl.float32)
+                bias += load_if(P2C + j * two_s + d, valid, 0.0, CHECK).to(tl.float32)
         else:
-            bias = tl.load(P2C + j * two_s + d, mask=valid, other=0.0).to(tl.float32)
+            bias = load_if(P2C + j * two_s + d, valid, 0.0, CHECK).to(tl.float32)
     return bias
 
 

@@ -129,6 +129,8 @@ CASES = [
     Case(B=2, H=1, N=300, D=48, mask="right"),
     Case(B=1, H=2, N=300, D=64, buckets=16, max_rel=64, masked_rows="zero", mask="all_pad"),
     Case(B=1, H=2, N=300, D=32, c2p=False, p2c=False),
+    # band edges inside the sequence on both sides (r_hi 47, r_lo 64): inner band tiles between edge ones
+    Case(B=2, H=1, N=300, D=32, buckets=16, max_rel=64, mask="right"),
 ]
 
 
@@ -265,6 +267,28 @@ def test_test_cases_reach_saturated_tiles():
     """The N = 97 and 300 cases above have whole tiles beyond the saturation distance."""
     geometry = kernel_common.position_geometry(97, 8, 32, "cpu")
     assert geometry.r_hi + 2 * 32 <= 97 and geometry.r_lo + 2 * 32 <= 97
+
+
+def test_test_cases_reach_inner_and_edge_band_tiles():
+    """Band tiles come in two kinds (common.inner_band): INNER ones, whose pairs all lie inside the band and the
+    sequence (no edge or bounds tests), and the others. With the interpreter's 32 x 32 tiles, the N = 300 case with
+    buckets 16 / max_rel 64 has inner tiles and tiles across each band edge and across N; the DeBERTa-v3 N = 97 case
+    (all band) has inner tiles and tiles across N."""
+    tile = 32
+    cases = [(300, 16, 64, {"inner", "r_hi", "r_lo", "N"}), (97, 256, 512, {"inner", "N"})]
+    for n, buckets, max_rel, expected in cases:
+        geometry = kernel_common.position_geometry(n, buckets, max_rel, "cpu")
+        kinds = set()
+        for i0 in range(0, n, tile):
+            for j0 in range(0, n, tile):
+                lo, hi = i0 - j0 - (tile - 1), i0 - j0 + (tile - 1)  # the tile's distances i - j
+                if lo >= geometry.r_hi or hi <= -geometry.r_lo:
+                    continue  # saturated
+                crosses = {"r_hi"} if hi >= geometry.r_hi else set()
+                crosses |= {"r_lo"} if lo <= -geometry.r_lo else set()
+                crosses |= {"N"} if max(i0, j0) + tile > n else set()
+                kinds |= crosses or {"inner"}
+        assert expected <= kinds, (n, kinds)
 
 
 # --- dropout ----------------------------------------------------------------------------------
@@ -741,12 +765,13 @@ for name in KERNELS:
         report = ptxas_report(compiled)
         assert report["registers"], (name, report)
         # no tile of addresses moved between layouts; with the index table read the other way, two per band tile
-        # (the reason for common.INDEX_ALONG_FAST_AXIS, which this Triton version's layouts must bear out)
+        # in each of the two band loops, edge and INNER tiles (the reason for common.INDEX_ALONG_FAST_AXIS, which
+        # this Triton version's layouts must bear out)
         assert pointer_layout_conversions(compiled) == 0, (name, flags)
         if not flags:
             other = not index_reversed(name)
             turned = compile_kernel(name, config, dtype=torch.bfloat16, head_dim=64, INDEX_REVERSED=other)
-            assert pointer_layout_conversions(turned) == 2, name
+            assert pointer_layout_conversions(turned) == 4, name
         # the K / V (or Q / dO) tiles of the inner loop are loaded asynchronously, ahead of their use
         assert pipelined_copies(compiled) > 0, (name, flags)
         vector_loads[tuple(flags)] = compiled.asm["ptx"].count("ld.global.v4")
