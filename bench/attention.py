@@ -11,6 +11,9 @@ bench/report.py):
   ``df-triton-gather`` (DEBERTA_FAST_TRITON_BAND=gather, DEBERTA_FAST_TRITON_BACKWARD=split),
   ``df-triton-bias`` (bias, split), ``df-triton-fused`` (gather, fused) and ``df-triton-bias-fused`` (bias,
   fused); bench/make_selection.py makes the backend's per-shape choice (with the switches unset) of them.
+  ``df-triton-plain`` / ``df-cuda-plain`` (and ``df-torch-plain``): the fused kernel on the floor's own problem,
+  no position terms and no mask, compared with the torch backend's plain attention: how far the kernels' base
+  loop is from SDPA flash, apart from the position terms.
 - ``layer``: a whole DisentangledSelfAttention module (q/k/v/position projections + core) on hidden states
   [B, N, hidden], the same weights for every provider. Providers: ``hf-eager`` (transformers), ``df-<backend>``
   (deberta_fast's module), ``flashdeberta`` and ``disentangled-flash`` (PyPI packages, when installed).
@@ -119,6 +122,17 @@ def df_op(backend: str):
         return df.disentangled_attention(*views, mask, position_buckets=shape.buckets,
                                          max_relative_positions=shape.max_rel, scale=scale, backend=backend)
     return run
+
+
+def df_plain(backend: str):
+    """The fused kernel on plain attention (no position terms, no mask), the floor's own problem: how close the
+    kernel's base loop comes to SDPA flash, apart from the position terms."""
+    def run(views, mask, shape, scale):
+        return df.disentangled_attention(*views[:3], scale=scale, backend=backend)
+    return run
+
+
+PLAIN_SUFFIX = "-plain"  # df-<backend>-plain: df_plain(backend)
 
 
 def triton_switches(provider: str) -> dict:
@@ -363,6 +377,7 @@ def op_rows(shape: Shape, providers: list[str], args) -> list[dict]:
     table = {"df-torch": df_op("torch"), "df-triton": df_op("triton"), "df-cuda": df_op("cuda"),
              "sdpa-bias": sdpa_bias, "sdpa-floor": sdpa_floor}
     table.update({name: df_op("triton") for name in TRITON_VARIANTS})
+    table.update({f"df-{backend}{PLAIN_SUFFIX}": df_plain(backend) for backend in ("torch", "triton", "cuda")})
     rows = []
     for mode in args.modes:
         need_grad = mode != "fwd"
@@ -380,12 +395,21 @@ def op_rows(shape: Shape, providers: list[str], args) -> list[dict]:
         if need_grad:
             ref_out.backward(torch.ones_like(ref_out) / math.sqrt(ref_out.numel()))
             ref_grad = leaves32[0].grad
+        plain_ref = None
+        if any(name.endswith(PLAIN_SUFFIX) for name in providers):  # plain attention, unmasked, the same inputs
+            plain_leaves, plain_views = op_inputs(shape, 0, need_grad)
+            plain_out = df.disentangled_attention(*[t.float() for t in plain_views[:3]], scale=scale, backend="torch")
+            if need_grad:
+                plain_out.backward(torch.ones_like(plain_out) / math.sqrt(plain_out.numel()))
+            plain_ref = (plain_out.detach(), plain_leaves[0].grad if need_grad else None)
         for name in providers:
             if name not in table:
                 continue
             run = table[name]
-            # sdpa-floor computes plain attention (different math): it is run and timed, not compared
-            reference = None if name == "sdpa-floor" else (ref_out.detach(), ref_grad)
+            # sdpa-floor computes plain attention without a mask (different math): it is run and timed, not
+            # compared; the -plain providers compute that too, compared with the torch backend's plain attention
+            reference = plain_ref if name.endswith(PLAIN_SUFFIX) else (ref_out.detach(), ref_grad)
+            reference = None if name == "sdpa-floor" else reference
             with mock.patch.dict(os.environ, triton_switches(name)):
                 rows.append(measure(name, "op", lambda v, m, s, sc, leaves, run=run: run(v, m, s, sc), make_args,
                                     lambda a: [a[4][0]], reference, shape, mode, args))
@@ -445,6 +469,7 @@ def layer_rows(shape: Shape, providers: list[str], args) -> list[dict]:
 def default_providers(device: str, head_dim: int) -> tuple[list[str], list[str]]:
     usable = usable_backends(device, head_dim)
     ops = [f"df-{name}" for name in usable] + ["sdpa-bias", "sdpa-floor"]
+    ops += [f"df-{name}{PLAIN_SUFFIX}" for name in usable if name != "torch"]  # the kernels' base loop vs the floor
     layers = ["hf-eager"] + [f"df-{name}" for name in usable]
     for package, provider in (("flashdeberta", "flashdeberta"), ("disentangled_flash", "disentangled-flash")):
         try:

@@ -110,16 +110,18 @@ run_variants() {  # the Triton switches side by side (default configs): band gat
   # Committed and listed in bench/make_selection.py's SOURCES, the JSON becomes the backend's per-shape choice.
   bench "$out/variants.log" 540 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
     --seqlens 512,2048,8192 --modes fwd,fwd_bwd --rep 20 \
-    --op-providers df-triton-gather,df-triton-bias,df-triton-fused,df-triton-bias-fused,sdpa-floor \
+    --op-providers df-triton-gather,df-triton-bias,df-triton-fused,df-triton-bias-fused,df-triton-plain,sdpa-floor \
     --out "$out/attention_cuda_bfloat16_variants.json"
 }
 
 run_attention() {
-  # Two runs that fit one call: the op level over N 128..16384 (both fused backends, SDPA + bias, the floor;
-  # about 1.5 minutes at 5 sequence lengths on an H100 with default Triton configs), then whole attention
-  # layers against transformers' eager layer and the peer kernels at three lengths.
+  # Two runs that fit one call: the op level over N 128..16384 (both fused backends, SDPA + bias, the floor, and
+  # both kernels on the floor's plain attention; about 1.5 minutes at 5 sequence lengths on an H100 with default
+  # Triton configs before the plain providers were added), then whole attention layers against transformers'
+  # eager layer and the peer kernels at three lengths.
   bench "$out/attention.log" 300 40 bench/attention.py --device cuda --dtype bfloat16 --levels op --rep 20 \
-    --op-providers df-triton,df-cuda,sdpa-bias,sdpa-floor --out "$out/attention_cuda_bfloat16.json"
+    --op-providers df-triton,df-cuda,sdpa-bias,sdpa-floor,df-triton-plain,df-cuda-plain \
+    --out "$out/attention_cuda_bfloat16.json"
   local rc=$?
   bench "$out/attention_layer.log" 230 40 bench/attention.py --device cuda --dtype bfloat16 --levels layer \
     --seqlens 512,2048,8192 --layer-providers hf-eager,df-triton,df-cuda,flashdeberta,disentangled-flash \

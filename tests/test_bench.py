@@ -24,7 +24,8 @@ def test_attention_benchmark_smoke(tmp_path):
     out = tmp_path / "attention.json"
     run("attention.py", "--seqlens", "48", "--tokens", "96", "--heads", "2", "--head-dim", "16", "--buckets", "8",
         "--max-rel", "32", "--modes", "fwd,fwd_bwd", "--rep", "1", "--warmup", "0", "--padded",
-        "--op-providers", "df-torch,sdpa-bias,sdpa-floor", "--layer-providers", "hf-eager,df-torch", "--out", str(out))
+        "--op-providers", "df-torch,sdpa-bias,sdpa-floor,df-torch-plain", "--layer-providers", "hf-eager,df-torch",
+        "--out", str(out))
     rows = json.loads(out.read_text())["rows"]
     by = {(r["level"], r["provider"], r["mode"]): r for r in rows}
     for key in [("op", "df-torch", "fwd"), ("op", "sdpa-bias", "fwd_bwd"), ("op", "sdpa-floor", "fwd"),
@@ -32,6 +33,10 @@ def test_attention_benchmark_smoke(tmp_path):
         assert by[key]["status"] == "ok", by[key]
         assert by[key]["median_ms"] > 0 and by[key]["tflops"] > 0
     assert by[("layer", "hf-eager", "fwd")]["max_err"] < 1e-4  # transformers checked against the reference
+    # the plain-attention provider is checked against plain attention (not the disentangled reference)
+    for mode in ("fwd", "fwd_bwd"):
+        row = by[("op", "df-torch-plain", mode)]
+        assert row["status"] == "ok" and row["max_err"] < 1e-4, row
     report = run("report.py", str(out))
     assert "op level, fwd" in report and "df-torch" in report
 
