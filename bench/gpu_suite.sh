@@ -3,7 +3,8 @@
 #
 #   bash bench/gpu_suite.sh STEP[,STEP...] OUTDIR    STEP: setup | check | test-triton | test-cuda | tests | parity |
 #                                                variants | tune | tune-bias | tune-d128 | apply-tuned | apply-variants |
-#                                                attention | attention-extra | model | model-large | profile | ncu | all
+#                                                attention | attention-extra | compare | model | model-large | profile |
+#                                                ncu | all
 #   TEST_TIMEOUT (seconds per pytest run, default 480) bounds the test steps; TEST_WORKERS (default 8) is the
 #   number of pytest-xdist workers, TUNE_JOBS (default 8) the compile processes of the tune steps.
 #
@@ -141,6 +142,22 @@ run_attention_extra() {  # the other cases issue 5 names: a padded batch, fp16, 
   return $rc
 }
 
+run_compare() {  # the Triton kernels before and after a change: the same op benchmark at commit BASE (default
+  # b3ca082, the code before the saturated-tile fold and the inner band tiles) and at this tree, one after the other
+  # in one call (the same GPU, clocks and inputs). The base runs from a `git archive` of BASE, without the CUDA
+  # extension; its JSON records BASE in env.settings (DEBERTA_FAST_COMPARE_BASE).
+  local base=${BASE:-b3ca082} tree=/tmp/deberta_fast_base rc
+  rm -rf "$tree" && mkdir -p "$tree" && git archive "$base" | tar -x -C "$tree" || { echo "no commit $base"; return 1; }
+  ln -s ../kernels "$tree/deberta_fast/kernels"
+  local args=(--device cuda --dtype bfloat16 --levels op --seqlens 512,2048,8192 --modes fwd,fwd_bwd --rep 20)
+  PYTHONPATH="$tree:$PYTHONPATH" DEBERTA_FAST_COMPARE_BASE=$base bench "$out/compare_base.log" 200 12 \
+    "$tree/bench/attention.py" "${args[@]}" --op-providers df-triton,sdpa-floor --out "$out/attention_compare_base.json"
+  rc=$?
+  bench "$out/compare_head.log" 200 12 bench/attention.py "${args[@]}" --op-providers df-triton,df-triton-plain,sdpa-floor \
+    --out "$out/attention_compare_head.json"
+  return $(( rc || $? ))
+}
+
 run_model() {  # v3-base at N 128..4096 (N 512 and 2048 alone took about a minute on an H100)
   bench "$out/model.log" 560 40 bench/model.py --device cuda --dtype bfloat16 --configs v3-base \
     --seqlens 128,512,2048,4096 --out "$out/model_cuda_bfloat16.json"
@@ -189,6 +206,7 @@ run_step() {
     apply-variants) run_apply make_selection.py "$out/attention_cuda_bfloat16_variants.json" ;;
     attention) run_attention ;;
     attention-extra) run_attention_extra ;;
+    compare) run_compare ;;
     model) run_model ;;
     model-large) run_model_large ;;
     profile) run_profile ;;
