@@ -153,8 +153,8 @@ run_compare() {  # the Triton kernels before and after a change: the same op ben
   PYTHONPATH="$tree:$PYTHONPATH" DEBERTA_FAST_COMPARE_BASE=$base bench "$out/compare_base.log" 200 12 \
     "$tree/bench/attention.py" "${args[@]}" --op-providers df-triton,sdpa-floor --out "$out/attention_compare_base.json"
   rc=$?
-  bench "$out/compare_head.log" 200 12 bench/attention.py "${args[@]}" --op-providers df-triton,df-triton-plain,sdpa-floor \
-    --out "$out/attention_compare_head.json"
+  bench "$out/compare_head.log" 200 12 bench/attention.py "${args[@]}" \
+    --op-providers df-triton,df-triton-plain,sdpa-floor --out "$out/attention_compare_head.json"
   return $(( rc || $? ))
 }
 

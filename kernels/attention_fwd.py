@@ -5,12 +5,13 @@ in fp32 (exp2, scores in log2 units). The key range splits into three runs (comm
 saturated-high tiles (every pair has i - j >= r_hi, position row 2S - 1), band tiles (gathers through
 the index table) and saturated-low tiles (row 0). Saturated tiles run the dot on the queries with the p2c term
 folded in (q + pos_query[row], common.saturated_operand) and add the rows' c2p values in the exponent: no
-gather and no per-tile load beyond K and V, so at long sequences, where most tiles are saturated, they cost
-what a plain attention tile costs. Band tiles whose pairs all lie inside the band and the sequence (INNER,
-common.inner_band: most of the band beyond short sequences) gather without edge or bounds tests. Under DEBERTA_FAST_TRITON_BAND=bias the band
-tiles read each pair's c2p + p2c from common.band_bias's buffer (built per call, before the kernel) instead. In a padded batch a tile of token rows
-visits only the key tiles of its sequence's token hull (common.token_span; a tile holding a fully padded
-row visits every key under masked_rows="uniform", none of its own under "zero"). Stores O and the row
+gather and no per-tile load beyond K and V: at long sequences, where most tiles are saturated, they do a plain
+attention tile's work. Band tiles whose pairs all lie inside the band and the sequence (INNER,
+common.inner_band: most of the band beyond short sequences) gather without edge or bounds tests. Under
+DEBERTA_FAST_TRITON_BAND=bias the band tiles read each pair's c2p + p2c from common.band_bias's buffer (built per
+call, before the kernel) instead. In a padded batch a tile of token rows visits only the key tiles of its
+sequence's token hull (common.token_span; a tile holding a fully padded row visits every key under
+masked_rows="uniform", none of its own under "zero"). Stores O and the row
 log-sum-exp (natural log; +inf for a fully padded row under masked_rows="zero", whose output is 0).
 """
 
@@ -277,7 +278,8 @@ def attention_forward(
             philox if dropout else lse,
             out[part], lse[part],
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            *(pos_query.stride() if pos_query is not None else (0, 0, 0)), *(mask.stride() if mask is not None else (0, 0)),
+            *(pos_query.stride() if pos_query is not None else (0, 0, 0)),
+            *(mask.stride() if mask is not None else (0, 0)),
             part.stop - part.start, H, N, part.start * H, geometry.r_hi if geometry else N, geometry.r_lo if geometry else N,
             two_s, layout.row, layout.offset, layout.plane, scale * LOG2E, float(dropout_p), seq_bucket(N),
             **flags, BAND_BIAS=layout.plane > 0, INDEX_REVERSED=index_reversed,
