@@ -6,6 +6,7 @@ each kernel family for a target (default sm_90) with the ptxas bundled in Triton
 
     python -m deberta_fast.kernels.compile_check            # default configs, representative flags
     python -m deberta_fast.kernels.compile_check --all      # every config of the autotune lists
+    python -m deberta_fast.kernels.compile_check --loops    # and the SASS instructions of each loop body
 
 Run it with TRITON_INTERPRET unset (the kernels must be defined as compiled, not interpreted, kernels).
 """
@@ -178,6 +179,31 @@ def ptxas_report(compiled, arch=90) -> dict:
             "shared": compiled.metadata.shared}
 
 
+def loop_instructions(compiled, arch=90) -> list[int]:
+    """SASS instructions in each loop body of a compiled kernel (a backward branch's target to the branch), in code
+    order, disassembled with the nvdisasm next to the ptxas Triton uses. Static counts, not timings: the
+    forward with position terms has four loops (saturated-high, band edges, inner band, saturated-low tiles)."""
+    nvdisasm = os.path.join(os.path.dirname(get_ptxas(arch).path), "nvdisasm")
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+        f.write(compiled.asm["cubin"])
+    try:
+        sass = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    labels, branches, count = {}, [], 0
+    for line in sass.splitlines():
+        label = re.match(r"\s*\.(L_x_\d+):", line)
+        if label:
+            labels[label.group(1)] = count
+        elif re.match(r"\s*/\*[0-9a-f]+\*/\s", line):
+            target = re.search(r"\bBRA\b.*`\(\.(L_x_\d+)\)", line)
+            if target:
+                branches.append((count, target.group(1)))
+            count += 1
+    # (the branch to itself after EXIT is no loop body)
+    return [at - labels[name] + 1 for at, name in branches if labels.get(name, at) < at]
+
+
 def pointer_layout_conversions(compiled) -> int:
     """How many ``ttg.convert_layout`` of pointer tensors the compiled kernel has. Each moves a whole tile of
     64-bit addresses through shared memory: two per band tile when the index table is read along the other
@@ -196,11 +222,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--all", action="store_true", help="every config of the autotune lists")
+    parser.add_argument("--loops", action="store_true", help="also the SASS instructions of each loop body")
     args = parser.parse_args(argv)
     if INTERPRET:
         raise SystemExit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     variants = [
         dict(dtype=torch.bfloat16, head_dim=64),
+        dict(dtype=torch.bfloat16, head_dim=64, HAS_MASK=False),
         dict(dtype=torch.float16, head_dim=128, DROPOUT=True, MASKED_ZERO=True),
         dict(dtype=torch.float32, head_dim=48, HAS_P2C=False, PREC="tf32"),
         dict(dtype=torch.bfloat16, head_dim=64, HAS_C2P=False, HAS_P2C=False, HAS_MASK=False),
@@ -213,6 +241,8 @@ def main(argv=None) -> None:
                 report = ptxas_report(compiled, args.arch)
                 report["pointer_layout_conversions"] = pointer_layout_conversions(compiled)
                 report["pipelined_copies"] = pipelined_copies(compiled)
+                if args.loops:
+                    report["loop_instructions"] = loop_instructions(compiled, args.arch)
                 shown = {k: (str(v).removeprefix("torch.") if k == "dtype" else v) for k, v in variant.items()}
                 print(name, config, shown, report, flush=True)
 

@@ -751,10 +751,20 @@ def test_torch_backend_replays_kernel_mask_shape_check():
 COMPILE_CHECK = """
 import torch
 from deberta_fast.kernels.compile_check import (
-    KERNELS, compile_band_bias, compile_band_edges, compile_kernel, default_config, index_reversed, pipelined_copies,
-    pointer_layout_conversions, ptxas_report,
+    KERNELS, compile_band_bias, compile_band_edges, compile_kernel, default_config, index_reversed, loop_instructions,
+    pipelined_copies, pointer_layout_conversions, ptxas_report,
 )
 for name in KERNELS:
+    # loop bodies (SASS instructions): saturated-high / -low tiles, band edges, inner band tiles; unmasked
+    config = default_config(name, torch.bfloat16, 64)
+    loops = loop_instructions(compile_kernel(name, config, HAS_MASK=False))
+    plain = loop_instructions(compile_kernel(name, config, HAS_MASK=False, HAS_C2P=False, HAS_P2C=False))
+    assert len(loops) == 4 and len(plain) == 1, (name, loops, plain)
+    first, edges, inner, last = loops
+    assert inner < edges, (name, loops)  # no edge or bounds tests
+    if name != "dkdv":  # the p2c term folded into the queries: a saturated tile is a plain tile plus a row term
+        assert max(first, last) <= 1.2 * plain[0], (name, loops, plain)  # before the fold: 1.3 to 1.5
+    print(name, "loops", loops, "plain", plain)
     variants = [dict(), dict(DROPOUT=True, MASKED_ZERO=True, HAS_P2C=False), dict(BAND_BIAS=True)]
     if name == "dkdv":
         variants.append(dict(FUSED_DQ=True))
