@@ -6,7 +6,8 @@ bench/report.py):
 - ``op``: the attention core on [B, H, N, D] inputs. Providers: ``df-torch``, ``df-triton``, ``df-cuda``
   (deberta_fast.disentangled_attention with that backend), ``sdpa-bias`` (PyTorch SDPA with the two position
   terms materialized as an additive [B, H, N, N] bias: the best stock PyTorch offers) and ``sdpa-floor``
-  (SDPA's flash backend with no bias at all: plain attention of the same shape, the floor). The Triton
+  (SDPA's flash backend with no bias at all, its memory-efficient one in float32: plain attention of the same
+  shape, the floor). The Triton
   backend's four variants, each measured with both switches set for the whole forward and backward:
   ``df-triton-gather`` (DEBERTA_FAST_TRITON_BAND=gather, DEBERTA_FAST_TRITON_BACKWARD=split),
   ``df-triton-bias`` (bias, split), ``df-triton-fused`` (gather, fused) and ``df-triton-bias-fused`` (bias,
@@ -161,12 +162,14 @@ def sdpa_bias(views, mask, shape, scale):
 
 
 def sdpa_floor(views, mask, shape, scale):
-    """Plain attention of the same shape, no bias and no mask: the floor a fused kernel aims at."""
+    """Plain attention of the same shape, no bias and no mask: the floor a fused kernel aims at. On CUDA SDPA's
+    flash backend; in float32, which it does not take, the memory-efficient backend."""
     q, k, v = views[:3]
     if q.device.type == "cuda":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        backend = SDPBackend.EFFICIENT_ATTENTION if q.dtype == torch.float32 else SDPBackend.FLASH_ATTENTION
+        with sdpa_kernel(backend):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
 

@@ -3,8 +3,8 @@
 #
 #   bash bench/gpu_suite.sh STEP[,STEP...] OUTDIR    STEP: setup | check | test-triton | test-cuda | tests | parity |
 #                                                variants | tune | tune-bias | tune-d128 | apply-tuned | apply-variants |
-#                                                attention | attention-extra | compare | model | model-large | profile |
-#                                                ncu | all
+#                                                attention | attention-extra | attention-fp32 | compare | model |
+#                                                model-large | profile | ncu | all
 #   TEST_TIMEOUT (seconds per pytest run, default 480) bounds the test steps; TEST_WORKERS (default 8) is the
 #   number of pytest-xdist workers, TUNE_JOBS (default 8) the compile processes of the tune steps.
 #
@@ -158,6 +158,13 @@ run_compare() {  # the Triton kernels before and after a change: the same op ben
   return $(( rc || $? ))
 }
 
+run_attention_fp32() {  # float32 (op level; Triton's dots exact unless torch allows TF32; the floor is SDPA's
+  # memory-efficient backend, flash takes no float32), a call of its own
+  bench "$out/attention_cuda_float32.log" 400 16 bench/attention.py --device cuda --dtype float32 --levels op \
+    --seqlens 512,2048,8192 --modes fwd,fwd_bwd --op-providers df-triton,df-cuda,sdpa-bias,sdpa-floor --rep 10 \
+    --out "$out/attention_cuda_float32.json"
+}
+
 run_model() {  # v3-base at N 128..4096 (N 512 and 2048 alone took about a minute on an H100)
   bench "$out/model.log" 560 40 bench/model.py --device cuda --dtype bfloat16 --configs v3-base \
     --seqlens 128,512,2048,4096 --out "$out/model_cuda_bfloat16.json"
@@ -206,6 +213,7 @@ run_step() {
     apply-variants) run_apply make_selection.py "$out/attention_cuda_bfloat16_variants.json" ;;
     attention) run_attention ;;
     attention-extra) run_attention_extra ;;
+    attention-fp32) run_attention_fp32 ;;
     compare) run_compare ;;
     model) run_model ;;
     model-large) run_model_large ;;
