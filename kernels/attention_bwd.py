@@ -208,8 +208,10 @@ def _dkdv_tiles(
         else:
             dv = dot(p.to(do.dtype), do, dv, PREC, UPCAST)
         ds = p * (dp - delta[None, :])
-        if HAS_MASK:
-            ds = tl.where(row_ok[None, :] & col_ok[:, None], ds, 0.0)
+        if HAS_MASK and not MASKED_ZERO:
+            # a pair with a padded side has p = 0 (its score -inf; a fully padded row's LSE +inf under "zero")
+            # except in a fully padded query row under "uniform" (p = 1/N), whose scores are a constant: dS 0
+            ds = tl.where(row_ok[None, :], ds, 0.0)
         dk = dot(ds.to(q.dtype), q, dk, PREC, UPCAST)
         if HAS_P2C:
             if MODE == SAT_HI:
@@ -439,8 +441,8 @@ def _dq_tiles(
             keep = dropout_keep(seed, offset, bh, i0, start_n, dropout_p, BLOCK_M, BLOCK_N)
             dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
         ds = p * (dp - delta[:, None])
-        if HAS_MASK:
-            ds = tl.where(row_ok[:, None] & col_ok[None, :], ds, 0.0)
+        if HAS_MASK and not MASKED_ZERO:  # as in _dkdv_tiles: only fully padded rows under "uniform" have p > 0
+            ds = tl.where(row_ok[:, None], ds, 0.0)
         dq = dot(ds.to(k.dtype), k, dq, PREC, UPCAST)
         if HAS_C2P:
             if MODE == SAT_HI:
