@@ -60,9 +60,9 @@ __all__ = ["attention_backward"]
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). dK/dV owns BLOCK_N keys, dQ owns BLOCK_M queries; the first
 # config surviving the prune filter is the default (D <= 64: 32 x 128 / 128 x 32; D 128: 16 x 64 / 64 x 32).
 # ptxas, sm_90, bf16, c2p + p2c + mask (compile_check, arguments specialized as a launch does), with Triton 3.6 (the
-# GPU machines') / 3.8: dK/dV 32 x 128 at D 64 spills 24 / 56 bytes (on 3.6 outside the loops: the saturated
-# tiles' key operands; 32 x 64 under 8 warps: none / none); dQ 128 x 32 none / none (218 / 255 registers); at
-# D 128 dK/dV none / none, dQ none / 8 bytes.
+# GPU machines') / 3.8: dK/dV 32 x 128 at D 64 spills 20 / 44 bytes (on 3.6 outside the loops: the saturated
+# tiles' key operands; 32 x 64 under 8 warps: none / none); dQ 128 x 32 none / none (218 / 254 registers); at
+# D 128 none / none for both.
 _DKDV_SHAPES = [
     (32, 128, 8, 2), (16, 64, 8, 2), (64, 64, 8, 3), (32, 64, 4, 3), (32, 64, 8, 2), (64, 128, 8, 2), (16, 16, 4, 2),
 ]
