@@ -49,7 +49,7 @@ import triton.language as tl
 from .common import (  # noqa: F401  (BACKWARD_ENV, backward_mode: this module's switch, defined with the others)
     BACKWARD_ENV, BAND, INNER, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
     autotuned, backward_mode, band_bias, band_edge_terms, band_runs, batch_slices, bias_layout, block_d, dot,
-    index_table, inner_band, key_regions, launch, load_rows, load_vector, mask_scores, position_bias,
+    end_terms, index_table, inner_band, key_regions, launch, load_rows, load_vector, mask_scores, position_bias,
     position_geometry, position_scores, query_regions, saturated_operand, seq_bucket, store_rows, tile_count,
     tile_start, token_ranges, token_span, triton_variant, upcast_dots,
 )
@@ -327,11 +327,7 @@ def _dkdv_kernel(
         POS_K += h * stride_pkh
         k_lo = saturated_operand(k, POS_K, 0, stride_pkn, stride_pkd, HAS_C2P, HEAD_DIM, BLOCK_D)
         lo_stop = tl.minimum(lo_end, q_hi)
-        p2c_hi = 0.0
-        p2c_lo = 0.0
-        if HAS_P2C:
-            p2c_hi = tl.load(P2C + offs_n * two_s + (two_s - 1), mask=col_in, other=0.0).to(tl.float32)[:, None]
-            p2c_lo = tl.load(P2C + offs_n * two_s, mask=col_in, other=0.0).to(tl.float32)[:, None]
+        p2c_hi, p2c_lo, _, _ = end_terms(P2C, offs_n, col_in, col_in, two_s, 1.0, HAS_P2C)  # added before the mask
         dk, dv, t_hi, t_lo = _dkdv_tiles(
             dk, dv, t_hi, t_lo, k, k_lo, p2c_lo, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, q_lo, lo_stop, lo_stop, lo_stop,
             Q, DO, LSE, DELTA, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, BAND_K, seed, offset, global_bh,
@@ -527,17 +523,7 @@ def _dq_kernel(
         POS_Q += h * stride_pqh
         q_hi = saturated_operand(q, POS_Q, two_s - 1, stride_pqn, stride_pqd, HAS_P2C, HEAD_DIM, BLOCK_D)
         hi_stop = tl.minimum(hi_end, key_hi)
-        c2p_hi = 0.0
-        c2p_lo = 0.0
-        off_hi = 0.0
-        off_lo = 0.0
-        if HAS_C2P:
-            c2p_hi = tl.load(C2P + offs_m * two_s + (two_s - 1), mask=row_in, other=0.0).to(tl.float32)
-            c2p_lo = tl.load(C2P + offs_m * two_s, mask=row_in, other=0.0).to(tl.float32)
-            off_hi = tl.where(row_ok, c2p_hi * qk_scale, 0.0)
-            off_lo = tl.where(row_ok, c2p_lo * qk_scale, 0.0)
-            c2p_hi = c2p_hi[:, None]
-            c2p_lo = c2p_lo[:, None]
+        c2p_hi, c2p_lo, off_hi, off_lo = end_terms(C2P, offs_m, row_in, row_ok, two_s, qk_scale, HAS_C2P)
         dq, s_hi, s_lo = _dq_tiles(
             dq, s_hi, s_lo, q_hi, do, lse2, delta, row_ok, off_hi, c2p_hi, c2p_lo, i0, offs_m, key_lo, hi_stop, hi_stop,
             hi_stop,

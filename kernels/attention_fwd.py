@@ -23,10 +23,10 @@ import triton.language as tl
 
 from .common import (
     BAND, INNER, K_LN2, LOG2E, PLAIN, SAT_HI, SAT_LO,
-    autotuned, band_bias, band_edge_terms, band_runs, batch_slices, bias_layout, block_d, dot, index_table,
-    inner_band, key_regions, launch, load_rows, mask_scores, position_bias, position_geometry, position_scores,
-    saturated_operand, seq_bucket, store_rows, tile_count, tile_start, token_ranges, token_span, triton_variant,
-    upcast_dots,
+    autotuned, band_bias, band_edge_terms, band_runs, batch_slices, bias_layout, block_d, dot, end_terms,
+    index_table, inner_band, key_regions, launch, load_rows, mask_scores, position_bias, position_geometry,
+    position_scores, saturated_operand, seq_bucket, store_rows, tile_count, tile_start, token_ranges, token_span,
+    triton_variant, upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -169,17 +169,7 @@ def _attn_fwd_kernel(
         POS_Q += h64 * stride_ph
         q_hi = saturated_operand(q, POS_Q, two_s - 1, stride_pn, stride_pd, HAS_P2C, HEAD_DIM, BLOCK_D)
         q_lo = saturated_operand(q, POS_Q, 0, stride_pn, stride_pd, HAS_P2C, HEAD_DIM, BLOCK_D)
-        c2p_hi = 0.0
-        c2p_lo = 0.0
-        off_hi = 0.0
-        off_lo = 0.0
-        if HAS_C2P:
-            c2p_hi = tl.load(C2P + offs_m * two_s + (two_s - 1), mask=row_in, other=0.0).to(tl.float32)
-            c2p_lo = tl.load(C2P + offs_m * two_s, mask=row_in, other=0.0).to(tl.float32)
-            off_hi = tl.where(row_ok, c2p_hi * qk_scale, 0.0)
-            off_lo = tl.where(row_ok, c2p_lo * qk_scale, 0.0)
-            c2p_hi = c2p_hi[:, None]
-            c2p_lo = c2p_lo[:, None]
+        c2p_hi, c2p_lo, off_hi, off_lo = end_terms(C2P, offs_m, row_in, row_ok, two_s, qk_scale, HAS_C2P)
         hi_stop = tl.minimum(hi_end, key_hi)
         acc, l_i, m_i = _fwd_tiles(
             acc, l_i, m_i, q_hi, row_ok, off_hi, c2p_hi, c2p_lo, i0, offs_m, key_lo, hi_stop, hi_stop, hi_stop,

@@ -707,6 +707,26 @@ def band_edge_terms(own_hi, own_lo, OTHER, cols, col_in, two_s, HAS_OTHER: tl.co
 
 
 @triton.jit
+def end_terms(SCORES, rows, inside, ok, two_s, scale, HAS: tl.constexpr):
+    """(hi, lo, off_hi, off_lo) of a program's own rows (queries: SCORES = C2P; keys: P2C, [N, 2S] of this (head,
+    sequence)): their position terms at rows 2S - 1 and 0 ([rows, 1] fp32, 0 past N) and the same times ``scale``,
+    0 on rows not ``ok`` ([rows]: the offsets saturated tiles add in the exponent, :func:`saturated_operand`);
+    0.0 each without HAS."""
+    hi = 0.0
+    lo = 0.0
+    off_hi = 0.0
+    off_lo = 0.0
+    if HAS:
+        hi = tl.load(SCORES + rows * two_s + (two_s - 1), mask=inside, other=0.0).to(tl.float32)
+        lo = tl.load(SCORES + rows * two_s, mask=inside, other=0.0).to(tl.float32)
+        off_hi = tl.where(ok, hi * scale, 0.0)
+        off_lo = tl.where(ok, lo * scale, 0.0)
+        hi = hi[:, None]
+        lo = lo[:, None]
+    return hi, lo, off_hi, off_lo
+
+
+@triton.jit
 def saturated_operand(x, POS, row, stride_pn, stride_pd, HAS: tl.constexpr, HEAD_DIM: tl.constexpr,
                       BLOCK_D: tl.constexpr):
     """``x + POS[row]`` in x's dtype ([rows, BLOCK_D]; POS this head's [2S, D] table), or x when not HAS.
