@@ -34,6 +34,7 @@ FUSED = ("df-cuda", "df-triton")
 # such as attention_cuda_bfloat16_triton_aligned.json, is not a comparison and is left out).
 SOURCES = [ROOT / "bench" / "results" / name for name in (
     "attention_cuda_bfloat16.json", "attention_cuda_float16.json", "attention_cuda_bfloat16_d128.json",
+    "attention_cuda_float32.json", "attention_cuda_bfloat16_variants.json",
 )]
 MODES = ("fwd", "fwd_bwd")
 
