@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_suite.sh STEP[,STEP...] OUTDIR    STEP: setup | check | test-triton | test-cuda | tests | parity |
 #                                                variants | tune | tune-bias | tune-d128 | apply-tuned | apply-variants |
-#                                                attention | attention-extra | attention-fp32 | compare | model |
+#                                                attention | attention-extra | attention-fp32 | layer | compare | model |
 #                                                model-large | profile | ncu | all
 #   TEST_TIMEOUT (seconds per pytest run, default 480) bounds the test steps; TEST_WORKERS (default 8) is the
 #   number of pytest-xdist workers, TUNE_JOBS (default 8) the compile processes of the tune steps.
@@ -130,6 +130,14 @@ run_attention() {
   return $(( rc || $? ))
 }
 
+run_layer() {  # the attention layer against transformers and both peers at every N of the op level (the
+  # attention step's layer run has three lengths; issue 5's peer target names N 128 to 16384), a call of its own
+  bench "$out/attention_layer_all.log" 540 40 bench/attention.py --device cuda --dtype bfloat16 --levels layer \
+    --seqlens 128,256,512,1024,2048,4096,8192,16384 --modes fwd,fwd_bwd \
+    --layer-providers hf-eager,df-triton,flashdeberta,disentangled-flash --rep 10 \
+    --out "$out/attention_layer_cuda_bfloat16_all.json"
+}
+
 run_attention_extra() {  # the other cases issue 5 names: a padded batch, fp16, head dim 128 (op level)
   local rc=0
   for spec in "bfloat16 64 --padded" "float16 64" "bfloat16 128"; do
@@ -214,6 +222,7 @@ run_step() {
     attention) run_attention ;;
     attention-extra) run_attention_extra ;;
     attention-fp32) run_attention_fp32 ;;
+    layer) run_layer ;;
     compare) run_compare ;;
     model) run_model ;;
     model-large) run_model_large ;;
