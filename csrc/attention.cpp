@@ -272,9 +272,13 @@ std::pair<Tensor, Tensor> position_scores(const Inputs& in, int64_t b0, int64_t 
   return {c2p, p2c};
 }
 
+// Sequences per slice: as few slices as the budget allows, as even as whole steps make them (8 sequences with
+// room for 7 run as 4 + 4, not 7 + 1, whose one-sequence launches would leave most of the GPU idle).
 int64_t slice_step(int64_t batch, int64_t bytes_per_sequence) {
-  if (bytes_per_sequence <= 0) return batch;
-  return std::max<int64_t>(1, std::min<int64_t>(batch, chunk_bytes() / bytes_per_sequence));
+  if (bytes_per_sequence <= 0 || batch <= 0) return std::max<int64_t>(batch, 1);
+  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(batch, chunk_bytes() / bytes_per_sequence));
+  const int64_t count = (batch + most - 1) / most;
+  return (batch + count - 1) / count;
 }
 
 Tensor grad_like(const Inputs& in, at::ScalarType dtype) {  // [B, H, N, D] laid out as [B, N, H, D]

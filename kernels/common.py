@@ -136,9 +136,12 @@ CHUNK_BYTES = 1 << 30
 
 
 def batch_slices(batch: int, bytes_per_sequence: int) -> list[slice]:
-    """Slices of the batch whose position buffers fit in CHUNK_BYTES (at least one sequence each)."""
-    step = batch if bytes_per_sequence <= 0 else max(1, min(batch, CHUNK_BYTES // bytes_per_sequence))
-    return [slice(b, min(batch, b + step)) for b in range(0, batch, step)]
+    """Slices of the batch whose position buffers fit in CHUNK_BYTES (at least one sequence each): as few as
+    fit, of sizes that differ by at most one (8 sequences in slices of at most 7 run as 4 + 4, not 7 + 1,
+    whose one-sequence launches would leave most of a GPU idle)."""
+    most = batch if bytes_per_sequence <= 0 else max(1, min(batch, CHUNK_BYTES // bytes_per_sequence))
+    count = -(-batch // most) if batch > 0 else 1
+    return [slice(batch * i // count, batch * (i + 1) // count) for i in range(count)]
 
 
 def position_scores(q, k, pos_key, pos_query):

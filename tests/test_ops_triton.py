@@ -230,6 +230,18 @@ def test_batch_slices_give_the_same_results(monkeypatch):
         assert max_err(a, b) <= 1e-6 * max(1.0, a.abs().max().item()), name
 
 
+@pytest.mark.parametrize("batch, fit", [(8, 7), (32, 28), (2, 1), (1, 1), (5, 5), (7, 3), (16, 100), (9, 4)])
+def test_batch_slices_are_few_and_even(monkeypatch, batch, fit):
+    """As few slices as the budget allows, in order, covering the batch once, each within the budget, sizes at
+    most one apart (8 sequences, 7 fitting: 4 + 4, not 7 + 1)."""
+    monkeypatch.setattr(kernel_common, "CHUNK_BYTES", fit * 1000 + 999)
+    slices = kernel_common.batch_slices(batch, 1000)
+    sizes = [part.stop - part.start for part in slices]
+    assert [part.start for part in slices] == [0] + [part.stop for part in slices[:-1]]
+    assert slices[-1].stop == batch and min(sizes) >= 1 and max(sizes) <= fit
+    assert len(slices) == -(-batch // fit) and max(sizes) - min(sizes) <= 1
+
+
 def test_default_config_without_autotuning(monkeypatch):
     """DEBERTA_FAST_TRITON_AUTOTUNE=0 launches the prune filter's first config, no benchmarking."""
     monkeypatch.setenv(kernel_common.AUTOTUNE_ENV, "0")
