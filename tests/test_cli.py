@@ -20,10 +20,19 @@ def test_info_reports_the_triton_settings(capsys, monkeypatch):
     monkeypatch.delenv("DEBERTA_FAST_TRITON_AUTOTUNE", raising=False)
     monkeypatch.setenv("DEBERTA_FAST_TRITON_BACKWARD", "fused")
     monkeypatch.delenv("DEBERTA_FAST_TRITON_BAND", raising=False)
-    assert main(["info"]) == 0
-    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("triton configs"))
+    from deberta_fast.backends import measured
+
+    def settings_line():
+        assert main(["info"]) == 0
+        return next(row for row in capsys.readouterr().out.splitlines() if row.startswith("triton configs"))
+
+    monkeypatch.setattr(measured, "TRITON_VARIANTS", {})  # nothing timed: auto falls back to the defaults
+    line = settings_line()
     assert "autotune auto" in line and "backward fused" in line and "recorded tunings:" in line
     assert "band auto" in line and "timed variants: none (auto: gather / split)" in line
+    timed = {("9.0", "bfloat16", 64): {"fwd": [(512, {"gather": 1.0})]}, ("8.0", "float16", 128): {}}
+    monkeypatch.setattr(measured, "TRITON_VARIANTS", timed)
+    assert "timed variants: sm_80 float16 D128, sm_90 bfloat16 D64" in settings_line()
     monkeypatch.setenv("DEBERTA_FAST_TRITON_BACKWARD", "sideways")
     monkeypatch.setenv("DEBERTA_FAST_TRITON_BAND", "bias")
     assert main(["info"]) == 0
