@@ -140,7 +140,7 @@ def batch_slices(batch: int, bytes_per_sequence: int) -> list[slice]:
     fit, of sizes that differ by at most one (8 sequences in slices of at most 7 run as 4 + 4, not 7 + 1,
     whose one-sequence launches would leave most of a GPU idle)."""
     most = batch if bytes_per_sequence <= 0 else max(1, min(batch, CHUNK_BYTES // bytes_per_sequence))
-    count = -(-batch // most) if batch > 0 else 1
+    count = -(-batch // most) if batch > 0 else 0
     return [slice(batch * i // count, batch * (i + 1) // count) for i in range(count)]
 
 
