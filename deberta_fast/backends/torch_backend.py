@@ -26,8 +26,10 @@ __all__ = ["TorchBackend", "torch_attention"]
 NO_GRAD_BLOCK_ELEMENTS = 1 << 21
 # The same on other devices (CUDA): 128 MiB in fp32. Each block costs about ten kernel launches, and the CPU's
 # budget made a GPU forward a string of small launches: v3-base inference on an H100 ran at 18,728 tokens/s
-# against transformers' 83,033 at N 2048 (bench/results/model_cuda_bfloat16.json; about 100 blocks a layer
-# there, 7 with this budget). Still O(B * H * block * N), far below the full score tensor at long N.
+# against transformers' 83,033 at N 2048 (B*N 8192; about 100 blocks a layer there, 7 with this budget;
+# bench/results/model_cuda_bfloat16.json as of 6441887, the second GPU run); with this budget, 104,109 against
+# 85,338 (B*N 16384; the same file since cc60adc, the third run). Still O(B * H * block * N), far below the full
+# score tensor at long N.
 DEVICE_NO_GRAD_BLOCK_ELEMENTS = 1 << 25
 
 
