@@ -8,7 +8,7 @@ Sources: bench/results/attention_cuda_bfloat16.json (NVIDIA H100 80GB HBM3, 2026
 FASTEST = {
     ('9.0', 'bfloat16', 64): {
         'fwd': [
-            (128, ('cuda', 'triton')),
+            (128, ('triton', 'cuda')),
             (256, ('triton', 'cuda')),
             (512, ('triton', 'cuda')),
             (1024, ('triton', 'cuda')),
@@ -18,7 +18,7 @@ FASTEST = {
             (16384, ('triton', 'cuda')),
         ],
         'fwd_bwd': [
-            (128, ('cuda', 'triton')),
+            (128, ('triton', 'cuda')),
             (256, ('triton', 'cuda')),
             (512, ('triton', 'cuda')),
             (1024, ('triton', 'cuda')),
@@ -36,8 +36,8 @@ FASTEST = {
         ],
         'fwd_bwd': [
             (512, ('triton', 'cuda')),
-            (2048, ('cuda', 'triton')),
-            (8192, ('cuda', 'triton')),
+            (2048, ('triton', 'cuda')),
+            (8192, ('triton', 'cuda')),
         ],
     },
     ('9.0', 'float16', 64): {
