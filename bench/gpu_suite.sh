@@ -155,13 +155,15 @@ run_attention_extra() {  # the other cases issue 5 names: a padded batch, fp16, 
 }
 
 run_compare() {  # the Triton kernels before and after a change: the same op benchmark at commit BASE (default
-  # b3ca082, the code before the saturated-tile fold and the inner band tiles) and at this tree, one after the other
+  # b3ca082, the code before the saturated-tile fold and the inner band tiles; N from COMPARE_SEQLENS, default
+  # 512,2048,8192) and at this tree, one after the other
   # in one call (the same GPU, clocks and inputs). The base runs from a `git archive` of BASE, without the CUDA
   # extension; its JSON records BASE in env.settings (DEBERTA_FAST_COMPARE_BASE).
   local base=${BASE:-b3ca082} tree=/tmp/deberta_fast_base rc
   rm -rf "$tree" && mkdir -p "$tree" && git archive "$base" | tar -x -C "$tree" || { echo "no commit $base"; return 1; }
   ln -s ../kernels "$tree/deberta_fast/kernels"
-  local args=(--device cuda --dtype bfloat16 --levels op --seqlens 512,2048,8192 --modes fwd,fwd_bwd --rep 20)
+  local args=(--device cuda --dtype bfloat16 --levels op --seqlens "${COMPARE_SEQLENS:-512,2048,8192}" --modes fwd,fwd_bwd
+              --rep 20)
   PYTHONPATH="$tree:$PYTHONPATH" DEBERTA_FAST_COMPARE_BASE=$base bench "$out/compare_base.log" 200 12 \
     "$tree/bench/attention.py" "${args[@]}" --op-providers df-triton,sdpa-floor --out "$out/attention_compare_base.json"
   rc=$?

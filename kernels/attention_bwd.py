@@ -42,6 +42,8 @@ exceed common.CHUNK_BYTES run in slices of whole sequences (steps 2-4 per slice)
 
 from __future__ import annotations
 
+import collections
+
 import torch
 import triton
 import triton.language as tl
@@ -134,8 +136,11 @@ def _band_buffer(rows_are_queries: bool, heads: int, batch: int, N: int, width: 
                  dtype: torch.dtype, device, padded: bool) -> torch.Tensor:
     """A band buffer ``[heads, batch, N, stride]`` whose slots the kernels never write are zero (the rest is
     left for them to write). With a padding mask (``padded``) the kernels skip tiles of padding, whose slots
-    are then never written either: the whole buffer is zeroed."""
-    if padded:
+    are then never written either: the whole buffer is zeroed. So it is when a row's pairs fill at most
+    three quarters of it (N <= 3/4 stride: at N 512 and v3 settings each row writes 512 of 1024 slots), where
+    one fill of the whole buffer moves less than the edge kernel's masked stores of the unwritten part (0.47 ms
+    a call at N 512, bf16, B*N 16384, on an H100: bench/results/h100_2026-11-22d/profile_triton_N512.txt)."""
+    if padded or 4 * N <= 3 * stride:
         return torch.zeros(heads, batch, N, stride, dtype=dtype, device=device)
     band = torch.empty(heads, batch, N, stride, dtype=dtype, device=device)
     rows_per_program = triton.cdiv(N, _EDGE_ROWS)
@@ -605,24 +610,50 @@ def _matmul_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.float(), b.float())
 
 
-def _position_grad(band, sat, x, pos, geometry, scale, dx, dpos) -> None:
-    """Fold one position term's gradient into ``dx`` (fp32 [B, H, N, D] when ``band`` is given) and ``dpos``
-    (fp32 [H, 2S, D]), in place.
+_BAND_ROWS: "collections.OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]]" = collections.OrderedDict()
+
+
+def _band_rows(geometry, two_s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, onehot): int64 ``[W]``, the position row of each band distance, and float32 ``[2S, W]``, its
+    one-hot (built by a comparison: an indexed assignment would synchronize). Cached (the last 32): the band
+    is the same slice of one cached index table for every N past the saturation distance, so the key is that
+    slice's address."""
+    band = geometry.band_index_view
+    key = (band.device, band.data_ptr(), band.numel(), two_s)
+    hit = _BAND_ROWS.get(key)
+    if hit is None:
+        index = band.long()
+        onehot = (torch.arange(two_s, device=index.device)[:, None] == index[None, :]).float()
+        hit = _BAND_ROWS[key] = (index, onehot)
+        while len(_BAND_ROWS) > 32:
+            _BAND_ROWS.popitem(last=False)
+    else:
+        _BAND_ROWS.move_to_end(key)
+    return hit
+
+
+def _position_grad(band, sat, x, pos, geometry, scale, dx, dpos, sat_to_dx: bool = False) -> None:
+    """Fold one position term's gradient into ``dx`` (fp32 [B, H, N, D] when ``band`` is given or
+    ``sat_to_dx``) and ``dpos`` (fp32 [H, 2S, D]), in place.
 
     ``band`` [H, B, N, >= W] (or None), in the inputs' dtype: dS by distance, as the kernels stored it (row
     padding zero);
-    ``sat`` [2, B, H, N] fp32: dS summed over the pairs using row 0 / row 2S - 1 (the kernels already added
-    their part of ``dx``); ``x`` the content side of the term (q for c2p, k for p2c), ``pos`` its table.
+    ``sat`` [2, B, H, N] fp32: dS summed over the pairs using row 0 / row 2S - 1, whose ``dx`` part the kernels
+    added already unless ``sat_to_dx`` (the fused backward's dQ): then it is added here, inside the band
+    GEMM's result; ``x`` the content side of the term (q for c2p, k for p2c), ``pos`` its table.
     Every operation here is asynchronous (no host-device synchronization).
     """
     H, two_s, D = pos.shape
     B, _, N, _ = x.shape
-    x32 = x.float()
-    dpos[:, 0] += scale * torch.einsum("bhn,bhnd->hd", sat[0], x32)
-    dpos[:, two_s - 1] += scale * torch.einsum("bhn,bhnd->hd", sat[1], x32)
+    ends = slice(0, two_s, max(1, two_s - 1))  # rows 0 and 2S - 1, as a view
+    # dpos rows 0 and 2S - 1 from the saturated sums: [H, 2, D] by one batched GEMM
+    dpos[:, ends].add_(torch.einsum("sbhn,bhnd->hsd", sat, x.float()), alpha=scale)
+    sat_rows = sat.permute(2, 1, 3, 0).reshape(H, B * N, 2) if sat_to_dx else None  # [H, B * N, 2] (a small copy)
     if band is None:
+        if sat_to_dx:
+            dx.add_(torch.bmm(sat_rows, pos[:, ends].float()).view(H, B, N, D).transpose(0, 1), alpha=scale)
         return
-    index = geometry.band_index  # [W]: the position row of each band distance
+    index, onehot = _band_rows(geometry, two_s)
     width = index.numel()
     padded = band.shape[-1]  # rows padded to a multiple of 8 elements: aligned for cuBLAS's fast kernels
     band = band.view(H, B * N, padded)
@@ -630,10 +661,10 @@ def _position_grad(band, sat, x, pos, geometry, scale, dx, dpos) -> None:
     if padded > width:
         rows = torch.nn.functional.pad(rows, (0, 0, 0, padded - width))
     extra = _matmul_f32(band, rows)  # [H, B * N, D]
+    if sat_to_dx:
+        extra.baddbmm_(sat_rows, pos[:, ends].float())  # + the saturated pairs' part, in the same pass over dx
     dx.add_(extra.view(H, B, N, D).transpose(0, 1), alpha=scale)
     per_distance = _matmul_f32(band.transpose(1, 2), x.transpose(0, 1).reshape(H, B * N, D))  # [H, padded, D]
-    # [2S, W] one-hot of the band's rows, built by a comparison (an indexed assignment would synchronize).
-    onehot = (torch.arange(two_s, device=x.device)[:, None] == index[None, :]).float()
     dpos.add_(torch.matmul(onehot, per_distance[:, :width]), alpha=scale)
 
 
@@ -723,11 +754,7 @@ def attention_backward(
             *table_strides, *mask_strides,
             *common, **flags, FUSED_DQ=fused, BAND_BIAS=layout.plane > 0, INDEX_REVERSED=key_reversed,
         )
-        if fused:
-            if has_c2p:  # the saturated pairs' c2p gradient (the dQ kernel adds it in the split backward)
-                dqs.add_(sat_q[0, ..., None] * pos_key[None, :, 0, None].float(), alpha=scale)
-                dqs.add_(sat_q[1, ..., None] * pos_key[None, :, two_s - 1, None].float(), alpha=scale)
-        else:
+        if not fused:  # the dQ kernel; it adds the saturated pairs' c2p gradient (fused: _position_grad does)
             launch(
                 _dq_kernel, lambda meta, nb=nb: (triton.cdiv(N, meta["BLOCK_M"]) * nb * H,),
                 qs, ks, vs, dos, *scores, query_table, bias, *rest, *tables, dqs,
@@ -737,7 +764,7 @@ def attention_backward(
                 *common, **flags, BAND_BIAS=layout.plane > 0, INDEX_REVERSED=query_reversed,
             )
         if has_c2p:
-            _position_grad(band_q, sat_q, qs, pos_key, geometry, scale, dqs, dpos_key)
+            _position_grad(band_q, sat_q, qs, pos_key, geometry, scale, dqs, dpos_key, sat_to_dx=fused)
         if has_p2c:
             _position_grad(band_k, sat_k, ks, pos_query, geometry, scale, dks, dpos_query)
         del c2p, p2c, bias, band_q, band_k  # free this slice's buffers before the next

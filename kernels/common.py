@@ -100,9 +100,14 @@ class PositionGeometry:
         return self.r_hi + self.r_lo - 1
 
     @property
-    def band_index(self) -> torch.Tensor:
+    def band_index_view(self) -> torch.Tensor:
+        """The position row of each band distance, int32 ``[W]``: a view of ``table``."""
         n = (self.table.numel() + 1) // 2
-        return self.table[n - self.r_lo : n - 1 + self.r_hi].long()
+        return self.table[n - self.r_lo : n - 1 + self.r_hi]
+
+    @property
+    def band_index(self) -> torch.Tensor:
+        return self.band_index_view.long()
 
 
 def _saturation(position_buckets: int, max_relative_positions: int, device: torch.device, length: int):
@@ -131,8 +136,12 @@ def position_geometry(seq_len: int, position_buckets: int, max_relative_position
 
 
 # The O(N) position buffers (C2P / P2C in the input dtype, the backward's band buffers) are built for
-# at most this many bytes at a time: larger batches run in slices of whole sequences.
-CHUNK_BYTES = 1 << 30
+# at most this many bytes at a time: larger batches run in slices of whole sequences. 2 GiB: a batch of
+# 16384 tokens (v3 settings, H 12, bf16) needs up to 1.2 GB in the backward (N >= 512), one slice. Each
+# further slice repeats the backward's host work (about 20 torch calls and 3 kernel launches); in the
+# profile of a forward+backward at N 512 on an H100, with 2 slices, the GPU's kernels ran 4.7 ms of a 6.7 ms
+# step (bench/results/h100_2026-11-22d/README.md).
+CHUNK_BYTES = 2 << 30
 
 
 def batch_slices(batch: int, bytes_per_sequence: int) -> list[slice]:
