@@ -160,7 +160,12 @@ run_compare() {  # the Triton kernels before and after a change: the same op ben
   # in one call (the same GPU, clocks and inputs). The base runs from a `git archive` of BASE, without the CUDA
   # extension; its JSON records BASE in env.settings (DEBERTA_FAST_COMPARE_BASE).
   local base=${BASE:-b3ca082} tree=/tmp/deberta_fast_base rc
-  rm -rf "$tree" && mkdir -p "$tree" && git archive "$base" | tar -x -C "$tree" || { echo "no commit $base"; return 1; }
+  rm -rf "$tree" && mkdir -p "$tree"
+  if [ -n "${BASE_TREE:-}" ]; then  # the base as a directory (a carried `git archive` of a commit the device's
+    cp -r "$BASE_TREE"/. "$tree"/  # copy of .git lacks: it is the copy from the session's start)
+  else
+    git archive "$base" | tar -x -C "$tree" || { echo "no commit $base"; return 1; }
+  fi
   ln -s ../kernels "$tree/deberta_fast/kernels"
   local args=(--device cuda --dtype bfloat16 --levels op --seqlens "${COMPARE_SEQLENS:-512,2048,8192}" --modes fwd,fwd_bwd
               --rep 20)

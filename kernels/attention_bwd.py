@@ -257,7 +257,9 @@ def _dkdv_tiles(
     return dk, dv, t_hi, t_lo
 
 
-@autotuned("dkdv", _DKDV_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_N")
+# DQ and SAT_Q: the fused backward adds into them atomically (zeroed by the host); the autotuner runs a launch
+# many times, so it zeroes them before each run (in the split backward the dQ kernel stores both afterwards).
+@autotuned("dkdv", _DKDV_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_N", reset_to_zero=("DQ", "SAT_Q"))
 @triton.jit
 def _dkdv_kernel(
     Q, K, V, DO, C2P, P2C, TABLE, BIAS, MASK, RANGE, PHILOX, LSE, DELTA, POS_K, POS_Q, DK, DV, BAND_K, SAT_K, DQ,

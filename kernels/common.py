@@ -406,10 +406,12 @@ def autotune_mode() -> str:
     return mode
 
 
-def autotuned(name: str, shapes, interpret_blocks: tuple[int, int], owned: str, wide_owned: int = 64):
+def autotuned(name: str, shapes, interpret_blocks: tuple[int, int], owned: str, wide_owned: int = 64,
+              reset_to_zero: tuple[str, ...] = ()):
     """``triton.autotune`` over ``make_configs(shapes)`` keyed on the AUTOTUNE_KEY names the kernel has (Triton
     3.9 rejects a key that is not an argument), with the prune filter; ``name`` ("fwd", "dkdv", "dq") is the
-    kernel's name in the measured-defaults table (``tuned.py``)."""
+    kernel's name in the measured-defaults table (``tuned.py``). ``reset_to_zero``: the arguments a launch
+    accumulates into (atomics), zeroed by the autotuner before each timed run and before the real one."""
     prune = functools.partial(prune_configs, owned=owned, wide_owned=wide_owned)
 
     def decorate(fn):
@@ -417,6 +419,7 @@ def autotuned(name: str, shapes, interpret_blocks: tuple[int, int], owned: str, 
             configs=make_configs(shapes, interpret_blocks),
             key=[arg for arg in AUTOTUNE_KEY if arg in fn.arg_names],
             prune_configs_by={"early_config_prune": prune},
+            reset_to_zero=list(reset_to_zero) or None,
         )(fn)
         kernel.deberta_name = name
         return kernel

@@ -875,3 +875,14 @@ def test_model_matches_torch_backend(config):
     assert grads.keys() == ref_grads.keys()
     for name, g in grads.items():
         assert max_err(g, ref_grads[name]) < 1e-4 * max(1.0, ref_grads[name].abs().max().item()), name
+
+
+def test_autotuner_zeroes_what_the_fused_backward_accumulates():
+    # The fused backward adds dQ and the saturated c2p sums atomically into host-zeroed buffers; the autotuner
+    # runs a launch once per config (and again for real), so it must zero them before each run. Without it an
+    # autotuned launch's dQ came out hundreds of times too large on an H100 (tests/test_gpu_triton.py
+    # test_autotuned_launch); the interpreter runs one config, so this checks the setting itself.
+    from deberta_fast.kernels import attention_bwd
+
+    assert set(attention_bwd._dkdv_kernel.reset_to_zero) == {"DQ", "SAT_Q"}
+    assert "DQ" in attention_bwd._dkdv_kernel.fn.arg_names and "SAT_Q" in attention_bwd._dkdv_kernel.fn.arg_names
