@@ -647,9 +647,13 @@ def _position_grad(band, sat, x, pos, geometry, scale, dx, dpos, sat_to_dx: bool
     """
     H, two_s, D = pos.shape
     B, _, N, _ = x.shape
+    # dpos rows 0 and 2S - 1 from the saturated sums, one matrix-vector product each (cuBLAS gemv kernels of
+    # about 11 us in the profile at N 512 on an H100). Not one einsum over both ("sbhn,bhnd->hsd"): cuBLAS ran
+    # that as a skinny GEMM of 565 us, 1.1 ms a forward+backward (bench/results/h100_2026-11-22d/, call 6).
+    x32 = x.float()
+    dpos[:, 0] += scale * torch.einsum("bhn,bhnd->hd", sat[0], x32)
+    dpos[:, two_s - 1] += scale * torch.einsum("bhn,bhnd->hd", sat[1], x32)
     ends = slice(0, two_s, max(1, two_s - 1))  # rows 0 and 2S - 1, as a view
-    # dpos rows 0 and 2S - 1 from the saturated sums: [H, 2, D] by one batched GEMM
-    dpos[:, ends].add_(torch.einsum("sbhn,bhnd->hsd", sat, x.float()), alpha=scale)
     sat_rows = sat.permute(2, 1, 3, 0).reshape(H, B * N, 2) if sat_to_dx else None  # [H, B * N, 2] (a small copy)
     if band is None:
         if sat_to_dx:
