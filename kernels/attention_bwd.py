@@ -33,8 +33,10 @@ c2p + p2c from it instead of gathering.
 
 Band buffers are plain stores in the inputs' dtype (each pair's distance slot is written once: no atomics,
 deterministic; the slots no pair has, row padding and distances reaching past the sequence, are zeroed by
-``_band_edges_kernel`` instead of a fill of the whole buffer; dS rounded to the inputs' dtype, as the dK / dQ GEMMs of the kernels round it), and the
-GEMMs of step 4 run on tensor cores with float32 accumulation and results.
+``_band_edges_kernel`` instead of a fill of the whole buffer, except where rows leave over a quarter of their
+slots unwritten (N <= 3/4 of a row's length; padded batches): there one fill of the whole buffer costs less;
+dS rounded to the inputs' dtype, as the dK / dQ GEMMs of the kernels round it), and the GEMMs of step 4 run on
+tensor cores with float32 accumulation and results.
 Their width W = r_lo + r_hi - 1 is the band of distances where the index is not clamped (1017 for
 DeBERTa-v3), so memory is O(N * W): no N x N tensor exists at any point. Batches whose position buffers
 exceed common.CHUNK_BYTES run in slices of whole sequences (steps 2-4 per slice).
