@@ -136,7 +136,7 @@ run_attention() {
 
 run_layer() {  # the attention layer against transformers and both peers at every N of the op level (the
   # attention step's layer run has three lengths; issue 5's peer target names N 128 to 16384), and deberta_fast's
-  # torch backend (never timed on a GPU before this step had it), a call of its own
+  # torch backend (timed on a GPU in the model runs only, never at the attention level), a call of its own
   bench "$out/attention_layer_all.log" 540 40 bench/attention.py --device cuda --dtype bfloat16 --levels layer \
     --seqlens 128,256,512,1024,2048,4096,8192,16384 --modes fwd,fwd_bwd \
     --layer-providers hf-eager,df-triton,df-torch,flashdeberta,disentangled-flash --rep 10 \
