@@ -5,6 +5,7 @@
 #                                                variants | tune | tune-bias | tune-d128 | apply-tuned | apply-variants |
 #                                                attention | attention-extra | attention-fp32 | layer | compare | model |
 #                                                model-large | profile | ncu | all
+#   PREBUILT (a folder with the extension an earlier call built) skips the build.
 #   TEST_TIMEOUT (seconds per pytest run, default 480) bounds the test steps; TEST_WORKERS (default 8) is the
 #   number of pytest-xdist workers, TUNE_JOBS (default 8) the compile processes of the tune steps.
 #
@@ -35,7 +36,13 @@ setup() {
   export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
   # Built in place (no pip: without network pip's editable install would fetch build dependencies); the
   # Triton kernels (kernels/, shipped as deberta_fast.kernels) are linked where the package expects them.
-  $PY setup.py build_ext --inplace >"$out/setup.log" 2>&1 || { tail -50 "$out/setup.log"; return 1; }
+  # A call may carry the extension an earlier call built (PREBUILT: a folder holding its _C*.so, built by the same
+  # torch on the same kind of machine) and skip the build, about a minute of device time.
+  if [ -n "${PREBUILT:-}" ] && ls "$PREBUILT"/_C*.so >/dev/null 2>&1; then
+    cp "$PREBUILT"/_C*.so deberta_fast/ && echo "deberta_fast: extension from $PREBUILT, not built" >"$out/setup.log"
+  else
+    $PY setup.py build_ext --inplace >"$out/setup.log" 2>&1 || { tail -50 "$out/setup.log"; return 1; }
+  fi
   [ -e deberta_fast/kernels ] || ln -s ../kernels deberta_fast/kernels
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
   {
@@ -185,14 +192,17 @@ run_attention_fp32() {  # float32 (op level; Triton's dots exact unless torch al
     --out "$out/attention_cuda_float32.json"
 }
 
+# The model steps: N from MODEL_SEQLENS / LARGE_SEQLENS, time limits MODEL_LIMIT / LARGE_LIMIT (seconds; lower
+# them to run both steps in one call). bench/model.py rewrites its JSON after every case, so a step stopped at
+# its limit keeps the cases it finished.
 run_model() {  # v3-base at N 128..4096 (N 512 and 2048 alone took about a minute on an H100)
-  bench "$out/model.log" 560 40 bench/model.py --device cuda --dtype bfloat16 --configs v3-base \
-    --seqlens 128,512,2048,4096 --out "$out/model_cuda_bfloat16.json"
+  bench "$out/model.log" "${MODEL_LIMIT:-560}" 40 bench/model.py --device cuda --dtype bfloat16 --configs v3-base \
+    --seqlens "${MODEL_SEQLENS:-128,512,2048,4096}" --out "$out/model_cuda_bfloat16.json"
 }
 
-run_model_large() {  # v3-large at two lengths, a call of its own
-  bench "$out/model_large.log" 560 40 bench/model.py --device cuda --dtype bfloat16 --configs v3-large \
-    --seqlens 512,2048 --out "$out/model_cuda_bfloat16_large.json"
+run_model_large() {  # v3-large (two lengths by default, a call of its own)
+  bench "$out/model_large.log" "${LARGE_LIMIT:-560}" 40 bench/model.py --device cuda --dtype bfloat16 \
+    --configs v3-large --seqlens "${LARGE_SEQLENS:-512,2048}" --out "$out/model_cuda_bfloat16_large.json"
 }
 
 # apply-tuned / apply-variants: this call's tuning runs / variants run added to the committed ones in the device's

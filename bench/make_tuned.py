@@ -20,7 +20,7 @@ from common import generate_from_json, write_generated  # noqa: E402
 
 TARGET = ROOT / "kernels" / "tuned.py"
 # The committed tuning runs (bench/tune_triton.py on a GPU); later runs of the same shape win.
-SOURCES: list[Path] = [ROOT / "bench" / "results" / "triton_configs_cuda_bfloat16_d64.json"]
+SOURCES: list[Path] = [ROOT / "bench" / "results" / f"triton_configs_cuda_bfloat16_d{d}.json" for d in (64, 128)]
 
 
 def _padded(head_dim: int) -> int:

@@ -7,13 +7,18 @@
 v3 settings (buckets 256, max relative 512), H 12, D 64, bf16, no padding, B * N = --tokens. First, without
 the profiler, the host's time to issue a forward+backward step against the step's GPU time: when the two are
 close, the step is bound by the host (Python, dispatch, launches), not by the kernels. Then the kernels sorted
-by total CUDA time; with --out, each table goes to DIR/profile_<backend>_N<N>.txt.
+by total CUDA time; with --out, each table goes to DIR/profile_<backend>_N<N>.txt. --host-profile adds
+cProfile's table of the host's Python work over 20 steps (which functions the host's time to issue a step goes
+to: the op's glue, the Triton launcher, torch's dispatch), to DIR/host_<backend>_N<N>.txt.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
+import pstats
 import time
 
 import torch
@@ -51,6 +56,7 @@ def main() -> None:
     p.add_argument("--sync-debug", action="store_true", help="report host-device synchronizations of one step")
     p.add_argument("--no-profiler", action="store_true",
                    help="only run the steps (for an outside profiler such as Nsight Compute)")
+    p.add_argument("--host-profile", action="store_true", help="cProfile the host's Python work of 20 steps")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -75,6 +81,9 @@ def main() -> None:
         timing = (f"host issue {host:.3f} ms a step, GPU span {gpu:.3f} ms a step (median of 10 single steps; "
                   f"{'host-bound' if host >= 0.8 * gpu else 'GPU-bound'})")
         print(f"backend {args.backend}, N {n}: {timing}", flush=True)
+        if args.host_profile:
+            title = f"backend {args.backend}, N {n}"
+            write(args, f"host_{args.backend}_N{n}.txt", host_profile(step, args.rows, title))
         if args.sync_debug:  # every operation that waits for the GPU (a blocking copy, .item()) warns, with where
             torch.cuda.set_sync_debug_mode("warn")
             step()
@@ -85,11 +94,33 @@ def main() -> None:
             torch.cuda.synchronize()
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=90)
         header = f"backend {args.backend}, B {b}, N {n}, H {H}, D {D}, bf16, 5 forward+backward steps; {timing}"
-        print(header, table, sep="\n")
-        if args.out:
-            os.makedirs(args.out, exist_ok=True)
-            with open(os.path.join(args.out, f"profile_{args.backend}_N{n}.txt"), "w") as f:
-                f.write(header + "\n" + table)
+        write(args, f"profile_{args.backend}_N{n}.txt", header + "\n" + table)
+
+
+def host_profile(step, rows: int, title: str, steps: int = 20) -> str:
+    """cProfile's table (by own time, then by cumulative time) of ``steps`` steps issued back to back, the GPU
+    synchronized only after the last: the host's Python work per function."""
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        step()
+    prof.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    text.write(f"{title}: cProfile of {steps} forward+backward steps\n")
+    for key in ("tottime", "cumulative"):
+        pstats.Stats(prof, stream=text).sort_stats(key).print_stats(rows)
+    return text.getvalue()
+
+
+def write(args, name: str, text: str) -> None:
+    """Print ``text``; with --out also write it to DIR/name."""
+    print(text, flush=True)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, name), "w") as f:
+            f.write(text)
 
 
 if __name__ == "__main__":

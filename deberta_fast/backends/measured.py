@@ -18,7 +18,7 @@ FASTEST = {
             (16384, ('triton', 'cuda')),
         ],
         'fwd_bwd': [
-            (128, ('triton', 'cuda')),
+            (128, ('cuda', 'triton')),
             (256, ('triton', 'cuda')),
             (512, ('triton', 'cuda')),
             (1024, ('triton', 'cuda')),
@@ -71,14 +71,14 @@ FASTEST = {
 TRITON_VARIANTS = {
     ('9.0', 'bfloat16', 64): {
         'fwd': [
-            (512, {'bias': 2.013, 'gather': 0.6916}),
-            (2048, {'bias': 3.1869, 'gather': 1.3147}),
-            (8192, {'bias': 4.3678, 'gather': 2.389}),
+            (512, {'bias': 2.013, 'gather': 0.6001}),
+            (2048, {'bias': 3.1875, 'gather': 1.0505}),
+            (8192, {'bias': 4.3865, 'gather': 1.8201}),
         ],
         'bwd': [
-            (512, {('bias', 'fused'): 5.5115, ('bias', 'split'): 6.6418, ('gather', 'fused'): 4.7858, ('gather', 'split'): 5.6593}),
-            (2048, {('bias', 'fused'): 7.1937, ('bias', 'split'): 8.9627, ('gather', 'fused'): 5.6075, ('gather', 'split'): 7.6506}),
-            (8192, {('bias', 'fused'): 11.782, ('bias', 'split'): 12.7315, ('gather', 'fused'): 10.0426, ('gather', 'split'): 11.4356}),
+            (512, {('bias', 'fused'): 4.3463, ('bias', 'split'): 5.632, ('gather', 'fused'): 3.1105, ('gather', 'split'): 4.0799}),
+            (2048, {('bias', 'fused'): 6.5911, ('bias', 'split'): 8.4969, ('gather', 'fused'): 4.3659, ('gather', 'split'): 6.612}),
+            (8192, {('bias', 'fused'): 11.194, ('bias', 'split'): 12.2714, ('gather', 'fused'): 8.3468, ('gather', 'split'): 9.142}),
         ],
     },
 }
