@@ -617,18 +617,20 @@ def _matmul_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 _BAND_ROWS: "collections.OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]]" = collections.OrderedDict()
 
 
-def _band_rows(geometry, two_s: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(index, onehot): int64 ``[W]``, the position row of each band distance, and float32 ``[2S, W]``, its
-    one-hot (built by a comparison: an indexed assignment would synchronize). Cached (the last 32): the band
-    is the same slice of one cached index table for every N past the saturation distance, so the key is that
-    slice's address."""
+def _band_rows(geometry, two_s: int, padded: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, onehot): int64 ``[padded]``, the position row of each band distance (``padded`` >= W: the band
+    buffers' row length; the padding slots name row 0, any row would do: the buffers' padding columns are zero,
+    so their rows add nothing to the band GEMM, and no pad of the gathered rows is needed), and float32
+    ``[2S, W]``, the one-hot of the first W (built by a comparison: an indexed assignment would synchronize).
+    Cached (the last 32): the band is the same slice of one cached index table for every N past the saturation
+    distance, so the key is that slice's address."""
     band = geometry.band_index_view
-    key = (band.device, band.data_ptr(), band.numel(), two_s)
+    key = (band.device, band.data_ptr(), band.numel(), two_s, padded)
     hit = _BAND_ROWS.get(key)
     if hit is None:
         index = band.long()
         onehot = (torch.arange(two_s, device=index.device)[:, None] == index[None, :]).float()
-        hit = _BAND_ROWS[key] = (index, onehot)
+        hit = _BAND_ROWS[key] = (torch.nn.functional.pad(index, (0, padded - index.numel())), onehot)
         while len(_BAND_ROWS) > 32:
             _BAND_ROWS.popitem(last=False)
     else:
@@ -652,22 +654,22 @@ def _position_grad(band, sat, x, pos, geometry, scale, dx, dpos, sat_to_dx: bool
     # dpos rows 0 and 2S - 1 from the saturated sums, one matrix-vector product each (cuBLAS gemv kernels of
     # about 11 us in the profile at N 512 on an H100). Not one einsum over both ("sbhn,bhnd->hsd"): cuBLAS ran
     # that as a skinny GEMM of 565 us, 1.1 ms a forward+backward (bench/results/h100_2026-11-22d/, call 6).
+    # Added in place into the rows' views: `dpos[:, 0] += scale * ...` would cost a multiply and a copy back
+    # (setitem) kernel more each.
     x32 = x.float()
-    dpos[:, 0] += scale * torch.einsum("bhn,bhnd->hd", sat[0], x32)
-    dpos[:, two_s - 1] += scale * torch.einsum("bhn,bhnd->hd", sat[1], x32)
+    dpos[:, 0].add_(torch.einsum("bhn,bhnd->hd", sat[0], x32), alpha=scale)
+    dpos[:, two_s - 1].add_(torch.einsum("bhn,bhnd->hd", sat[1], x32), alpha=scale)
     ends = slice(0, two_s, max(1, two_s - 1))  # rows 0 and 2S - 1, as a view
     sat_rows = sat.permute(2, 1, 3, 0).reshape(H, B * N, 2) if sat_to_dx else None  # [H, B * N, 2] (a small copy)
     if band is None:
         if sat_to_dx:
             dx.add_(torch.bmm(sat_rows, pos[:, ends].float()).view(H, B, N, D).transpose(0, 1), alpha=scale)
         return
-    index, onehot = _band_rows(geometry, two_s)
-    width = index.numel()
     padded = band.shape[-1]  # rows padded to a multiple of 8 elements: aligned for cuBLAS's fast kernels
+    index, onehot = _band_rows(geometry, two_s, padded)
+    width = onehot.shape[1]
     band = band.view(H, B * N, padded)
-    rows = pos.index_select(1, index)  # [H, W, D]: the position row of each distance, zero rows past W
-    if padded > width:
-        rows = torch.nn.functional.pad(rows, (0, 0, 0, padded - width))
+    rows = pos.index_select(1, index)  # [H, padded, D]: the position row of each distance (row 0 past W)
     extra = _matmul_f32(band, rows)  # [H, B * N, D]
     if sat_to_dx:
         extra.baddbmm_(sat_rows, pos[:, ends].float())  # + the saturated pairs' part, in the same pass over dx
