@@ -37,7 +37,7 @@ setup() {
   # Built in place (no pip: without network pip's editable install would fetch build dependencies); the
   # Triton kernels (kernels/, shipped as deberta_fast.kernels) are linked where the package expects them.
   # A call may carry the extension an earlier call built (PREBUILT: a folder holding its _C*.so, built by the same
-  # torch on the same kind of machine) and skip the build, about a minute of device time.
+  # torch on the same kind of machine) and skip the build (about half a minute of device time in the fifth run).
   if [ -n "${PREBUILT:-}" ] && ls "$PREBUILT"/_C*.so >/dev/null 2>&1; then
     cp "$PREBUILT"/_C*.so deberta_fast/ && echo "deberta_fast: extension from $PREBUILT, not built" >"$out/setup.log"
   else
