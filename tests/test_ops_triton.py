@@ -358,6 +358,25 @@ def test_band_buffer_zeroes_exactly_the_slots_no_pair_writes(n, buckets, max_rel
     assert bool((band[..., ~written] == 0).all()), "a slot no pair writes was left uninitialized"
 
 
+@pytest.mark.parametrize("n,buckets,max_rel", [(97, 8, 32), (300, 16, 64), (97, 256, 512)])
+def test_band_rows_index_is_padded_to_the_buffer_row(n, buckets, max_rel):
+    """The backward gathers the band's position rows with an index as long as a band buffer's row: the W band
+    distances' rows, then row 0 for the padding slots (harmless: those columns of the buffers are zero, as the
+    test above checks), and a one-hot of the W distances for dpos. The geometry is cached per length."""
+    from deberta_fast.kernels import attention_bwd
+
+    geometry = kernel_common.position_geometry(n, buckets, max_rel, DEVICE)
+    assert kernel_common.position_geometry(n, buckets, max_rel, DEVICE) is geometry
+    width, two_s = geometry.width, 2 * (buckets if buckets > 0 else max_rel)
+    stride = attention_bwd._band_stride(width)
+    assert stride > width  # these cases have padding slots
+    index, onehot = attention_bwd._band_rows(geometry, two_s, stride)
+    assert index.shape == (stride,) and onehot.shape == (two_s, width)
+    assert torch.equal(index[:width].cpu(), geometry.band_index.cpu())
+    assert bool((index[width:] == 0).all())
+    assert torch.equal(onehot.argmax(0).cpu(), geometry.band_index.cpu()) and bool((onehot.sum(0) == 1).all())
+
+
 def test_position_scores_are_head_major_and_copy_nothing():
     """C2P / P2C as [H, B, N, 2S]; for the model's [B, N, H, D] views and [2S, H, D]-transposed tables, one
     GEMM per head and no copy of the inputs."""
