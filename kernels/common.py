@@ -125,25 +125,19 @@ def _saturation(position_buckets: int, max_relative_positions: int, device: torc
     return _SATURATION[key]
 
 
-_GEOMETRY: dict[tuple, PositionGeometry] = {}
-
-
 def position_geometry(seq_len: int, position_buckets: int, max_relative_positions: int, device) -> PositionGeometry:
     """The :class:`PositionGeometry` of ``seq_len`` tokens on ``device``, cached (every forward and backward
     asks, twice per step; its tables are views of the cached index tables)."""
-    device = torch.device(device)
-    key = (seq_len, position_buckets, max_relative_positions, device)
-    geometry = _GEOMETRY.get(key)
-    if geometry is None:
-        length = max(_MIN_TABLE, 1 << (seq_len - 1).bit_length())
-        r_hi, r_lo = _saturation(position_buckets, max_relative_positions, device, length)
-        table = relative_index_table(seq_len, position_buckets, max_relative_positions, device)
-        table_rev = relative_index_table(seq_len, position_buckets, max_relative_positions, device, reverse=True)
-        geometry = PositionGeometry(table, min(r_hi, seq_len), min(r_lo, seq_len), table_rev)
-        if len(_GEOMETRY) >= 256:
-            _GEOMETRY.clear()
-        _GEOMETRY[key] = geometry
-    return geometry
+    return _position_geometry(seq_len, position_buckets, max_relative_positions, torch.device(device))
+
+
+@functools.lru_cache(maxsize=256)
+def _position_geometry(seq_len: int, position_buckets: int, max_relative_positions: int, device) -> PositionGeometry:
+    length = max(_MIN_TABLE, 1 << (seq_len - 1).bit_length())
+    r_hi, r_lo = _saturation(position_buckets, max_relative_positions, device, length)
+    table = relative_index_table(seq_len, position_buckets, max_relative_positions, device)
+    table_rev = relative_index_table(seq_len, position_buckets, max_relative_positions, device, reverse=True)
+    return PositionGeometry(table, min(r_hi, seq_len), min(r_lo, seq_len), table_rev)
 
 
 # The O(N) position buffers (C2P / P2C in the input dtype, the backward's band buffers) are built for
