@@ -168,7 +168,7 @@ def _dkdv_tiles(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FUSED_DQ: tl.constexpr,
-    BAND_BIAS: tl.constexpr, INDEX_REVERSED: tl.constexpr,
+    BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr, INDEX_REVERSED: tl.constexpr,
 ):
     """Accumulate over the query tiles [start, end) less [gap_lo, gap_hi) (as the forward's ``_fwd_tiles``), all of
     one kind (MODE); scores are transposed [keys, queries].
@@ -196,9 +196,8 @@ def _dkdv_tiles(
             sat_lo = 0.0
             if BAND_BIAS and MODE == BAND:
                 sat_hi, sat_lo = band_edge_terms(p2c_hi, p2c_lo, C2P, offs_m, row_in, two_s, HAS_C2P)
-            s += position_bias(offs_m[None, :], offs_n[:, None], valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset,
-                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS,
-                               MODE == BAND)
+            s += position_bias(offs_m, offs_n, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO,
+                               sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, MODE == BAND, 1)
         elif MODE != PLAIN:
             s += own  # before the mask: a fully padded query row's scores stay one constant
         row_ok = row_in
@@ -279,7 +278,8 @@ def _dkdv_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FUSED_DQ: tl.constexpr,
-    BAND_BIAS: tl.constexpr, INDEX_REVERSED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr, INDEX_REVERSED: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     n_blocks = tl.cdiv(N, BLOCK_N)
     pid = tl.program_id(0)
@@ -344,7 +344,8 @@ def _dkdv_kernel(
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, ORIENTED,
+            INDEX_REVERSED)
         band_start = tl.maximum(lo_end, q_lo)
         band_end = tl.minimum(hi_start, q_hi)
         inner_lo, inner_hi = inner_band(j0, N, R_LO, R_HI, BLOCK_N, BLOCK_M)
@@ -357,7 +358,8 @@ def _dkdv_kernel(
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, ORIENTED,
+            INDEX_REVERSED)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
             dk, dv, t_hi, t_lo, k, k, 0.0, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, inner_start, inner_end,
             inner_end, inner_end,
@@ -366,7 +368,8 @@ def _dkdv_kernel(
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             INNER, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, ORIENTED,
+            INDEX_REVERSED)
         k_hi = saturated_operand(k, POS_K, two_s - 1, stride_pkn, stride_pkd, HAS_C2P, HEAD_DIM, BLOCK_D)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
             dk, dv, t_hi, t_lo, k, k_hi, p2c_hi, v, col_ok, p2c_hi, p2c_lo, j0, offs_n,
@@ -376,7 +379,8 @@ def _dkdv_kernel(
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, ORIENTED,
+            INDEX_REVERSED)
     else:
         dk, dv, t_hi, t_lo = _dkdv_tiles(
             dk, dv, t_hi, t_lo, k, k, 0.0, v, col_ok, 0.0, 0.0, j0, offs_n, q_lo, q_hi, q_hi, q_hi,
@@ -385,7 +389,8 @@ def _dkdv_kernel(
             stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, ORIENTED,
+            INDEX_REVERSED)
 
     dk = dk * scale
     if HAS_P2C:  # saturated pairs: their p2c gradient flows through pos_query rows 0 and 2S - 1
@@ -412,7 +417,7 @@ def _dq_tiles(
     MODE: tl.constexpr, CHECK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
-    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr,
     INDEX_REVERSED: tl.constexpr,
 ):
     """Accumulate over the key tiles [start, end) less [gap_lo, gap_hi) (as the forward's ``_fwd_tiles``), all of one
@@ -433,9 +438,8 @@ def _dq_tiles(
             sat_lo = 0.0
             if BAND_BIAS and MODE == BAND:
                 sat_hi, sat_lo = band_edge_terms(c2p_hi, c2p_lo, P2C, offs_n, col_in, two_s, HAS_P2C)
-            s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset,
-                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS,
-                               MODE == BAND)
+            s += position_bias(offs_m, offs_n, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO,
+                               sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, MODE == BAND, 0)
         col_ok = col_in
         if HAS_MASK:
             col_ok = tl.load(MASK_B + offs_n * stride_mn, mask=col_in, other=0) != 0
@@ -480,7 +484,7 @@ def _dq_kernel(
     B, H, N, BH0, R_HI, R_LO, two_s, W, BIAS_ROW, BIAS_OFFSET, BIAS_PLANE, scale, qk_scale, dropout_p, SEQ_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
-    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr,
     INDEX_REVERSED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     n_blocks = tl.cdiv(N, BLOCK_M)
@@ -540,7 +544,7 @@ def _dq_kernel(
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
         band_start = tl.maximum(hi_end, key_lo)
         band_end = tl.minimum(lo_start, key_hi)
         inner_lo, inner_hi = inner_band(i0, N, R_HI, R_LO, BLOCK_M, BLOCK_N)
@@ -552,7 +556,7 @@ def _dq_kernel(
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
         dq, s_hi, s_lo = _dq_tiles(
             dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, c2p_hi, c2p_lo, i0, offs_m, inner_start, inner_end,
             inner_end, inner_end,
@@ -560,7 +564,7 @@ def _dq_kernel(
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             INNER, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
         q_lo = saturated_operand(q, POS_Q, 0, stride_pqn, stride_pqd, HAS_P2C, HEAD_DIM, BLOCK_D)
         dq, s_hi, s_lo = _dq_tiles(
             dq, s_hi, s_lo, q_lo, do, lse2, delta, row_ok, off_lo, c2p_hi, c2p_lo, i0, offs_m,
@@ -569,7 +573,7 @@ def _dq_kernel(
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
     else:
         dq, s_hi, s_lo = _dq_tiles(
             dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, 0.0, 0.0, i0, offs_m, key_lo, key_hi, key_hi, key_hi,
@@ -577,7 +581,7 @@ def _dq_kernel(
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
 
     dq = dq * scale
     if HAS_C2P:  # saturated pairs: their c2p gradient flows through pos_key rows 0 and 2S - 1
@@ -719,6 +723,7 @@ def attention_backward(
     band_p2c = has_p2c and width > 0
     band, backward = triton_variant("bwd", q)
     fused = backward == "fused"
+    oriented = band == "oriented"
     dq = _grad_like(q, f32 if band_c2p or fused else q.dtype)
     if fused:
         dq.zero_()  # accumulated atomically
@@ -762,7 +767,8 @@ def attention_backward(
             band_k if band_k is not None else dummy, sat_k, dqs, band_q if band_q is not None else dummy, sat_q,
             *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dks.stride(), *dvs.stride(), *dqs.stride(),
             *table_strides, *mask_strides,
-            *common, **flags, FUSED_DQ=fused, BAND_BIAS=layout.plane > 0, INDEX_REVERSED=key_reversed,
+            *common, **flags, FUSED_DQ=fused, BAND_BIAS=layout.plane > 0, ORIENTED=oriented,
+            INDEX_REVERSED=key_reversed,
         )
         if not fused:  # the dQ kernel; it adds the saturated pairs' c2p gradient (fused: _position_grad does)
             launch(
@@ -771,7 +777,7 @@ def attention_backward(
                 band_q if band_q is not None else dummy, sat_q,
                 *qs.stride(), *ks.stride(), *vs.stride(), *dos.stride(), *dqs.stride(),
                 *table_strides, *mask_strides,
-                *common, **flags, BAND_BIAS=layout.plane > 0, INDEX_REVERSED=query_reversed,
+                *common, **flags, BAND_BIAS=layout.plane > 0, ORIENTED=oriented, INDEX_REVERSED=query_reversed,
             )
         if has_c2p:
             _position_grad(band_q, sat_q, qs, pos_key, geometry, scale, dqs, dpos_key, sat_to_dx=fused)

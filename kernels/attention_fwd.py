@@ -56,7 +56,7 @@ def _fwd_tiles(
     MODE: tl.constexpr, CHECK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
-    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr,
     INDEX_REVERSED: tl.constexpr,
 ):
     """Online-softmax update of (acc, l_i, m_i) over the key tiles [start, end) less [gap_lo, gap_hi) (the band
@@ -79,10 +79,8 @@ def _fwd_tiles(
             sat_lo = 0.0
             if BAND_BIAS and MODE == BAND:
                 sat_hi, sat_lo = band_edge_terms(c2p_hi, c2p_lo, P2C, offs_n, col_in, two_s, HAS_P2C)
-            valid = (offs_m[:, None] < N) & col_in[None, :]
-            s += position_bias(offs_m[:, None], offs_n[None, :], valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset,
-                               two_s, N, R_HI, R_LO, sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS,
-                               MODE == BAND)
+            s += position_bias(offs_m, offs_n, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO,
+                               sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, MODE == BAND, 0)
         col_ok = col_in
         if HAS_MASK:
             col_ok = tl.load(MASK_B + offs_n * stride_mn, mask=col_in, other=0) != 0
@@ -104,7 +102,7 @@ def _fwd_tiles(
 @autotuned("fwd", _FWD_SHAPES, interpret_blocks=(32, 32), owned="BLOCK_M", wide_owned=128)
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, C2P, P2C, POS_Q, TABLE, BIAS, MASK, RANGE, PHILOX, O, LSE,  # TABLE: common.index_table's (INDEX_REVERSED)
+    Q, K, V, C2P, P2C, POS_Q, TABLE, BIAS, MASK, RANGE, PHILOX, O, LSE,  # TABLE, INDEX_REVERSED: common.index_table's
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -114,7 +112,7 @@ def _attn_fwd_kernel(
     B, H, N, BH0, R_HI, R_LO, two_s, BIAS_ROW, BIAS_OFFSET, BIAS_PLANE, qk_scale, dropout_p, SEQ_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
-    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr,
+    DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr,
     INDEX_REVERSED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # One program: BLOCK_M queries of one (batch, head) of this slice of the batch; BH0 is the slice's
@@ -176,7 +174,7 @@ def _attn_fwd_kernel(
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
         # Band tiles: those wholly inside the band and the sequence (INNER) skip the edge and bounds tests; the
         # others, on both sides of them, run in one loop.
         band_start = tl.maximum(hi_end, key_lo)
@@ -188,27 +186,27 @@ def _attn_fwd_kernel(
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
         acc, l_i, m_i = _fwd_tiles(
             acc, l_i, m_i, q, row_ok, 0.0, c2p_hi, c2p_lo, i0, offs_m, inner_start, inner_end, inner_end, inner_end,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             INNER, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
         acc, l_i, m_i = _fwd_tiles(
             acc, l_i, m_i, q_lo, row_ok, off_lo, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(lo_start, key_lo), key_hi,
             key_hi, key_hi,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
     else:
         acc, l_i, m_i = _fwd_tiles(
             acc, l_i, m_i, q, row_ok, 0.0, 0.0, 0.0, i0, offs_m, key_lo, key_hi, key_hi, key_hi,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
 
     # l_i == 0 only on fully padded rows under MASKED_ZERO: output 0, LSE +inf (probabilities 0).
     seen = l_i > 0.0
@@ -254,7 +252,8 @@ def attention_forward(
         UPCAST=upcast_dots(q.dtype),
     )
     ranges = token_ranges(mask) if mask is not None else None
-    layout = bias_layout(geometry, N, triton_variant("fwd", q)[0])
+    band = triton_variant("fwd", q)[0]
+    layout = bias_layout(geometry, N, band)
     table, index_reversed = index_table(geometry, keys_fast=True, absent=lse)
     for part in batch_slices(B, (n_terms * H * N * two_s + H * layout.plane) * q.element_size()):
         c2p, p2c = position_scores(q[part], k[part], pos_key, pos_query)
@@ -272,7 +271,7 @@ def attention_forward(
             *(mask.stride() if mask is not None else (0, 0)),
             part.stop - part.start, H, N, part.start * H, geometry.r_hi if geometry else N, geometry.r_lo if geometry else N,
             two_s, layout.row, layout.offset, layout.plane, scale * LOG2E, float(dropout_p), seq_bucket(N),
-            **flags, BAND_BIAS=layout.plane > 0, INDEX_REVERSED=index_reversed,
+            **flags, BAND_BIAS=layout.plane > 0, ORIENTED=band == "oriented", INDEX_REVERSED=index_reversed,
         )
         del c2p, p2c, bias  # free this slice's buffers before the next
     return out, lse

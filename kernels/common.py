@@ -58,42 +58,52 @@ def _triton_version() -> tuple[int, int]:
         return (99, 0)
 
 
-# Which way band tiles read the position index. The c2p / p2c gathers' addresses have no known contiguity, and
-# Triton's coalescing pass lays such loads out with threads along the tile's fast axis from Triton 3.7 on, along
-# its slow axis in 3.6. The table load, contiguous along whichever axis its index grows, must get the same
-# layout, or every band tile moves two tiles of 64-bit addresses through shared memory (sm_90, all three
-# kernels: compile_check.pointer_layout_conversions 0 with the orientation below, 2 per band loop with the other,
-# on Triton 3.6, 3.7.1, 3.8 and 3.9). So the index grows along the fast axis from 3.7 on, along the slow axis before.
+# Which axis of a band tile the gathers' threads run along. The c2p / p2c gathers' addresses have no known
+# contiguity, and Triton's coalescing pass lays such loads out with a warp's threads along the tile's fast axis from
+# Triton 3.7 on, along its slow axis in 3.6 (sm_90 layouts of all three kernels, compile_check). The index load,
+# contiguous along whichever axis its index grows, must get the same layout, or every band tile moves two tiles of
+# 64-bit addresses through shared memory (compile_check.pointer_layout_conversions: 0 with the orientation below,
+# 2 per band loop with the other, on Triton 3.6, 3.7.1, 3.8 and 3.9). So the index read on the kernel's tile grows
+# along its fast axis from 3.7 on, along its slow axis before (``table_rev``, index j - i, grows along keys; ``table``,
+# i - j, along queries).
+#
+# A gather is cheap when a warp's threads run along the index its addresses are dense in: C2P[i, d(i - j)] along
+# keys, P2C[j, d(i - j)] along queries (consecutive distances, consecutive or equal rows d); along the other index
+# each thread of the warp reads another row (one 32-byte sector each). On one tile one of the two terms is read the
+# dense way and the other not (Triton 3.6: the forward's and dQ's c2p, dK/dV's p2c). Band mode "oriented" gathers
+# each term on a tile oriented for it, the other term's on the transposed tile (:func:`position_bias`), with its
+# own index load from the table that grows along that tile's thread axis.
 INDEX_ALONG_FAST_AXIS = _triton_version() >= (3, 7)
 
 
 def index_table(geometry: "PositionGeometry | None", keys_fast: bool,
                 absent: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """(table, reversed) for band tiles whose fast axis runs over keys (``keys_fast``: the forward and dQ kernels)
-    or queries (dK/dV): :attr:`PositionGeometry.table_rev` (reversed, index j - i + N - 1, growing along keys)
-    or ``table`` (i - j + N - 1, growing along queries), the one whose index grows along the axis
-    INDEX_ALONG_FAST_AXIS names; ``absent`` stands in without position terms."""
-    reversed_ = keys_fast == INDEX_ALONG_FAST_AXIS
-    if geometry is None:
-        return absent, reversed_
-    return (geometry.table_rev if reversed_ else geometry.table), reversed_
+    """(tables, keys_on_thread_axis) for the band tiles of a kernel whose tile has keys (``keys_fast``: the forward
+    and dQ kernels) or queries (dK/dV) on its fast axis: :attr:`PositionGeometry.tables` (``absent`` stands in
+    without position terms) and whether this Triton's gathers run along the tile's key axis (the kernels'
+    INDEX_REVERSED; band mode "oriented" then gathers the c2p term on the kernel's tile and the p2c term on its
+    transpose, else the other way round)."""
+    keys_on_threads = keys_fast == INDEX_ALONG_FAST_AXIS
+    return (geometry.tables if geometry is not None else absent), keys_on_threads
 
 
 @dataclass(frozen=True)
 class PositionGeometry:
     """The relative-position index of one sequence length as the kernels read it.
 
-    ``table``: int32 ``[2N - 1]``, ``table[i - j + N - 1] = d(i, j)``; ``table_rev`` the same reversed, for
-    tiles that want the index to grow along keys (:func:`index_table`). Pairs with ``i - j >= r_hi`` use row
-    2S - 1, pairs with ``i - j <= -r_lo`` row 0 (both clamped to N, so r_hi = N means "never"). The band
-    ``-r_lo < i - j < r_hi`` has ``width = r_hi + r_lo - 1`` distances; column ``c`` of a band buffer holds
-    the distance ``i - j = c - (r_lo - 1)``, whose row is ``band_index[c]``.
+    ``table``: int32 ``[2N - 1]``, ``table[i - j + N - 1] = d(i, j)`` (its index grows along queries);
+    ``table_rev`` the same reversed, ``table_rev[j - i + N - 1] = d(i, j)`` (growing along keys); ``tables`` both
+    in one buffer, ``[table, table_rev]``, as the kernels take them (:func:`position_bias`). Pairs with
+    ``i - j >= r_hi`` use row 2S - 1, pairs with ``i - j <= -r_lo`` row 0 (both clamped to N, so r_hi = N means
+    "never"). The band ``-r_lo < i - j < r_hi`` has ``width = r_hi + r_lo - 1`` distances; column ``c`` of a band
+    buffer holds the distance ``i - j = c - (r_lo - 1)``, whose row is ``band_index[c]``.
     """
 
     table: torch.Tensor
     r_hi: int
     r_lo: int
     table_rev: torch.Tensor  # ``table`` reversed: ``table_rev[j - i + N - 1] = d(i, j)``
+    tables: torch.Tensor  # int32 ``[2 (2N - 1)]``: ``table`` then ``table_rev`` (``table`` and ``table_rev`` view it)
 
     @property
     def width(self) -> int:
@@ -127,7 +137,7 @@ def _saturation(position_buckets: int, max_relative_positions: int, device: torc
 
 def position_geometry(seq_len: int, position_buckets: int, max_relative_positions: int, device) -> PositionGeometry:
     """The :class:`PositionGeometry` of ``seq_len`` tokens on ``device``, cached (every forward and backward
-    asks, twice per step; its tables are views of the cached index tables)."""
+    asks, twice per step)."""
     return _position_geometry(seq_len, position_buckets, max_relative_positions, torch.device(device))
 
 
@@ -135,9 +145,10 @@ def position_geometry(seq_len: int, position_buckets: int, max_relative_position
 def _position_geometry(seq_len: int, position_buckets: int, max_relative_positions: int, device) -> PositionGeometry:
     length = max(_MIN_TABLE, 1 << (seq_len - 1).bit_length())
     r_hi, r_lo = _saturation(position_buckets, max_relative_positions, device, length)
-    table = relative_index_table(seq_len, position_buckets, max_relative_positions, device)
-    table_rev = relative_index_table(seq_len, position_buckets, max_relative_positions, device, reverse=True)
-    return PositionGeometry(table, min(r_hi, seq_len), min(r_lo, seq_len), table_rev)
+    tables = torch.cat([relative_index_table(seq_len, position_buckets, max_relative_positions, device, reverse=rev)
+                        for rev in (False, True)])
+    table, table_rev = tables.view(2, -1)
+    return PositionGeometry(table, min(r_hi, seq_len), min(r_lo, seq_len), table_rev, tables)
 
 
 # The O(N) position buffers (C2P / P2C in the input dtype, the backward's band buffers) are built for
@@ -184,15 +195,17 @@ DEFAULT_VARIANT = ("gather", "split")  # (band, backward) where neither the envi
 def _switch(env: str, values: tuple[str, ...]) -> str:
     mode = os.environ.get(env, "auto")
     if mode not in ("auto",) + values:
-        raise ValueError(f"{env} must be 'auto', " + " or ".join(f"'{v}'" for v in values) + f", got {mode!r}")
+        named = [f"'{v}'" for v in ("auto",) + values]
+        raise ValueError(f"{env} must be " + ", ".join(named[:-1]) + f" or {named[-1]}, got {mode!r}")
     return mode
 
 
 def band_mode() -> str:
-    """DEBERTA_FAST_TRITON_BAND: "gather" (band tiles gather the index, C2P and P2C per pair), "bias"
-    (:func:`band_bias` stores the band's position terms once, band tiles read them back) or "auto" (unset:
+    """DEBERTA_FAST_TRITON_BAND: "gather" (band tiles gather the index, C2P and P2C per pair, on the kernel's tile),
+    "oriented" (the same gathers, each term on a tile whose warps run along its dense index: :func:`position_bias`),
+    "bias" (:func:`band_bias` stores the band's position terms once, band tiles read them back) or "auto" (unset:
     :func:`triton_variant` decides per call)."""
-    return _switch(BAND_ENV, ("gather", "bias"))
+    return _switch(BAND_ENV, ("gather", "oriented", "bias"))
 
 
 def backward_mode() -> str:
@@ -343,7 +356,7 @@ def upcast_dots(dtype: torch.dtype) -> bool:
 
 # The autotuner also keys on every tensor argument's dtype.
 AUTOTUNE_KEY = ["SEQ_BUCKET", "HEAD_DIM", "HAS_C2P", "HAS_P2C", "HAS_MASK", "MASKED_ZERO", "DROPOUT", "PREC", "FUSED_DQ",
-                "BAND_BIAS"]
+                "BAND_BIAS", "ORIENTED"]
 
 
 def seq_bucket(n: int) -> int:
@@ -474,6 +487,8 @@ def measured_config(kernel, named_args: dict, capability: str | None = None, **k
         name = f"{name}+dq"  # the fused backward's dK/dV kernel: a different kernel, measured on its own
     if kwargs.get("BAND_BIAS"):
         name = f"{name}+bias"  # band tiles reading band_bias's buffer: measured on their own too
+    if kwargs.get("ORIENTED"):
+        name = f"{name}+oriented"  # band tiles gathering each term on its own tile: more registers, own configs
     return _measured_config(kernel, name, capability, named_args["Q"].dtype, kwargs["HEAD_DIM"], named_args["N"])
 
 
@@ -678,19 +693,62 @@ def load_if(ptr, mask, other, CHECK: tl.constexpr):
 
 
 @triton.jit
-def position_bias(i, j, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO, sat_hi, sat_lo,
-                  HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, REVERSED: tl.constexpr, BAND_BIAS: tl.constexpr,
-                  CHECK: tl.constexpr):
-    """Unscaled q_i . pos_key[d] + k_j . pos_query[d] for the pairs (i, j) of a band tile (i, j broadcast).
+def tile_pairs(offs_m, offs_n, QUERY_AXIS: tl.constexpr):
+    """(i, j): the queries ``offs_m`` and keys ``offs_n`` broadcast over a tile with queries on axis QUERY_AXIS."""
+    if QUERY_AXIS == 0:
+        i = offs_m[:, None]
+        j = offs_n[None, :]
+    else:
+        i = offs_m[None, :]
+        j = offs_n[:, None]
+    return i, j
 
-    Band tiles gather d from the table (REVERSED: TABLE is ``PositionGeometry.table_rev``) and the terms from the
-    [N, 2S] matrices C2P = Q pos_key^T and P2C = K pos_query^T; under BAND_BIAS they read the band pairs' sums
+
+@triton.jit
+def gathered_term(SCORES, TABLES, offs_m, offs_n, two_s, N, QUERY_AXIS: tl.constexpr, C2P_TERM: tl.constexpr,
+                  TRANSPOSE: tl.constexpr, CHECK: tl.constexpr):
+    """One position term of a band tile with queries on axis QUERY_AXIS, fp32: C2P[i, d(i, j)] (C2P_TERM, SCORES
+    the [N, 2S] C2P of this (head, sequence)) or P2C[j, d(i, j)], gathered on the transposed tile when TRANSPOSE
+    (:data:`INDEX_ALONG_FAST_AXIS`: so that a warp's threads run along the index the addresses are dense in), its
+    index from ``table_rev`` (c2p: index j - i) or ``table`` (p2c: i - j) of ``TABLES`` (PositionGeometry.tables)."""
+    if TRANSPOSE:
+        i, j = tile_pairs(offs_m, offs_n, 1 - QUERY_AXIS)
+    else:
+        i, j = tile_pairs(offs_m, offs_n, QUERY_AXIS)
+    valid = (i < N) & (j < N)
+    if C2P_TERM:
+        d = load_if(TABLES + (2 * N - 1) + (j - i + N - 1), valid, 0, CHECK)
+        x = load_if(SCORES + i * two_s + d, valid, 0.0, CHECK).to(tl.float32)
+    else:
+        d = load_if(TABLES + (i - j + N - 1), valid, 0, CHECK)
+        x = load_if(SCORES + j * two_s + d, valid, 0.0, CHECK).to(tl.float32)
+    if TRANSPOSE:
+        x = tl.trans(x)
+    return x
+
+
+@triton.jit
+def position_bias(offs_m, offs_n, C2P, P2C, TABLES, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO, sat_hi, sat_lo,
+                  HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, KEYS_ON_THREADS: tl.constexpr,
+                  BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr, CHECK: tl.constexpr, QUERY_AXIS: tl.constexpr):
+    """Unscaled q_i . pos_key[d] + k_j . pos_query[d] for the pairs of a band tile of queries ``offs_m`` and keys
+    ``offs_n``, queries on axis QUERY_AXIS (0: [queries, keys], the forward and dQ kernels; 1: dK/dV).
+
+    Band tiles gather d from the index tables (``TABLES``: PositionGeometry.tables) and the terms from the [N, 2S]
+    matrices C2P = Q pos_key^T and P2C = K pos_query^T. KEYS_ON_THREADS (the kernels' INDEX_REVERSED, from
+    :func:`index_table`): this Triton's gathers run along the tile's key axis. Band mode "gather": both terms on
+    the kernel's tile through one index load, so one of them is read along the index its addresses are not dense
+    in (:data:`INDEX_ALONG_FAST_AXIS`); ORIENTED (band mode "oriented"): each term on a tile oriented for it
+    (:func:`gathered_term`: the c2p term on the kernel's tile and the p2c term on its transpose when
+    KEYS_ON_THREADS, else the other way round), two index loads. Under BAND_BIAS they read the band pairs' sums
     from :func:`band_bias`'s buffer (``BIAS``, :class:`BiasLayout` ``bias_row`` / ``bias_offset``) and take
-    ``sat_hi`` / ``sat_lo`` (:func:`band_edge_terms`) for the tile's pairs beyond the band. (Saturated tiles
-    need none of this: :func:`saturated_operand`.) Without CHECK (INNER tiles: every pair inside the band and
-    the sequence) the loads are unmasked and no pair is beyond the band.
+    ``sat_hi`` / ``sat_lo`` (:func:`band_edge_terms`) for the tile's pairs beyond the band. (Saturated tiles need
+    none of this: :func:`saturated_operand`.) Without CHECK (INNER tiles: every pair inside the band and the
+    sequence) the loads are unmasked and no pair is beyond the band.
     """
     if BAND_BIAS:
+        i, j = tile_pairs(offs_m, offs_n, QUERY_AXIS)
+        valid = (i < N) & (j < N)
         # Every pair with i, j < N addresses a slot inside the plane (i * row + j + offset < plane), so the
         # load needs no band test (a mask constant along keys keeps it vectorized): a pair beyond the band
         # reads some other pair's slot, which the saturated value then replaces.
@@ -698,11 +756,21 @@ def position_bias(i, j, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two
         if CHECK:
             r = i - j
             bias = tl.where(r >= R_HI, sat_hi, tl.where(r <= -R_LO, sat_lo, bias))
-    else:
-        if REVERSED:
-            d = load_if(TABLE + (j - i + N - 1), valid, 0, CHECK)
+    elif ORIENTED:
+        if HAS_C2P:
+            bias = gathered_term(C2P, TABLES, offs_m, offs_n, two_s, N, QUERY_AXIS, True, not KEYS_ON_THREADS, CHECK)
+            if HAS_P2C:
+                bias += gathered_term(P2C, TABLES, offs_m, offs_n, two_s, N, QUERY_AXIS, False, KEYS_ON_THREADS, CHECK)
         else:
-            d = load_if(TABLE + (i - j + N - 1), valid, 0, CHECK)
+            bias = gathered_term(P2C, TABLES, offs_m, offs_n, two_s, N, QUERY_AXIS, False, KEYS_ON_THREADS, CHECK)
+    else:
+        # both terms on the kernel's tile, one index load (its table the one whose index grows along the thread axis)
+        i, j = tile_pairs(offs_m, offs_n, QUERY_AXIS)
+        valid = (i < N) & (j < N)
+        if KEYS_ON_THREADS:
+            d = load_if(TABLES + (2 * N - 1) + (j - i + N - 1), valid, 0, CHECK)
+        else:
+            d = load_if(TABLES + (i - j + N - 1), valid, 0, CHECK)
         if HAS_C2P:
             bias = load_if(C2P + i * two_s + d, valid, 0.0, CHECK).to(tl.float32)
             if HAS_P2C:

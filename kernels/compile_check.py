@@ -77,7 +77,8 @@ def launch_values(name: str, *, head_dim: int = 64, seq_len: int = 4096, batch: 
     width = (r_hi + r_lo - 1 + 7) // 8 * 8
     values.update(B=batch, H=heads, N=seq_len, BH0=0, R_HI=r_hi, R_LO=r_lo, two_s=two_s, W=width,
                   SEQ_BUCKET=seq_len)
-    geometry = common.PositionGeometry(torch.empty(0), min(r_hi, seq_len), min(r_lo, seq_len), torch.empty(0))
+    none = torch.empty(0)
+    geometry = common.PositionGeometry(none, min(r_hi, seq_len), min(r_lo, seq_len), none, none)
     layout = common.BiasLayout.of(geometry, seq_len)
     values.update(BIAS_ROW=layout.row, BIAS_OFFSET=layout.offset, BIAS_PLANE=layout.plane)
     return values
@@ -97,7 +98,7 @@ def compile_kernel(name: str, config: triton.Config, *, dtype=torch.bfloat16, he
     jit = KERNELS[name].fn
     constexprs = dict(
         HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim), HAS_C2P=True, HAS_P2C=True, HAS_MASK=True,
-        MASKED_ZERO=False, DROPOUT=False, PREC="ieee", UPCAST=False, BAND_BIAS=False,
+        MASKED_ZERO=False, DROPOUT=False, PREC="ieee", UPCAST=False, BAND_BIAS=False, ORIENTED=False,
         INDEX_REVERSED=index_reversed(name),
     )
     if name == "dkdv":
@@ -141,7 +142,7 @@ def compile_band_bias(dtype=torch.bfloat16, arch=90, seq_len: int = 4096, two_s:
     sm_``arch``, its integers specialized as a launch at ``seq_len`` with v3 settings specializes them."""
     jit = common._band_bias_kernel
     constexprs = dict(HAS_C2P=True, HAS_P2C=True, BLOCK=common._BIAS_BLOCK)
-    geometry = common.PositionGeometry(torch.empty(0), 506, 512, torch.empty(0))
+    geometry = common.PositionGeometry(torch.empty(0), 506, 512, torch.empty(0), torch.empty(0))
     layout = common.BiasLayout.of(geometry, seq_len)
     values = dict(N=seq_len, two_s=two_s, R_HI=geometry.r_hi, W=geometry.width, ROW=layout.row,
                   OFFSET=layout.offset, PLANE=layout.plane)

@@ -100,11 +100,12 @@ BAND_BIAS = [
 
 
 @pytest.mark.parametrize("case,dtype", BAND_BIAS, ids=str)
-@pytest.mark.parametrize("band", ["gather", "bias"])
+@pytest.mark.parametrize("band", ["gather", "oriented", "bias"])
 @pytest.mark.parametrize("backward", ["split", "fused"])
 def test_each_variant(case, dtype, band, backward, monkeypatch):
-    """Each of the four variants pinned by its switches (the other tests run whichever the recorded timings
-    choose): DEBERTA_FAST_TRITON_BAND=bias has band tiles read the band pairs' position terms stored once."""
+    """Each of the six variants pinned by its switches (the other tests run whichever the recorded timings
+    choose): DEBERTA_FAST_TRITON_BAND=bias has band tiles read the band pairs' position terms stored once,
+    =oriented gathers each term on a tile oriented for it."""
     monkeypatch.setenv(kernel_common.BAND_ENV, band)
     monkeypatch.setenv(attention_bwd.BACKWARD_ENV, backward)
     check(case, dtype)
@@ -151,10 +152,15 @@ def test_fp32_tf32_switch():
 KERNELS = {"fwd": attention_fwd._attn_fwd_kernel, "dkdv": attention_bwd._dkdv_kernel, "dq": attention_bwd._dq_kernel}
 
 
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim,band", [(64, "gather"), (128, "gather"), (64, "oriented")])
 @pytest.mark.parametrize("kernel", list(KERNELS))
-def test_every_config_is_correct(kernel, head_dim):
-    """Each config the autotuner may pick (after the prune filter for this head dim) gives correct results."""
+def test_every_config_is_correct(kernel, head_dim, band, monkeypatch):
+    """Each config the autotuner may pick (after the prune filter for this head dim) gives correct results, in
+    the band modes whose band tiles differ in their code (gather, oriented). The dQ kernel runs in the split
+    backward only (the recorded timings choose the fused one, where the dK/dV kernel also adds dQ)."""
+    monkeypatch.setenv(kernel_common.BAND_ENV, band)
+    if kernel == "dq":
+        monkeypatch.setenv(attention_bwd.BACKWARD_ENV, "split")
     tuned = KERNELS[kernel]
     case = Case(B=1, H=2, N=1000, D=head_dim, mask="right", **V3)
     args = {"N": case.N, "Q": torch.empty(1, dtype=torch.bfloat16)}

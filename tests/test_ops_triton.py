@@ -556,8 +556,49 @@ def test_band_bias_agrees_with_gathers(monkeypatch):
     for name, a, b in zip(GRADS, results["gather"][1], results["bias"][1]):
         assert max_err(a, b) <= 1e-6 * max(1.0, a.abs().max().item()), name
     monkeypatch.setenv(kernel_common.BAND_ENV, "table")
-    with pytest.raises(ValueError, match="DEBERTA_FAST_TRITON_BAND must be 'auto', 'gather' or 'bias'"):
+    with pytest.raises(ValueError, match="DEBERTA_FAST_TRITON_BAND must be 'auto', 'gather', 'oriented' or 'bias'"):
         kernel_common.band_mode()
+
+
+# --- band mode "oriented": each position term gathered on a tile oriented for it ---------------------------
+
+
+@pytest.mark.parametrize("along_fast_axis", [True, False], ids=["fast-axis", "slow-axis"])
+@pytest.mark.parametrize("case", [Case(N=97, D=32, mask="right"), Case(N=97, D=32, buckets=256, max_rel=512),
+                                  Case(N=70, D=48, buckets=4, max_rel=8, mask="left", masked_rows="zero"),
+                                  Case(N=97, D=32, p2c=False, mask="mixed"), Case(N=97, D=32, c2p=False)], ids=str)
+def test_oriented_gathers_match_reference(case, along_fast_axis, monkeypatch):
+    """Band mode "oriented" transposes the c2p gather (Triton 3.6's orientation, slow-axis) or the p2c gather
+    (fast-axis) in every kernel: both give the reference's values, with the split and the fused backward, each
+    term alone too."""
+    from deberta_fast.kernels import attention_bwd
+
+    monkeypatch.setattr(kernel_common, "INDEX_ALONG_FAST_AXIS", along_fast_axis)
+    monkeypatch.setenv(kernel_common.BAND_ENV, "oriented")
+    for backward in ("split", "fused"):
+        monkeypatch.setenv(attention_bwd.BACKWARD_ENV, backward)
+        assert kernel_common.triton_variant("bwd", torch.empty(1, 1, case.N, case.D)) == ("oriented", backward)
+        check_against_reference(case, torch.float32)
+
+
+def test_oriented_gathers_agree_with_gathers(monkeypatch):
+    """The same fp32 values (c2p + p2c) added to the same scores in the same order: identical results."""
+    results = runs_per_setting(monkeypatch, kernel_common.BAND_ENV, ("gather", "oriented"))
+    assert torch.equal(results["gather"][0], results["oriented"][0])
+    for name, a, b in zip(GRADS, results["gather"][1], results["oriented"][1]):
+        assert torch.equal(a, b), name
+
+
+def test_position_geometry_holds_both_tables_in_one_buffer():
+    """The kernels take PositionGeometry.tables and read table_rev at offset 2N - 1."""
+    from deberta_fast.positions import relative_index_table
+
+    for n in (1, 97):
+        geometry = kernel_common.position_geometry(n, 8, 32, "cpu")
+        assert torch.equal(geometry.tables, torch.cat([relative_index_table(n, 8, 32),
+                                                       relative_index_table(n, 8, 32, reverse=True)]))
+        assert geometry.table.data_ptr() == geometry.tables.data_ptr()
+        assert geometry.table_rev.data_ptr() == geometry.tables[2 * n - 1 :].data_ptr()
 
 
 # --- the index table's orientation (common.INDEX_ALONG_FAST_AXIS: per Triton version) -------------------------
@@ -796,7 +837,8 @@ for name in KERNELS:
     if name != "dkdv":  # the p2c term folded into the queries: a saturated tile is a plain tile plus a row term
         assert max(first, last) <= 1.2 * plain[0], (name, loops, plain)  # before the fold: 1.3 to 1.5
     print(name, "loops", loops, "plain", plain)
-    variants = [dict(), dict(DROPOUT=True, MASKED_ZERO=True, HAS_P2C=False), dict(BAND_BIAS=True)]
+    variants = [dict(), dict(DROPOUT=True, MASKED_ZERO=True, HAS_P2C=False), dict(BAND_BIAS=True), dict(ORIENTED=True),
+                dict(ORIENTED=True, HAS_C2P=False)]
     if name == "dkdv":
         variants.append(dict(FUSED_DQ=True))
     vector_loads = {}
