@@ -8,10 +8,11 @@ bench/report.py):
   terms materialized as an additive [B, H, N, N] bias: the best stock PyTorch offers) and ``sdpa-floor``
   (SDPA's flash backend with no bias at all, its memory-efficient one in float32: plain attention of the same
   shape, the floor). The Triton
-  backend's four variants, each measured with both switches set for the whole forward and backward:
+  backend's six variants, each measured with both switches set for the whole forward and backward:
   ``df-triton-gather`` (DEBERTA_FAST_TRITON_BAND=gather, DEBERTA_FAST_TRITON_BACKWARD=split),
-  ``df-triton-bias`` (bias, split), ``df-triton-fused`` (gather, fused) and ``df-triton-bias-fused`` (bias,
-  fused); bench/make_selection.py makes the backend's per-shape choice (with the switches unset) of them.
+  ``df-triton-bias`` (bias, split), ``df-triton-fused`` (gather, fused), ``df-triton-bias-fused`` (bias,
+  fused), ``df-triton-oriented`` (oriented, split) and ``df-triton-oriented-fused`` (oriented, fused);
+  bench/make_selection.py makes the backend's per-shape choice (with the switches unset) of them.
   ``df-triton-plain`` / ``df-cuda-plain`` (and ``df-torch-plain``): the fused kernel on the floor's own problem,
   no position terms and no mask, compared with the torch backend's plain attention: how far the kernels' base
   loop is from SDPA flash, apart from the position terms.

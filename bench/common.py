@@ -85,6 +85,8 @@ TRITON_VARIANTS = {
     "df-triton-bias": ("bias", "split"),
     "df-triton-fused": ("gather", "fused"),
     "df-triton-bias-fused": ("bias", "fused"),
+    "df-triton-oriented": ("oriented", "split"),
+    "df-triton-oriented-fused": ("oriented", "fused"),
 }
 
 

@@ -2,7 +2,8 @@
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
 #   bash bench/gpu_suite.sh STEP[,STEP...] OUTDIR    STEP: setup | check | test-triton | test-cuda | tests | parity |
-#                                                variants | tune | tune-bias | tune-d128 | apply-tuned | apply-variants |
+#                                                variants | tune | tune-oriented | tune-bias | tune-d128 | apply-tuned |
+#                                                apply-variants |
 #                                                attention | attention-extra | attention-fp32 | layer | compare | model |
 #                                                model-large | profile | ncu | all
 #   PREBUILT (a folder with the extension an earlier call built) skips the build.
@@ -117,12 +118,15 @@ run_tune() {  # $1: head dim, $2: band mode. Every Triton block config timed, on
     --band "$2" --seqlens 512,2048,8192 --jobs "${TUNE_JOBS:-8}" --out "$out/$name.json"
 }
 
-run_variants() {  # the Triton switches side by side (default configs): band gathers vs the precomputed band
-  # bias (DEBERTA_FAST_TRITON_BAND), split vs fused backward (DEBERTA_FAST_TRITON_BACKWARD), against the floor.
+run_variants() {  # the Triton switches side by side (default configs): band gathers on the kernel's tile, on
+  # tiles oriented per term, or the precomputed band bias (DEBERTA_FAST_TRITON_BAND), split vs fused backward
+  # (DEBERTA_FAST_TRITON_BACKWARD), against the floor. Run `tune-oriented` and `apply-tuned` first: without
+  # tuned configs of its own the oriented mode runs the prune filter's first config of each kernel.
   # Committed and listed in bench/make_selection.py's SOURCES, the JSON becomes the backend's per-shape choice.
+  local providers=df-triton-gather,df-triton-bias,df-triton-fused,df-triton-bias-fused
+  providers+=,df-triton-oriented,df-triton-oriented-fused,df-triton-plain,sdpa-floor
   bench "$out/variants.log" 540 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
-    --seqlens 512,2048,8192 --modes fwd,fwd_bwd --rep 20 \
-    --op-providers df-triton-gather,df-triton-bias,df-triton-fused,df-triton-bias-fused,df-triton-plain,sdpa-floor \
+    --seqlens 512,2048,8192 --modes fwd,fwd_bwd --rep 20 --op-providers "$providers" \
     --out "$out/attention_cuda_bfloat16_variants.json"
 }
 
@@ -238,6 +242,7 @@ run_step() {
     variants) run_variants ;;
     tune) run_tune 64 gather ;;
     tune-bias) run_tune 64 bias ;;
+    tune-oriented) run_tune 64 oriented ;;
     tune-d128) run_tune 128 gather ;;
     apply-tuned) run_apply make_tuned.py "$out"/triton_configs_cuda_bfloat16_d*.json ;;
     apply-variants) run_apply make_selection.py "$out/attention_cuda_bfloat16_variants.json" ;;

@@ -6,8 +6,8 @@ For every recorded (GPU capability, dtype, head dim, mode, N) of the op-level be
 deberta_fast backends (df-cuda, df-triton) that ran and agreed with the reference, fastest (median) first.
 Modes: "fwd" (no gradient) and "fwd_bwd" (training).
 
-From the rows of the Triton backend's variant providers (bench/common.py TRITON_VARIANTS: band gather / bias x
-backward split / fused, ``bash bench/gpu_suite.sh variants``) it also records TRITON_VARIANTS, the times the
+From the rows of the Triton backend's variant providers (bench/common.py TRITON_VARIANTS: band gather / oriented /
+bias x backward split / fused, ``bash bench/gpu_suite.sh variants``) it also records TRITON_VARIANTS, the times the
 backend compares when DEBERTA_FAST_TRITON_BAND / _BACKWARD are unset (kernels/common.py triton_variant): per
 shape, "fwd" holds each band mode's forward time (the faster of its two rows: the forward does not depend on
 the backward variant) and "bwd" each variant's forward+backward time less its band mode's forward time (whole

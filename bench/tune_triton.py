@@ -101,7 +101,7 @@ def _shape_rows(D: int, N: int, args, take) -> list[dict]:
         return run
 
     runs = {"fwd": run_forward, "dkdv": backward("split"), "dq": backward("split"), "dkdv+dq": backward("fused")}
-    suffix = "+bias" if args.band == "bias" else ""
+    suffix = "" if args.band == "gather" else f"+{args.band}"
 
     device = torch.device(args.device)
     rows = []
@@ -156,8 +156,8 @@ def main(argv=None) -> int:
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--buckets", type=int, default=256)
     p.add_argument("--max-rel", type=int, default=512)
-    p.add_argument("--band", default="gather", choices=["gather", "bias"],
-                   help="DEBERTA_FAST_TRITON_BAND of every timed run (kernel names get '+bias' for bias)")
+    p.add_argument("--band", default="gather", choices=["gather", "oriented", "bias"],
+                   help="DEBERTA_FAST_TRITON_BAND of every timed run (kernel names get '+oriented' / '+bias')")
     p.add_argument("--rep", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/triton_configs_<device>_<dtype>.json)")
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
         return 0
     if args.jobs > 1:
         compile_in_parallel(argv if argv is not None else sys.argv[1:], args.jobs)
-    band = "_bias" if args.band == "bias" else ""
+    band = "" if args.band == "gather" else f"_{args.band}"
     out = args.out or Path(__file__).resolve().parent / "results" / f"triton_configs_{args.device.split(':')[0]}_{args.dtype}{band}.json"
     rows = []
     for D, N in progress(shapes, "tune"):
