@@ -196,7 +196,7 @@ def _dkdv_tiles(
             sat_lo = 0.0
             if BAND_BIAS and MODE == BAND:
                 sat_hi, sat_lo = band_edge_terms(p2c_hi, p2c_lo, C2P, offs_m, row_in, two_s, HAS_C2P)
-            s += position_bias(offs_m, offs_n, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO,
+            s += position_bias(offs_m, offs_n, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO,
                                sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, MODE == BAND, 1)
         elif MODE != PLAIN:
             s += own  # before the mask: a fully padded query row's scores stay one constant
@@ -438,7 +438,7 @@ def _dq_tiles(
             sat_lo = 0.0
             if BAND_BIAS and MODE == BAND:
                 sat_hi, sat_lo = band_edge_terms(c2p_hi, c2p_lo, P2C, offs_n, col_in, two_s, HAS_P2C)
-            s += position_bias(offs_m, offs_n, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO,
+            s += position_bias(offs_m, offs_n, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO,
                                sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, MODE == BAND, 0)
         col_ok = col_in
         if HAS_MASK:

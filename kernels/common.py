@@ -78,13 +78,17 @@ INDEX_ALONG_FAST_AXIS = _triton_version() >= (3, 7)
 
 def index_table(geometry: "PositionGeometry | None", keys_fast: bool,
                 absent: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """(tables, keys_on_thread_axis) for the band tiles of a kernel whose tile has keys (``keys_fast``: the forward
-    and dQ kernels) or queries (dK/dV) on its fast axis: :attr:`PositionGeometry.tables` (``absent`` stands in
-    without position terms) and whether this Triton's gathers run along the tile's key axis (the kernels'
-    INDEX_REVERSED; band mode "oriented" then gathers the c2p term on the kernel's tile and the p2c term on its
-    transpose, else the other way round)."""
+    """(table, keys_on_thread_axis) for the band tiles of a kernel whose tile has keys (``keys_fast``: the forward
+    and dQ kernels) or queries (dK/dV) on its fast axis: whether this Triton's gathers run along the tile's key
+    axis (the kernels' INDEX_REVERSED; band mode "oriented" then gathers the c2p term on the kernel's tile and the
+    p2c term on its transpose, else the other way round) and the table whose index grows along that axis:
+    :attr:`PositionGeometry.table_rev` (index j - i + N - 1, growing along keys) or ``table`` (i - j + N - 1),
+    both views of ``tables``, where the oriented mode finds the other one; ``absent`` stands in without position
+    terms."""
     keys_on_threads = keys_fast == INDEX_ALONG_FAST_AXIS
-    return (geometry.tables if geometry is not None else absent), keys_on_threads
+    if geometry is None:
+        return absent, keys_on_threads
+    return (geometry.table_rev if keys_on_threads else geometry.table), keys_on_threads
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class PositionGeometry:
 
     ``table``: int32 ``[2N - 1]``, ``table[i - j + N - 1] = d(i, j)`` (its index grows along queries);
     ``table_rev`` the same reversed, ``table_rev[j - i + N - 1] = d(i, j)`` (growing along keys); ``tables`` both
-    in one buffer, ``[table, table_rev]``, as the kernels take them (:func:`position_bias`). Pairs with
+    in one buffer, ``[table, table_rev]``, so a kernel given one finds the other (:func:`position_bias`). Pairs with
     ``i - j >= r_hi`` use row 2S - 1, pairs with ``i - j <= -r_lo`` row 0 (both clamped to N, so r_hi = N means
     "never"). The band ``-r_lo < i - j < r_hi`` has ``width = r_hi + r_lo - 1`` distances; column ``c`` of a band
     buffer holds the distance ``i - j = c - (r_lo - 1)``, whose row is ``band_index[c]``.
@@ -705,22 +709,22 @@ def tile_pairs(offs_m, offs_n, QUERY_AXIS: tl.constexpr):
 
 
 @triton.jit
-def gathered_term(SCORES, TABLES, offs_m, offs_n, two_s, N, QUERY_AXIS: tl.constexpr, C2P_TERM: tl.constexpr,
+def gathered_term(SCORES, TABLE, offs_m, offs_n, two_s, N, QUERY_AXIS: tl.constexpr, C2P_TERM: tl.constexpr,
                   TRANSPOSE: tl.constexpr, CHECK: tl.constexpr):
     """One position term of a band tile with queries on axis QUERY_AXIS, fp32: C2P[i, d(i, j)] (C2P_TERM, SCORES
     the [N, 2S] C2P of this (head, sequence)) or P2C[j, d(i, j)], gathered on the transposed tile when TRANSPOSE
     (:data:`INDEX_ALONG_FAST_AXIS`: so that a warp's threads run along the index the addresses are dense in), its
-    index from ``table_rev`` (c2p: index j - i) or ``table`` (p2c: i - j) of ``TABLES`` (PositionGeometry.tables)."""
+    index from ``TABLE``: ``table_rev`` (c2p: index j - i) or ``table`` (p2c: i - j)."""
     if TRANSPOSE:
         i, j = tile_pairs(offs_m, offs_n, 1 - QUERY_AXIS)
     else:
         i, j = tile_pairs(offs_m, offs_n, QUERY_AXIS)
     valid = (i < N) & (j < N)
     if C2P_TERM:
-        d = load_if(TABLES + (2 * N - 1) + (j - i + N - 1), valid, 0, CHECK)
+        d = load_if(TABLE + (j - i + N - 1), valid, 0, CHECK)
         x = load_if(SCORES + i * two_s + d, valid, 0.0, CHECK).to(tl.float32)
     else:
-        d = load_if(TABLES + (i - j + N - 1), valid, 0, CHECK)
+        d = load_if(TABLE + (i - j + N - 1), valid, 0, CHECK)
         x = load_if(SCORES + j * two_s + d, valid, 0.0, CHECK).to(tl.float32)
     if TRANSPOSE:
         x = tl.trans(x)
@@ -728,15 +732,17 @@ def gathered_term(SCORES, TABLES, offs_m, offs_n, two_s, N, QUERY_AXIS: tl.const
 
 
 @triton.jit
-def position_bias(offs_m, offs_n, C2P, P2C, TABLES, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO, sat_hi, sat_lo,
-                  HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, KEYS_ON_THREADS: tl.constexpr,
+def position_bias(offs_m, offs_n, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO, sat_hi,
+                  sat_lo, HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, KEYS_ON_THREADS: tl.constexpr,
                   BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr, CHECK: tl.constexpr, QUERY_AXIS: tl.constexpr):
     """Unscaled q_i . pos_key[d] + k_j . pos_query[d] for the pairs of a band tile of queries ``offs_m`` and keys
-    ``offs_n``, queries on axis QUERY_AXIS (0: [queries, keys], the forward and dQ kernels; 1: dK/dV).
+    ``offs_n``, queries on axis QUERY_AXIS (0: [queries, keys], the forward and dQ kernels; 1: dK/dV); ``valid``:
+    both inside the sequence, on that tile (the kernels' own mask, reused: the same code as computing it here).
 
-    Band tiles gather d from the index tables (``TABLES``: PositionGeometry.tables) and the terms from the [N, 2S]
-    matrices C2P = Q pos_key^T and P2C = K pos_query^T. KEYS_ON_THREADS (the kernels' INDEX_REVERSED, from
-    :func:`index_table`): this Triton's gathers run along the tile's key axis. Band mode "gather": both terms on
+    Band tiles gather d from the index tables and the terms from the [N, 2S] matrices C2P = Q pos_key^T and
+    P2C = K pos_query^T. KEYS_ON_THREADS (the kernels' INDEX_REVERSED, from :func:`index_table`): this Triton's
+    gathers run along the tile's key axis, and ``TABLE`` is ``table_rev`` (else ``table``), the other one next to
+    it in PositionGeometry.tables (``table`` 2N - 1 entries before ``table_rev``). Band mode "gather": both terms on
     the kernel's tile through one index load, so one of them is read along the index its addresses are not dense
     in (:data:`INDEX_ALONG_FAST_AXIS`); ORIENTED (band mode "oriented"): each term on a tile oriented for it
     (:func:`gathered_term`: the c2p term on the kernel's tile and the p2c term on its transpose when
@@ -748,7 +754,6 @@ def position_bias(offs_m, offs_n, C2P, P2C, TABLES, BIAS, bias_row, bias_offset,
     """
     if BAND_BIAS:
         i, j = tile_pairs(offs_m, offs_n, QUERY_AXIS)
-        valid = (i < N) & (j < N)
         # Every pair with i, j < N addresses a slot inside the plane (i * row + j + offset < plane), so the
         # load needs no band test (a mask constant along keys keeps it vectorized): a pair beyond the band
         # reads some other pair's slot, which the saturated value then replaces.
@@ -757,20 +762,25 @@ def position_bias(offs_m, offs_n, C2P, P2C, TABLES, BIAS, bias_row, bias_offset,
             r = i - j
             bias = tl.where(r >= R_HI, sat_hi, tl.where(r <= -R_LO, sat_lo, bias))
     elif ORIENTED:
-        if HAS_C2P:
-            bias = gathered_term(C2P, TABLES, offs_m, offs_n, two_s, N, QUERY_AXIS, True, not KEYS_ON_THREADS, CHECK)
-            if HAS_P2C:
-                bias += gathered_term(P2C, TABLES, offs_m, offs_n, two_s, N, QUERY_AXIS, False, KEYS_ON_THREADS, CHECK)
+        if KEYS_ON_THREADS:
+            table_rev = TABLE
+            table = TABLE - (2 * N - 1)
         else:
-            bias = gathered_term(P2C, TABLES, offs_m, offs_n, two_s, N, QUERY_AXIS, False, KEYS_ON_THREADS, CHECK)
+            table_rev = TABLE + (2 * N - 1)
+            table = TABLE
+        if HAS_C2P:
+            bias = gathered_term(C2P, table_rev, offs_m, offs_n, two_s, N, QUERY_AXIS, True, not KEYS_ON_THREADS, CHECK)
+            if HAS_P2C:
+                bias += gathered_term(P2C, table, offs_m, offs_n, two_s, N, QUERY_AXIS, False, KEYS_ON_THREADS, CHECK)
+        else:
+            bias = gathered_term(P2C, table, offs_m, offs_n, two_s, N, QUERY_AXIS, False, KEYS_ON_THREADS, CHECK)
     else:
         # both terms on the kernel's tile, one index load (its table the one whose index grows along the thread axis)
         i, j = tile_pairs(offs_m, offs_n, QUERY_AXIS)
-        valid = (i < N) & (j < N)
         if KEYS_ON_THREADS:
-            d = load_if(TABLES + (2 * N - 1) + (j - i + N - 1), valid, 0, CHECK)
+            d = load_if(TABLE + (j - i + N - 1), valid, 0, CHECK)
         else:
-            d = load_if(TABLES + (i - j + N - 1), valid, 0, CHECK)
+            d = load_if(TABLE + (i - j + N - 1), valid, 0, CHECK)
         if HAS_C2P:
             bias = load_if(C2P + i * two_s + d, valid, 0.0, CHECK).to(tl.float32)
             if HAS_P2C:
