@@ -14,6 +14,7 @@ Run it with TRITON_INTERPRET unset (the kernels must be defined as compiled, not
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import re
 import subprocess
@@ -210,6 +211,60 @@ def pointer_layout_conversions(compiled) -> int:
     64-bit addresses through shared memory: two per band tile when the index table is read along the other
     axis than the gathers' layout (common.INDEX_ALONG_FAST_AXIS)."""
     return sum(1 for line in compiled.asm["ttgir"].splitlines() if "ttg.convert_layout" in line and "!tt.ptr" in line)
+
+
+def _source_lines(fn, *needles: str) -> dict[int, str]:
+    """{line number in its file: needle} of the lines of jit function ``fn`` that contain each needle."""
+    lines, first = inspect.getsourcelines(fn.fn)
+    return {first + k: needle for k, line in enumerate(lines) for needle in needles if needle in line}
+
+
+def _load_sites(ttgir: str):
+    """(layout attributes, source lines of the call chain, innermost first) of every 2-D ``tt.load`` of a TTGIR."""
+    layouts = dict(re.findall(r"^(#[\w.]+) = #ttg\.blocked<\{(.*)\}>", ttgir, re.M))
+    locs = dict(re.findall(r"^(#loc\d*) = loc\((.*)\)$", ttgir, re.M))
+
+    def chain(ref, depth=0):
+        text = locs.get(ref, "")
+        site = re.match(r'"[^"]*":(\d+):\d+', text)
+        if site:
+            return [int(site.group(1))]
+        call = re.match(r"callsite\((#loc\d+) at (#loc\d+)\)", text)
+        if call and depth < 64:
+            return chain(call.group(1), depth + 1) + chain(call.group(2), depth + 1)
+        named = re.match(r'"[^"]*"\((#loc\d+)\)', text)
+        return chain(named.group(1), depth + 1) if named and depth < 64 else []
+
+    for line in ttgir.splitlines():
+        load = re.search(r"= tt\.load .*: tensor<\d+x\d+x!tt\.ptr<\w+>, (#[\w.]+)>.*loc\((#loc\d+)\)\s*$", line)
+        if load and load.group(1) in layouts:
+            yield layouts[load.group(1)], chain(load.group(2))
+
+
+def gather_lanes(compiled, name: str, keys_on_threads: bool) -> list[tuple[str, bool]]:
+    """(term, dense) for every c2p / p2c gather in the band tiles of kernel ``name`` compiled with INDEX_REVERSED =
+    ``keys_on_threads`` (either band mode): whether a warp's lanes run along the index its addresses are
+    dense in (keys for C2P[i, d(i - j)], queries for P2C[j, d(i - j)]), read off the load's layout (the tensor axis
+    the first lanes run along, ``order[0]``) and the axis its tile puts that index on (common.position_bias,
+    common.gathered_term). Under band mode "gather" one of the two terms is not (common.INDEX_ALONG_FAST_AXIS);
+    under "oriented" both are, if this Triton lays gathers out as INDEX_ALONG_FAST_AXIS says."""
+    query_axis = 1 if name == "dkdv" else 0
+    sites = {**_source_lines(common.position_bias, "C2P + i * two_s", "P2C + j * two_s"),
+             **_source_lines(common.gathered_term, "SCORES + i * two_s", "SCORES + j * two_s")}
+    found = []
+    for layout, lines in _load_sites(compiled.asm["ttgir"]):
+        needle = next((sites[n] for n in lines if n in sites), None)
+        if needle is None:
+            continue
+        c2p = "+ i * two_s" in needle
+        transposed = needle.startswith("SCORES") and (c2p != keys_on_threads)
+        queries_on = 1 - query_axis if transposed else query_axis
+        dense = 1 - queries_on if c2p else queries_on
+        order = [int(x) for x in re.search(r"order = \[(\d+), (\d+)\]", layout).groups()]
+        lanes = [int(x) for x in re.search(r"threadsPerWarp = \[(\d+), (\d+)\]", layout).groups()]
+        lane_axis = order[0] if lanes[order[0]] > 1 else order[1]
+        found.append(("c2p" if c2p else "p2c", lane_axis == dense))
+    return found
 
 
 def pipelined_copies(compiled) -> int:

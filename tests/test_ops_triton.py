@@ -823,8 +823,8 @@ def test_torch_backend_replays_kernel_mask_shape_check():
 COMPILE_CHECK = """
 import torch
 from deberta_fast.kernels.compile_check import (
-    KERNELS, compile_band_bias, compile_band_edges, compile_kernel, default_config, index_reversed, loop_instructions,
-    pipelined_copies, pointer_layout_conversions, ptxas_report,
+    KERNELS, compile_band_bias, compile_band_edges, compile_kernel, default_config, gather_lanes, index_reversed,
+    loop_instructions, pipelined_copies, pointer_layout_conversions, ptxas_report,
 )
 for name in KERNELS:
     # loop bodies (SASS instructions): saturated-high / -low tiles, band edges, inner band tiles; unmasked
@@ -855,6 +855,16 @@ for name in KERNELS:
             other = not index_reversed(name)
             turned = compile_kernel(name, config, dtype=torch.bfloat16, head_dim=64, INDEX_REVERSED=other)
             assert pointer_layout_conversions(turned) == 4, name
+        # each c2p / p2c gather's warps run along the index its addresses are dense in under "oriented"; on the
+        # kernel's one tile ("gather") one of the two terms' do not (the reason for the oriented mode)
+        if not flags.get("BAND_BIAS"):
+            lanes = gather_lanes(compiled, name, index_reversed(name))
+            terms = 2 if flags.get("HAS_C2P", True) and flags.get("HAS_P2C", True) else 1
+            assert len(lanes) == 2 * terms, (name, flags, lanes)  # the band loops: edge and INNER tiles
+            if flags.get("ORIENTED"):
+                assert all(dense for _, dense in lanes), (name, flags, lanes)
+            elif terms == 2:
+                assert {dict(lanes)["c2p"], dict(lanes)["p2c"]} == {True, False}, (name, flags, lanes)
         # the K / V (or Q / dO) tiles of the inner loop are loaded asynchronously, ahead of their use
         assert pipelined_copies(compiled) > 0, (name, flags)
         vector_loads[tuple(flags)] = compiled.asm["ptx"].count("ld.global.v4")
