@@ -29,7 +29,8 @@ the summation order of dQ is not fixed, so dQ may differ between runs in its las
 
 In band mode "bias" (DEBERTA_FAST_TRITON_BAND=bias, or chosen by common.triton_variant) the backward builds
 common.band_bias's buffer once per call (per batch slice) and both kernels' band tiles read each pair's
-c2p + p2c from it instead of gathering.
+c2p + p2c from it instead of gathering; in band mode "oriented" they gather each term on a tile oriented for it
+(common.position_bias).
 
 Band buffers are plain stores in the inputs' dtype (each pair's distance slot is written once: no atomics,
 deterministic; the slots no pair has, row padding and distances reaching past the sequence, are zeroed by

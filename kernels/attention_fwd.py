@@ -9,7 +9,8 @@ gather and no per-tile load beyond K and V: at long sequences, where most tiles 
 attention tile's work. Band tiles whose pairs all lie inside the band and the sequence (INNER,
 common.inner_band: most of the band beyond short sequences) gather without edge or bounds tests. Under
 DEBERTA_FAST_TRITON_BAND=bias the band tiles read each pair's c2p + p2c from common.band_bias's buffer (built per
-call, before the kernel) instead. In a padded batch a tile of token rows visits only the key tiles of its
+call, before the kernel) instead; under =oriented they gather each term on a tile oriented for it
+(common.position_bias). In a padded batch a tile of token rows visits only the key tiles of its
 sequence's token hull (common.token_span; a tile holding a fully padded row visits every key under
 masked_rows="uniform", none of its own under "zero"). Stores O and the row
 log-sum-exp (natural log; +inf for a fully padded row under masked_rows="zero", whose output is 0).

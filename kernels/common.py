@@ -737,7 +737,7 @@ def position_bias(offs_m, offs_n, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_o
                   BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr, CHECK: tl.constexpr, QUERY_AXIS: tl.constexpr):
     """Unscaled q_i . pos_key[d] + k_j . pos_query[d] for the pairs of a band tile of queries ``offs_m`` and keys
     ``offs_n``, queries on axis QUERY_AXIS (0: [queries, keys], the forward and dQ kernels; 1: dK/dV); ``valid``:
-    both inside the sequence, on that tile (the kernels' own mask, reused: the same code as computing it here).
+    both inside the sequence, on that tile (the kernel's own mask).
 
     Band tiles gather d from the index tables and the terms from the [N, 2S] matrices C2P = Q pos_key^T and
     P2C = K pos_query^T. KEYS_ON_THREADS (the kernels' INDEX_REVERSED, from :func:`index_table`): this Triton's
