@@ -173,6 +173,13 @@ def test_launch_config_per_autotune_mode(table, monkeypatch):
     kernel_common._measured_config.cache_clear()
     assert shape(kernel_common.launch_config(_Kernel, args, "auto", "9.0", HEAD_DIM=64, BAND_BIAS=True)) == (128, 32, 8, 3)
     assert pick("auto", "9.0") == (64, 64, 8, 3)  # the gather kernel keeps its own
+    # so does a kernel gathering each term on its own tile ("fwd+oriented": more registers, other configs)
+    assert kernel_common.launch_config(_Kernel, args, "auto", "9.0", HEAD_DIM=64, ORIENTED=True) is None
+    monkeypatch.setitem(kernel_common.FASTEST, ("9.0", "bfloat16", 64, "fwd+oriented"), [(512, (128, 128, 8, 3))])
+    kernel_common._measured_config.cache_clear()
+    oriented = kernel_common.launch_config(_Kernel, args, "auto", "9.0", HEAD_DIM=64, ORIENTED=True)
+    assert shape(oriented) == (128, 128, 8, 3)
+    assert pick("auto", "9.0") == (64, 64, 8, 3)
     monkeypatch.delenv(kernel_common.AUTOTUNE_ENV, raising=False)
     assert kernel_common.autotune_mode() == "auto"
     for value, mode in (("0", "0"), ("1", "1"), ("True", "1"), ("off", "0"), ("auto", "auto")):
