@@ -55,8 +55,8 @@ from .common import (  # noqa: F401  (BACKWARD_ENV, backward_mode: this module's
     BACKWARD_ENV, BAND, INNER, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
     autotuned, backward_mode, band_bias, band_edge_terms, band_runs, batch_slices, bias_layout, block_d, dot,
     end_terms, index_table, inner_band, key_regions, launch, load_rows, load_vector, mask_scores, position_bias,
-    position_geometry, position_scores, query_regions, saturated_operand, seq_bucket, store_rows, tile_count,
-    tile_start, token_ranges, token_span, triton_variant, upcast_dots,
+    position_geometry, position_scores, query_regions, saturated_operand, seq_bucket, store_by_distance_transposed,
+    store_rows, tile_count, tile_start, token_ranges, token_span, triton_variant, upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -247,15 +247,21 @@ def _dkdv_tiles(
                 elif MODE == SAT_LO:
                     tl.atomic_add(SAT_Q_LO + offs_m, tl.sum(ds, 0), mask=row_in, sem="relaxed")
                 elif MODE == INNER:
-                    r = offs_m[None, :] - offs_n[:, None]
-                    tl.store(BAND_Q + offs_m[None, :] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty))
+                    if ORIENTED and not INDEX_REVERSED:
+                        store_by_distance_transposed(BAND_Q, offs_m, offs_n, ds, W, N, R_HI, R_LO, 1, False)
+                    else:
+                        r = offs_m[None, :] - offs_n[:, None]
+                        tl.store(BAND_Q + offs_m[None, :] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty))
                 else:
                     r = offs_m[None, :] - offs_n[:, None]
                     tl.atomic_add(SAT_Q_HI + offs_m, tl.sum(tl.where(r >= R_HI, ds, 0.0), 0), mask=row_in, sem="relaxed")
                     tl.atomic_add(SAT_Q_LO + offs_m, tl.sum(tl.where(r <= -R_LO, ds, 0.0), 0), mask=row_in, sem="relaxed")
-                    in_band = (r > -R_LO) & (r < R_HI) & valid
-                    tl.store(BAND_Q + offs_m[None, :] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty),
-                             mask=in_band)
+                    if ORIENTED and not INDEX_REVERSED:
+                        store_by_distance_transposed(BAND_Q, offs_m, offs_n, ds, W, N, R_HI, R_LO, 1, True)
+                    else:
+                        in_band = (r > -R_LO) & (r < R_HI) & valid
+                        tl.store(BAND_Q + offs_m[None, :] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty),
+                                 mask=in_band)
     return dk, dv, t_hi, t_lo
 
 
@@ -460,14 +466,21 @@ def _dq_tiles(
             elif MODE == SAT_LO:
                 s_lo += tl.sum(ds, 1)
             elif MODE == INNER:
-                r = offs_m[:, None] - offs_n[None, :]
-                tl.store(BAND_Q + offs_m[:, None] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty))
+                if ORIENTED and not INDEX_REVERSED:
+                    store_by_distance_transposed(BAND_Q, offs_m, offs_n, ds, W, N, R_HI, R_LO, 0, False)
+                else:
+                    r = offs_m[:, None] - offs_n[None, :]
+                    tl.store(BAND_Q + offs_m[:, None] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty))
             else:
                 r = offs_m[:, None] - offs_n[None, :]
                 s_hi += tl.sum(tl.where(r >= R_HI, ds, 0.0), 1)
                 s_lo += tl.sum(tl.where(r <= -R_LO, ds, 0.0), 1)
-                in_band = (r > -R_LO) & (r < R_HI) & valid
-                tl.store(BAND_Q + offs_m[:, None] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty), mask=in_band)
+                if ORIENTED and not INDEX_REVERSED:
+                    store_by_distance_transposed(BAND_Q, offs_m, offs_n, ds, W, N, R_HI, R_LO, 0, True)
+                else:
+                    in_band = (r > -R_LO) & (r < R_HI) & valid
+                    tl.store(BAND_Q + offs_m[:, None] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty),
+                             mask=in_band)
     return dq, s_hi, s_lo
 
 

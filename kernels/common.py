@@ -732,6 +732,23 @@ def gathered_term(SCORES, TABLE, offs_m, offs_n, two_s, N, QUERY_AXIS: tl.conste
 
 
 @triton.jit
+def store_by_distance_transposed(BAND, offs_m, offs_n, ds, W, N, R_HI, R_LO, QUERY_AXIS: tl.constexpr,
+                                 CHECK: tl.constexpr):
+    """``BAND[i * W + i - j + r_lo - 1] = dS[i, j]`` for the band pairs of a tile with queries on axis QUERY_AXIS
+    (``ds``: that tile, fp32), stored from the transposed tile: band mode "oriented"'s store of the c2p part of
+    dS (BAND_Q, whose addresses are dense along keys) where this Triton's threads run along the tile's query
+    axis. CHECK: only pairs inside the band and the sequence (else all are, INNER tiles)."""
+    i, j = tile_pairs(offs_m, offs_n, 1 - QUERY_AXIS)
+    r = i - j
+    ptr = BAND + i * W + (r + (R_LO - 1))
+    x = tl.trans(ds).to(BAND.dtype.element_ty)
+    if CHECK:
+        tl.store(ptr, x, mask=(r > -R_LO) & (r < R_HI) & (i < N) & (j < N))
+    else:
+        tl.store(ptr, x)
+
+
+@triton.jit
 def position_bias(offs_m, offs_n, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO, sat_hi,
                   sat_lo, HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, KEYS_ON_THREADS: tl.constexpr,
                   BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr, CHECK: tl.constexpr, QUERY_AXIS: tl.constexpr):

@@ -219,8 +219,9 @@ def _source_lines(fn, *needles: str) -> dict[int, str]:
     return {first + k: needle for k, line in enumerate(lines) for needle in needles if needle in line}
 
 
-def _load_sites(ttgir: str):
-    """(layout attributes, source lines of the call chain, innermost first) of every 2-D ``tt.load`` of a TTGIR."""
+def _access_sites(ttgir: str):
+    """(layout attributes, source lines of the call chain, innermost first) of every 2-D ``tt.load`` and
+    ``tt.store`` of a TTGIR."""
     layouts = dict(re.findall(r"^(#[\w.]+) = #ttg\.blocked<\{(.*)\}>", ttgir, re.M))
     locs = dict(re.findall(r"^(#loc\d*) = loc\((.*)\)$", ttgir, re.M))
 
@@ -236,34 +237,43 @@ def _load_sites(ttgir: str):
         return chain(named.group(1), depth + 1) if named and depth < 64 else []
 
     for line in ttgir.splitlines():
-        load = re.search(r"= tt\.load .*: tensor<\d+x\d+x!tt\.ptr<\w+>, (#[\w.]+)>.*loc\((#loc\d+)\)\s*$", line)
-        if load and load.group(1) in layouts:
-            yield layouts[load.group(1)], chain(load.group(2))
+        access = re.search(r"tt\.(?:load|store) .*: tensor<\d+x\d+x!tt\.ptr<\w+>, (#[\w.]+)>.*loc\((#loc\d+)\)\s*$",
+                           line)
+        if access and access.group(1) in layouts:
+            yield layouts[access.group(1)], chain(access.group(2))
 
 
 def gather_lanes(compiled, name: str, keys_on_threads: bool) -> list[tuple[str, bool]]:
-    """(term, dense) for every c2p / p2c gather in the band tiles of kernel ``name`` compiled with INDEX_REVERSED =
-    ``keys_on_threads`` (either band mode): whether a warp's lanes run along the index its addresses are
-    dense in (keys for C2P[i, d(i - j)], queries for P2C[j, d(i - j)]), read off the load's layout (the tensor axis
-    the first lanes run along, ``order[0]``) and the axis its tile puts that index on (common.position_bias,
-    common.gathered_term). Under band mode "gather" one of the two terms is not (common.INDEX_ALONG_FAST_AXIS);
-    under "oriented" both are, if this Triton lays gathers out as INDEX_ALONG_FAST_AXIS says."""
+    """(term, dense) for every c2p / p2c gather and every store of dS by distance into BAND_Q in the band tiles of
+    kernel ``name`` compiled with INDEX_REVERSED = ``keys_on_threads`` (either band mode): whether a warp's lanes
+    run along the index its addresses are dense in (keys for C2P[i, d(i - j)] and BAND_Q[i, i - j + c], queries
+    for P2C[j, d(i - j)]), read off the access's layout (the tensor axis the first lanes run along,
+    ``order[0]``) and the axis its tile puts that index on (common.position_bias, common.gathered_term,
+    common.store_by_distance_transposed). Under band mode "gather" one of the two gathered terms is not
+    (common.INDEX_ALONG_FAST_AXIS); under "oriented" all are, if this Triton lays such accesses out as
+    INDEX_ALONG_FAST_AXIS says. (BAND_K's stores are contiguous along queries: Triton lays them out by that.)"""
     query_axis = 1 if name == "dkdv" else 0
+    tiles = attention_bwd._dkdv_tiles if name == "dkdv" else attention_bwd._dq_tiles
     sites = {**_source_lines(common.position_bias, "C2P + i * two_s", "P2C + j * two_s"),
-             **_source_lines(common.gathered_term, "SCORES + i * two_s", "SCORES + j * two_s")}
+             **_source_lines(common.gathered_term, "SCORES + i * two_s", "SCORES + j * two_s"),
+             **_source_lines(common.store_by_distance_transposed, "tl.store(ptr"),
+             **({} if name == "fwd" else _source_lines(tiles, "tl.store(BAND_Q"))}
     found = []
-    for layout, lines in _load_sites(compiled.asm["ttgir"]):
+    for layout, lines in _access_sites(compiled.asm["ttgir"]):
         needle = next((sites[n] for n in lines if n in sites), None)
         if needle is None:
             continue
-        c2p = "+ i * two_s" in needle
-        transposed = needle.startswith("SCORES") and (c2p != keys_on_threads)
+        term = "band_q" if "store" in needle else "c2p" if "+ i * two_s" in needle else "p2c"
+        if term == "band_q":
+            transposed = needle == "tl.store(ptr"
+        else:
+            transposed = needle.startswith("SCORES") and ((term == "c2p") != keys_on_threads)
         queries_on = 1 - query_axis if transposed else query_axis
-        dense = 1 - queries_on if c2p else queries_on
+        dense = queries_on if term == "p2c" else 1 - queries_on
         order = [int(x) for x in re.search(r"order = \[(\d+), (\d+)\]", layout).groups()]
         lanes = [int(x) for x in re.search(r"threadsPerWarp = \[(\d+), (\d+)\]", layout).groups()]
         lane_axis = order[0] if lanes[order[0]] > 1 else order[1]
-        found.append(("c2p" if c2p else "p2c", lane_axis == dense))
+        found.append((term, lane_axis == dense))
     return found
 
 

@@ -855,12 +855,15 @@ for name in KERNELS:
             other = not index_reversed(name)
             turned = compile_kernel(name, config, dtype=torch.bfloat16, head_dim=64, INDEX_REVERSED=other)
             assert pointer_layout_conversions(turned) == 4, name
-        # each c2p / p2c gather's warps run along the index its addresses are dense in under "oriented"; on the
-        # kernel's one tile ("gather") one of the two terms' do not (the reason for the oriented mode)
+        # each c2p / p2c gather's (and BAND_Q store's) warps run along the index its addresses are dense in under
+        # "oriented"; on the kernel's one tile ("gather") one of the two terms' do not (the reason for the mode)
         if not flags.get("BAND_BIAS"):
             lanes = gather_lanes(compiled, name, index_reversed(name))
             terms = 2 if flags.get("HAS_C2P", True) and flags.get("HAS_P2C", True) else 1
-            assert len(lanes) == 2 * terms, (name, flags, lanes)  # the band loops: edge and INNER tiles
+            gathers = [term for term, _ in lanes if term != "band_q"]
+            assert len(gathers) == 2 * terms, (name, flags, lanes)  # the band loops: edge and INNER tiles
+            stores_q = flags.get("HAS_C2P", True) and (name == "dq" or flags.get("FUSED_DQ"))
+            assert len(lanes) - len(gathers) == (2 if stores_q else 0), (name, flags, lanes)
             if flags.get("ORIENTED"):
                 assert all(dense for _, dense in lanes), (name, flags, lanes)
             elif terms == 2:
