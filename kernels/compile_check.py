@@ -213,23 +213,24 @@ def pointer_layout_conversions(compiled) -> int:
     return sum(1 for line in compiled.asm["ttgir"].splitlines() if "ttg.convert_layout" in line and "!tt.ptr" in line)
 
 
-def _source_lines(fn, *needles: str) -> dict[int, str]:
-    """{line number in its file: needle} of the lines of jit function ``fn`` that contain each needle."""
+def _source_lines(fn, *needles: str) -> dict[tuple[str, int], str]:
+    """{(file name, line number): needle} of the lines of jit function ``fn`` that contain each needle."""
     lines, first = inspect.getsourcelines(fn.fn)
-    return {first + k: needle for k, line in enumerate(lines) for needle in needles if needle in line}
+    name = os.path.basename(inspect.getsourcefile(fn.fn))
+    return {(name, first + k): needle for k, line in enumerate(lines) for needle in needles if needle in line}
 
 
 def _access_sites(ttgir: str):
-    """(layout attributes, source lines of the call chain, innermost first) of every 2-D ``tt.load`` and
-    ``tt.store`` of a TTGIR."""
+    """(layout attributes, (file name, line) of each call of the chain, innermost first) of every 2-D ``tt.load``
+    and ``tt.store`` of a TTGIR."""
     layouts = dict(re.findall(r"^(#[\w.]+) = #ttg\.blocked<\{(.*)\}>", ttgir, re.M))
     locs = dict(re.findall(r"^(#loc\d*) = loc\((.*)\)$", ttgir, re.M))
 
     def chain(ref, depth=0):
         text = locs.get(ref, "")
-        site = re.match(r'"[^"]*":(\d+):\d+', text)
+        site = re.match(r'"([^"]*)":(\d+):\d+', text)
         if site:
-            return [int(site.group(1))]
+            return [(os.path.basename(site.group(1)), int(site.group(2)))]
         call = re.match(r"callsite\((#loc\d+) at (#loc\d+)\)", text)
         if call and depth < 64:
             return chain(call.group(1), depth + 1) + chain(call.group(2), depth + 1)
