@@ -2,8 +2,8 @@
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
 #   bash bench/gpu_suite.sh STEP[,STEP...] OUTDIR    STEP: setup | check | test-triton | test-cuda | tests | parity |
-#                                                variants | tune | tune-oriented | tune-bias | tune-d128 | apply-tuned |
-#                                                apply-variants |
+#                                                variants | cuda-wide | tune | tune-oriented | tune-bias | tune-d128 |
+#                                                apply-tuned | apply-variants |
 #                                                attention | attention-extra | attention-fp32 | layer | compare | model |
 #                                                model-large | profile | ncu | all
 #   PREBUILT (a folder with the extension an earlier call built) skips the build.
@@ -116,6 +116,13 @@ run_tune() {  # $1: head dim, $2: band mode. Every Triton block config timed, on
   local name="triton_configs_cuda_bfloat16_d$1$( [ "$2" = gather ] || echo "_$2" )"
   logged "$out/tune_d$1_$2.log" 540 40 $PY bench/tune_triton.py --device cuda --dtype bfloat16 --head-dims "$1" \
     --band "$2" --seqlens 512,2048,8192 --jobs "${TUNE_JOBS:-8}" --out "$out/$name.json"
+}
+
+run_cuda_wide() {  # the cuda backend's forward with its default tiles and with DEBERTA_FAST_CUDA_FORWARD=wide (4
+  # warps of 32 query rows, csrc/kernel_traits.h), against Triton and the floor; not part of `auto`'s choice
+  bench "$out/cuda_wide.log" 400 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
+    --seqlens 512,2048,8192 --modes fwd,fwd_bwd --rep 20 --op-providers df-cuda,df-cuda-wide,df-triton,sdpa-floor \
+    --out "$out/attention_cuda_bfloat16_cuda_wide.json"
 }
 
 run_variants() {  # the Triton switches side by side (default configs): band gathers on the kernel's tile, on
@@ -240,6 +247,7 @@ run_step() {
     tests) run_tests gpu triton cuda ;;
     parity) run_parity ;;
     variants) run_variants ;;
+    cuda-wide) run_cuda_wide ;;
     tune) run_tune 64 gather ;;
     tune-bias) run_tune 64 bias ;;
     tune-oriented) run_tune 64 oriented ;;

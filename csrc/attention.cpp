@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -55,6 +56,15 @@ ElemType elem_type(const Tensor& t) {
       TORCH_CHECK(false, "deberta_fast cuda backend: dtype ", t.scalar_type(),
                   " is not supported (float16, bfloat16 or float32)");
   }
+}
+
+// DEBERTA_FAST_CUDA_FORWARD=wide runs the float16 / bfloat16 forward with FwdWideConfig's tiles (4 warps of 32
+// query rows; kernel_traits.h); unset or "default" with FwdConfig's. Read per call, as the Triton backend's switches.
+bool wide_forward() {
+  const char* env = std::getenv("DEBERTA_FAST_CUDA_FORWARD");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "default") == 0) return false;
+  TORCH_CHECK(std::strcmp(env, "wide") == 0, "DEBERTA_FAST_CUDA_FORWARD must be 'default' or 'wide', got '", env, "'");
+  return true;
 }
 
 bool supported_head_dim(int64_t d) { return std::find(std::begin(kHeadDims), std::end(kHeadDims), d) != std::end(kHeadDims); }
@@ -305,6 +315,7 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key,
 
   const int64_t per_sequence = (in.has_c2p + in.has_p2c) * in.H * in.N * in.two_s * query.element_size();
   const int64_t step = slice_step(in.B, per_sequence);
+  const bool wide = wide_forward();
   for (int64_t b0 = 0; b0 < in.B; b0 += step) {
     const int64_t nb = std::min(step, in.B - b0);
     auto [c2p, p2c] = position_scores(in, b0, nb);
@@ -315,7 +326,12 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key,
     p.o_stride_b = out.stride(0), p.o_stride_h = out.stride(1), p.o_stride_n = out.stride(2);
     p.lse = lse.data_ptr<float>() + b0 * in.H * in.N;
     DF_ELEM_SWITCH(in.elem, ELEM, [&] {
-      DF_HEADDIM_SWITCH(in.D, HEAD_DIM, [&] { run_fwd<ELEM, HEAD_DIM>(p, stream); });
+      DF_HEADDIM_SWITCH(in.D, HEAD_DIM, [&] {
+        if constexpr (ELEM != ElemType::kFloat32) {
+          if (wide) return run_fwd_wide<ELEM, HEAD_DIM>(p, stream);
+        }
+        run_fwd<ELEM, HEAD_DIM>(p, stream);
+      });
     });
   }
   return {out, lse};

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import itertools
+import os
 import platform
 import sys
 from collections.abc import Iterator
@@ -61,7 +62,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             line = f"built but not loadable: {status['error']}"
         else:
             line = "not built"
-        print(f"cuda extension {line}; just-in-time build {status['jit']}")
+        forward = os.environ.get("DEBERTA_FAST_CUDA_FORWARD") or "default"
+        print(f"cuda extension {line}; just-in-time build {status['jit']}; forward tiles {forward} "
+              "(DEBERTA_FAST_CUDA_FORWARD: default or wide)")
     print(f"triton configs {_triton_settings()}")
     return 0
 

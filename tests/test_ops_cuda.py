@@ -53,7 +53,9 @@ def test_generated_instantiations_are_current():
     generate = _csrc("generate_instantiations")
     names = {p.name for p in (CSRC / "generated").glob("*.cu")}
     assert names == set(generate.files())
-    assert len(names) == 3 * 3 * 3  # fwd / dkdv / dq x fp16 / bf16 / fp32 x head dims 32 / 64 / 128
+    assert len(names) == 3 * 3 * 3 + 2 * 3  # fwd / dkdv / dq x fp16 / bf16 / fp32 x head dims 32 / 64 / 128, and
+    assert sorted(n for n in names if n.startswith("fwd_wide_")) == sorted(  # the wide forward in half precision
+        f"fwd_wide_{t}_hdim{d}.cu" for t in ("fp16", "bf16") for d in (32, 64, 128))
     sources = generate.sources(CSRC)
     assert CSRC / "attention.cpp" in sources and all(p.exists() for p in sources)
 
