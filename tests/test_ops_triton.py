@@ -568,9 +568,9 @@ def test_band_bias_agrees_with_gathers(monkeypatch):
                                   Case(N=70, D=48, buckets=4, max_rel=8, mask="left", masked_rows="zero"),
                                   Case(N=97, D=32, p2c=False, mask="mixed"), Case(N=97, D=32, c2p=False)], ids=str)
 def test_oriented_gathers_match_reference(case, along_fast_axis, monkeypatch):
-    """Band mode "oriented" transposes the c2p gather (Triton 3.6's orientation, slow-axis) or the p2c gather
-    (fast-axis) in every kernel: both give the reference's values, with the split and the fused backward, each
-    term alone too."""
+    """Band mode "oriented" gathers one term per kernel (and stores BAND_Q, in the dQ kernel or the fused dK/dV one)
+    on the transposed tile, which one depending on the lanes' axis (slow-axis: Triton 3.6's, fast-axis: 3.7's
+    on): both give the reference's values, with the split and the fused backward, each term alone too."""
     from deberta_fast.kernels import attention_bwd
 
     monkeypatch.setattr(kernel_common, "INDEX_ALONG_FAST_AXIS", along_fast_axis)
@@ -590,7 +590,8 @@ def test_oriented_gathers_agree_with_gathers(monkeypatch):
 
 
 def test_position_geometry_holds_both_tables_in_one_buffer():
-    """The kernels take PositionGeometry.tables and read table_rev at offset 2N - 1."""
+    """table and table_rev are views of one buffer, table_rev 2N - 1 entries after table: a kernel given one finds
+    the other there (band mode "oriented")."""
     from deberta_fast.positions import relative_index_table
 
     for n in (1, 97):
