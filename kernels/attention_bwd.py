@@ -55,7 +55,7 @@ from .common import (  # noqa: F401  (BACKWARD_ENV, backward_mode: this module's
     BACKWARD_ENV, BAND, INNER, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
     autotuned, backward_mode, band_bias, band_edge_terms, band_runs, batch_slices, bias_layout, block_d, dot,
     end_terms, index_table, inner_band, key_regions, launch, load_rows, load_vector, mask_scores, position_bias,
-    position_geometry, position_scores, query_regions, saturated_operand, seq_bucket, store_by_distance_transposed,
+    position_geometry, position_scores, query_regions, saturated_operand, seq_bucket, store_by_distance,
     store_rows, tile_count, tile_start, token_ranges, token_span, triton_variant, upcast_dots,
 )
 from .dropout import dropout_keep
@@ -197,8 +197,9 @@ def _dkdv_tiles(
             sat_lo = 0.0
             if BAND_BIAS and MODE == BAND:
                 sat_hi, sat_lo = band_edge_terms(p2c_hi, p2c_lo, C2P, offs_m, row_in, two_s, HAS_C2P)
-            s += position_bias(offs_m, offs_n, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO,
-                               sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, MODE == BAND, 1)
+            s += position_bias(offs_m, offs_n, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N,
+                               R_HI, R_LO, sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED,
+                               MODE == BAND, 1)
         elif MODE != PLAIN:
             s += own  # before the mask: a fully padded query row's scores stay one constant
         row_ok = row_in
@@ -247,21 +248,14 @@ def _dkdv_tiles(
                 elif MODE == SAT_LO:
                     tl.atomic_add(SAT_Q_LO + offs_m, tl.sum(ds, 0), mask=row_in, sem="relaxed")
                 elif MODE == INNER:
-                    if ORIENTED and not INDEX_REVERSED:
-                        store_by_distance_transposed(BAND_Q, offs_m, offs_n, ds, W, N, R_HI, R_LO, 1, False)
-                    else:
-                        r = offs_m[None, :] - offs_n[:, None]
-                        tl.store(BAND_Q + offs_m[None, :] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty))
+                    store_by_distance(BAND_Q, offs_m, offs_n, ds, valid, W, N, R_HI, R_LO, 1,
+                                      ORIENTED, INDEX_REVERSED, False)
                 else:
                     r = offs_m[None, :] - offs_n[:, None]
                     tl.atomic_add(SAT_Q_HI + offs_m, tl.sum(tl.where(r >= R_HI, ds, 0.0), 0), mask=row_in, sem="relaxed")
                     tl.atomic_add(SAT_Q_LO + offs_m, tl.sum(tl.where(r <= -R_LO, ds, 0.0), 0), mask=row_in, sem="relaxed")
-                    if ORIENTED and not INDEX_REVERSED:
-                        store_by_distance_transposed(BAND_Q, offs_m, offs_n, ds, W, N, R_HI, R_LO, 1, True)
-                    else:
-                        in_band = (r > -R_LO) & (r < R_HI) & valid
-                        tl.store(BAND_Q + offs_m[None, :] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty),
-                                 mask=in_band)
+                    store_by_distance(BAND_Q, offs_m, offs_n, ds, valid, W, N, R_HI, R_LO, 1,
+                                      ORIENTED, INDEX_REVERSED, True)
     return dk, dv, t_hi, t_lo
 
 
@@ -445,8 +439,9 @@ def _dq_tiles(
             sat_lo = 0.0
             if BAND_BIAS and MODE == BAND:
                 sat_hi, sat_lo = band_edge_terms(c2p_hi, c2p_lo, P2C, offs_n, col_in, two_s, HAS_P2C)
-            s += position_bias(offs_m, offs_n, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO,
-                               sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, MODE == BAND, 0)
+            s += position_bias(offs_m, offs_n, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N,
+                               R_HI, R_LO, sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED,
+                               MODE == BAND, 0)
         col_ok = col_in
         if HAS_MASK:
             col_ok = tl.load(MASK_B + offs_n * stride_mn, mask=col_in, other=0) != 0
@@ -466,21 +461,14 @@ def _dq_tiles(
             elif MODE == SAT_LO:
                 s_lo += tl.sum(ds, 1)
             elif MODE == INNER:
-                if ORIENTED and not INDEX_REVERSED:
-                    store_by_distance_transposed(BAND_Q, offs_m, offs_n, ds, W, N, R_HI, R_LO, 0, False)
-                else:
-                    r = offs_m[:, None] - offs_n[None, :]
-                    tl.store(BAND_Q + offs_m[:, None] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty))
+                store_by_distance(BAND_Q, offs_m, offs_n, ds, valid, W, N, R_HI, R_LO, 0,
+                                  ORIENTED, INDEX_REVERSED, False)
             else:
                 r = offs_m[:, None] - offs_n[None, :]
                 s_hi += tl.sum(tl.where(r >= R_HI, ds, 0.0), 1)
                 s_lo += tl.sum(tl.where(r <= -R_LO, ds, 0.0), 1)
-                if ORIENTED and not INDEX_REVERSED:
-                    store_by_distance_transposed(BAND_Q, offs_m, offs_n, ds, W, N, R_HI, R_LO, 0, True)
-                else:
-                    in_band = (r > -R_LO) & (r < R_HI) & valid
-                    tl.store(BAND_Q + offs_m[:, None] * W + (r + (R_LO - 1)), ds.to(BAND_Q.dtype.element_ty),
-                             mask=in_band)
+                store_by_distance(BAND_Q, offs_m, offs_n, ds, valid, W, N, R_HI, R_LO, 0,
+                                  ORIENTED, INDEX_REVERSED, True)
     return dq, s_hi, s_lo
 
 

@@ -81,8 +81,9 @@ def _fwd_tiles(
             if BAND_BIAS and MODE == BAND:
                 sat_hi, sat_lo = band_edge_terms(c2p_hi, c2p_lo, P2C, offs_n, col_in, two_s, HAS_P2C)
             valid = (offs_m[:, None] < N) & col_in[None, :]
-            s += position_bias(offs_m, offs_n, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, R_HI, R_LO,
-                               sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, MODE == BAND, 0)
+            s += position_bias(offs_m, offs_n, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N,
+                               R_HI, R_LO, sat_hi, sat_lo, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED,
+                               MODE == BAND, 0)
         col_ok = col_in
         if HAS_MASK:
             col_ok = tl.load(MASK_B + offs_n * stride_mn, mask=col_in, other=0) != 0

@@ -732,20 +732,28 @@ def gathered_term(SCORES, TABLE, offs_m, offs_n, two_s, N, QUERY_AXIS: tl.conste
 
 
 @triton.jit
-def store_by_distance_transposed(BAND, offs_m, offs_n, ds, W, N, R_HI, R_LO, QUERY_AXIS: tl.constexpr,
-                                 CHECK: tl.constexpr):
-    """``BAND[i * W + i - j + r_lo - 1] = dS[i, j]`` for the band pairs of a tile with queries on axis QUERY_AXIS
-    (``ds``: that tile, fp32), stored from the transposed tile: band mode "oriented"'s store of the c2p part of
-    dS (BAND_Q, whose addresses are dense along keys) where this Triton's threads run along the tile's query
-    axis. CHECK: only pairs inside the band and the sequence (else all are, INNER tiles)."""
-    i, j = tile_pairs(offs_m, offs_n, 1 - QUERY_AXIS)
-    r = i - j
-    ptr = BAND + i * W + (r + (R_LO - 1))
-    x = tl.trans(ds).to(BAND.dtype.element_ty)
-    if CHECK:
-        tl.store(ptr, x, mask=(r > -R_LO) & (r < R_HI) & (i < N) & (j < N))
+def store_by_distance(BAND, offs_m, offs_n, ds, valid, W, N, R_HI, R_LO, QUERY_AXIS: tl.constexpr,
+                      ORIENTED: tl.constexpr, KEYS_ON_THREADS: tl.constexpr, CHECK: tl.constexpr):
+    """``BAND[i * W + i - j + r_lo - 1] = dS[i, j]`` for the band pairs of a tile of queries ``offs_m`` and keys
+    ``offs_n`` with queries on axis QUERY_AXIS (``ds``: that tile, fp32; ``valid``: both inside the sequence, on
+    it): the c2p part of dS by distance (BAND_Q, whose addresses are dense along keys). In band mode "oriented"
+    (ORIENTED), where this Triton's threads run along the tile's query axis (not KEYS_ON_THREADS: the kernels'
+    INDEX_REVERSED), stored from the transposed tile. CHECK: only pairs inside the band and the sequence (else
+    all are, INNER tiles)."""
+    if ORIENTED and not KEYS_ON_THREADS:
+        i, j = tile_pairs(offs_m, offs_n, 1 - QUERY_AXIS)
+        x = tl.trans(ds)
+        inside = (i < N) & (j < N)
     else:
-        tl.store(ptr, x)
+        i, j = tile_pairs(offs_m, offs_n, QUERY_AXIS)
+        x = ds
+        inside = valid
+    r = i - j
+    if CHECK:  # the mask before the addresses: ptxas allocates registers by this order (dQ kernel: 220 or 252)
+        in_band = (r > -R_LO) & (r < R_HI) & inside
+        tl.store(BAND + i * W + (r + (R_LO - 1)), x.to(BAND.dtype.element_ty), mask=in_band)
+    else:
+        tl.store(BAND + i * W + (r + (R_LO - 1)), x.to(BAND.dtype.element_ty))
 
 
 @triton.jit

@@ -250,25 +250,27 @@ def gather_lanes(compiled, name: str, keys_on_threads: bool) -> list[tuple[str, 
     run along the index its addresses are dense in (keys for C2P[i, d(i - j)] and BAND_Q[i, i - j + c], queries
     for P2C[j, d(i - j)]), read off the access's layout (the tensor axis the first lanes run along,
     ``order[0]``) and the axis its tile puts that index on (common.position_bias, common.gathered_term,
-    common.store_by_distance_transposed). Under band mode "gather" one of the two gathered terms is not
+    common.store_by_distance: transposed in band mode "oriented", told by its gathers, where keys are off the
+    lanes' axis). Under band mode "gather" one of the two gathered terms is not
     (common.INDEX_ALONG_FAST_AXIS); under "oriented" all are, if this Triton lays such accesses out as
     INDEX_ALONG_FAST_AXIS says. (BAND_K's stores are contiguous along queries: Triton lays them out by that.)"""
     query_axis = 1 if name == "dkdv" else 0
-    tiles = attention_bwd._dkdv_tiles if name == "dkdv" else attention_bwd._dq_tiles
     sites = {**_source_lines(common.position_bias, "C2P + i * two_s", "P2C + j * two_s"),
              **_source_lines(common.gathered_term, "SCORES + i * two_s", "SCORES + j * two_s"),
-             **_source_lines(common.store_by_distance_transposed, "tl.store(ptr"),
-             **({} if name == "fwd" else _source_lines(tiles, "tl.store(BAND_Q"))}
-    found = []
+             **_source_lines(common.store_by_distance, "tl.store(BAND")}
+    accesses = []
     for layout, lines in _access_sites(compiled.asm["ttgir"]):
         needle = next((sites[n] for n in lines if n in sites), None)
-        if needle is None:
-            continue
+        if needle is not None:
+            accesses.append((layout, needle))
+    oriented = any(needle.startswith("SCORES") for _, needle in accesses)
+    found = []
+    for layout, needle in accesses:
         term = "band_q" if "store" in needle else "c2p" if "+ i * two_s" in needle else "p2c"
         if term == "band_q":
-            transposed = needle == "tl.store(ptr"
+            transposed = oriented and not keys_on_threads
         else:
-            transposed = needle.startswith("SCORES") and ((term == "c2p") != keys_on_threads)
+            transposed = oriented and ((term == "c2p") != keys_on_threads)
         queries_on = 1 - query_axis if transposed else query_axis
         dense = queries_on if term == "p2c" else 1 - queries_on
         order = [int(x) for x in re.search(r"order = \[(\d+), (\d+)\]", layout).groups()]
