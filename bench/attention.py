@@ -13,7 +13,9 @@ bench/report.py):
   ``df-triton-bias`` (bias, split), ``df-triton-fused`` (gather, fused), ``df-triton-bias-fused`` (bias,
   fused), ``df-triton-oriented`` (oriented, split) and ``df-triton-oriented-fused`` (oriented, fused);
   bench/make_selection.py makes the backend's per-shape choice (with the switches unset) of them.
-  ``df-cuda-wide``: the cuda backend with DEBERTA_FAST_CUDA_FORWARD=wide (the forward's 4-warp tiles).
+  ``df-cuda-wide``: the cuda backend with DEBERTA_FAST_CUDA_FORWARD=wide (the forward's 4-warp tiles);
+  ``df-cuda-per-tile``: with DEBERTA_FAST_CUDA_SCORES=per_tile (every kernel's score code per tile kind);
+  ``df-cuda-wide-per-tile``: both.
   ``df-triton-plain`` / ``df-cuda-plain`` (and ``df-torch-plain``): the fused kernel on the floor's own problem,
   no position terms and no mask, compared with the torch backend's plain attention: how far the kernels' base
   loop is from SDPA flash, apart from the position terms.

@@ -93,6 +93,8 @@ TRITON_VARIANTS = {
 # the backend's automatic choice (make_selection.py reads df-cuda itself): a measurement to decide a default by.
 CUDA_VARIANTS = {
     "df-cuda-wide": {"DEBERTA_FAST_CUDA_FORWARD": "wide"},  # the forward's 4-warp tiles (csrc/kernel_traits.h)
+    "df-cuda-per-tile": {"DEBERTA_FAST_CUDA_SCORES": "per_tile"},  # score code per tile kind (csrc/score_terms.h)
+    "df-cuda-wide-per-tile": {"DEBERTA_FAST_CUDA_FORWARD": "wide", "DEBERTA_FAST_CUDA_SCORES": "per_tile"},
 }
 
 

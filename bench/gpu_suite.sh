@@ -2,7 +2,7 @@
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
 #   bash bench/gpu_suite.sh STEP[,STEP...] OUTDIR    STEP: setup | check | test-triton | test-cuda | tests | parity |
-#                                                variants | cuda-wide | tune | tune-oriented | tune-bias | tune-d128 |
+#                                                variants | cuda-variants | tune | tune-oriented | tune-bias | tune-d128 |
 #                                                apply-tuned | apply-variants |
 #                                                attention | attention-extra | attention-fp32 | layer | compare | model |
 #                                                model-large | profile | ncu | all
@@ -118,11 +118,13 @@ run_tune() {  # $1: head dim, $2: band mode. Every Triton block config timed, on
     --band "$2" --seqlens 512,2048,8192 --jobs "${TUNE_JOBS:-8}" --out "$out/$name.json"
 }
 
-run_cuda_wide() {  # the cuda backend's forward with its default tiles and with DEBERTA_FAST_CUDA_FORWARD=wide (4
-  # warps of 32 query rows, csrc/kernel_traits.h), against Triton and the floor; not part of `auto`'s choice
-  bench "$out/cuda_wide.log" 400 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
-    --seqlens 512,2048,8192 --modes fwd,fwd_bwd --rep 20 --op-providers df-cuda,df-cuda-wide,df-triton,sdpa-floor \
-    --out "$out/attention_cuda_bfloat16_cuda_wide.json"
+run_cuda_variants() {  # the cuda backend as it is and with its opt-in variants: DEBERTA_FAST_CUDA_FORWARD=wide (the
+  # forward's 4 warps of 32 query rows, csrc/kernel_traits.h), DEBERTA_FAST_CUDA_SCORES=per_tile (every kernel's
+  # score code per tile kind, csrc/score_terms.h) and both, against Triton and the floor; not part of `auto`'s choice
+  bench "$out/cuda_variants.log" 540 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
+    --seqlens 512,2048,8192 --modes fwd,fwd_bwd --rep 20 \
+    --op-providers df-cuda,df-cuda-wide,df-cuda-per-tile,df-cuda-wide-per-tile,df-triton,sdpa-floor \
+    --out "$out/attention_cuda_bfloat16_cuda_variants.json"
 }
 
 run_variants() {  # the Triton switches side by side (default configs): band gathers on the kernel's tile, on
@@ -247,7 +249,7 @@ run_step() {
     tests) run_tests gpu triton cuda ;;
     parity) run_parity ;;
     variants) run_variants ;;
-    cuda-wide) run_cuda_wide ;;
+    cuda-variants|cuda-wide) run_cuda_variants ;;
     tune) run_tune 64 gather ;;
     tune-bias) run_tune 64 bias ;;
     tune-oriented) run_tune 64 oriented ;;

@@ -8,6 +8,7 @@
 //                      -> (dq, dk, dv, dpos_key, dpos_query); an absent position term's gradient is empty
 //   cuda_dropout_mask(philox, batch, heads, seq_len, dropout_p) -> bool [B, H, N, N]   (test hook; CPU + CUDA)
 //   cuda_position_geometry(like, seq_len, buckets, max_rel) -> (int32 table [2N - 1], r_hi, r_lo)  (any device)
+//   cuda_score_terms(...), cuda_slot_sums(...): score_terms.h's per-tile code on one warp tile   (test hooks; CPU)
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -17,15 +18,18 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <vector>
 
 #include "launch.h"
 #include "params.h"
 #include "philox.h"
+#include "score_terms.h"
 
 #define CHECK_SHAPE(x, ...) \
   TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape (" #__VA_ARGS__ "), got ", (x).sizes())
@@ -64,6 +68,17 @@ bool wide_forward() {
   const char* env = std::getenv("DEBERTA_FAST_CUDA_FORWARD");
   if (env == nullptr || *env == '\0' || std::strcmp(env, "default") == 0) return false;
   TORCH_CHECK(std::strcmp(env, "wide") == 0, "DEBERTA_FAST_CUDA_FORWARD must be 'default' or 'wide', got '", env, "'");
+  return true;
+}
+
+// DEBERTA_FAST_CUDA_SCORES=per_tile runs the kernels' score code per tile kind (score_terms.h: the kind dispatched
+// once per tile, a band tile's index loads and gathers issued together); unset or "branched": the kind tested at
+// every pair. Read per call.
+bool per_tile_scores() {
+  const char* env = std::getenv("DEBERTA_FAST_CUDA_SCORES");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "branched") == 0) return false;
+  TORCH_CHECK(std::strcmp(env, "per_tile") == 0, "DEBERTA_FAST_CUDA_SCORES must be 'branched' or 'per_tile', got '",
+              env, "'");
   return true;
 }
 
@@ -264,6 +279,7 @@ void fill_common(AttnParams& p, const Inputs& in, int64_t b0, int64_t nb, double
   p.bh0 = static_cast<int>(b0 * in.H);
   p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  p.per_tile_scores = per_tile_scores();
 }
 
 // x [nb, H, N, D] . pos [H, 2S, D]^T as [H, nb, N, 2S] (head-major): one GEMM per head over the nb * N rows,
@@ -523,6 +539,119 @@ Tensor dropout_mask_cpu(const Tensor& philox, int64_t batch, int64_t heads, int6
   return keep;
 }
 
+// The per-tile score code (score_terms.h) run on the CPU, lane by lane, on one warp's tile of kHookMF x kHookNF
+// accumulator fragments ([32, 64] floats): what the kernels' per-tile path computes, checked by the tests against
+// an independent reference.
+constexpr int kHookMF = 2, kHookNF = 8, kHookRows = 16 * kHookMF, kHookCols = 8 * kHookNF;
+
+template <typename F>
+void for_each_fragment(int lane, F&& f) {  // f(mf, nf, e, row, col): element e of acc[mf][nf] and its tile place
+  const int g = lane / 4, t = lane % 4;
+  for (int mf = 0; mf < kHookMF; ++mf)
+    for (int nf = 0; nf < kHookNF; ++nf)
+      for (int e = 0; e < 4; ++e) f(mf, nf, e, mf * 16 + g + 8 * (e >> 1), nf * 8 + 2 * t + (e & 1));
+}
+
+void check_hook_tensor(const Tensor& t, const char* name, at::ScalarType dtype, std::vector<int64_t> shape) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == dtype && t.sizes() == at::IntArrayRef(shape), name,
+              " must be a CPU ", dtype, " tensor of shape ", at::IntArrayRef(shape), ", got ", t.scalar_type(), " ",
+              t.sizes(), " on ", t.device());
+}
+
+AttnParams hook_params(int64_t seq_len, int64_t r_hi, int64_t r_lo) {
+  TORCH_CHECK(seq_len >= 1 && r_hi >= 1 && r_lo >= 1, "score hooks: seq_len, r_hi and r_lo must be >= 1");
+  AttnParams p;
+  p.N = static_cast<int>(seq_len);
+  p.r_hi = static_cast<int>(r_hi);
+  p.r_lo = static_cast<int>(r_lo);
+  return p;
+}
+
+Tensor score_terms_cpu(const Tensor& scores, const std::optional<Tensor>& c2p, const std::optional<Tensor>& p2c,
+                       const Tensor& table, const Tensor& col_term, const Tensor& row_hi, const Tensor& row_lo,
+                       int64_t r_hi, int64_t r_lo, int64_t row0, int64_t col0, bool trans, int64_t mode) {
+  const int64_t n = (table.numel() + 1) / 2;
+  check_hook_tensor(table, "table", at::kInt, {2 * n - 1});
+  check_hook_tensor(scores, "scores", at::kFloat, {kHookRows, kHookCols});
+  check_hook_tensor(col_term, "col_term", at::kFloat, {kHookCols});
+  check_hook_tensor(row_hi, "row_hi", at::kFloat, {kHookRows});
+  check_hook_tensor(row_lo, "row_lo", at::kFloat, {kHookRows});
+  TORCH_CHECK(mode >= kPlain && mode <= kSatLo, "score hooks: mode must be 0 (plain), 1 (band), 2 (sat hi) or 3");
+  AttnParams p = hook_params(n, r_hi, r_lo);
+  const Tensor pos = c2p.has_value() ? *c2p : (p2c.has_value() ? *p2c : Tensor());
+  p.two_s = pos.defined() ? static_cast<int>(pos.size(1)) : 1;
+  for (const auto* term : {&c2p, &p2c}) {
+    if (term->has_value()) check_hook_tensor(**term, "c2p / p2c", at::kFloat, {n, p.two_s});
+  }
+  const Tensor tab = table.contiguous();
+  p.table = tab.data_ptr<int32_t>();
+  const Tensor c2p_c = c2p.has_value() ? c2p->contiguous() : Tensor(), p2c_c = p2c.has_value() ? p2c->contiguous() : Tensor();
+  const float* c2p_data = c2p_c.defined() ? c2p_c.data_ptr<float>() : nullptr;
+  const float* p2c_data = p2c_c.defined() ? p2c_c.data_ptr<float>() : nullptr;
+  const Tensor in = scores.contiguous(), cols = col_term.contiguous(), hi = row_hi.contiguous(), lo = row_lo.contiguous();
+  Tensor out = at::empty_like(in);
+  auto s_in = in.accessor<float, 2>();
+  auto s_out = out.accessor<float, 2>();
+  for (int lane = 0; lane < 32; ++lane) {
+    float s[kHookMF][kHookNF][4], rh[kHookMF][2], rl[kHookMF][2];
+    for_each_fragment(lane, [&](int mf, int nf, int e, int r, int c) {
+      s[mf][nf][e] = s_in[r][c];
+      rh[mf][e >> 1] = hi.data_ptr<float>()[r];
+      rl[mf][e >> 1] = lo.data_ptr<float>()[r];
+    });
+    const int r0 = static_cast<int>(row0), c0 = static_cast<int>(col0), m = static_cast<int>(mode);
+    if (trans) {
+      add_position_terms_any<true>(m, s, p, c2p_data, p2c_data, r0, c0, lane, cols.data_ptr<float>(), rh, rl);
+    } else {
+      add_position_terms_any<false>(m, s, p, c2p_data, p2c_data, r0, c0, lane, cols.data_ptr<float>(), rh, rl);
+    }
+    for_each_fragment(lane, [&](int mf, int nf, int e, int r, int c) { s_out[r][c] = s[mf][nf][e]; });
+  }
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> slot_sums_cpu(const Tensor& ds, int64_t seq_len, int64_t r_hi, int64_t r_lo,
+                                                 int64_t band_w, int64_t row0, int64_t col0, bool trans,
+                                                 int64_t mode) {
+  check_hook_tensor(ds, "ds", at::kFloat, {kHookRows, kHookCols});
+  TORCH_CHECK(mode >= kPlain && mode <= kSatLo, "score hooks: mode must be 0 (plain), 1 (band), 2 (sat hi) or 3");
+  TORCH_CHECK(band_w >= r_hi + r_lo - 1, "score hooks: band_w must hold the band's r_hi + r_lo - 1 distances");
+  const AttnParams p = hook_params(seq_len, r_hi, r_lo);
+  const Tensor in = ds.contiguous();
+  auto d_in = in.accessor<float, 2>();
+  // The band rows of the whole sequence, NaN where nothing is stored; hi / lo per tile row, summed over the quad
+  // (lanes 4 g .. 4 g + 3 hold a row between them) in the kernels' quad_sum order.
+  Tensor band = at::full({seq_len, band_w}, NAN, in.options());
+  Tensor hi = at::zeros({kHookRows}, in.options()), lo = at::zeros({kHookRows}, in.options());
+  float lane_hi[32][kHookMF][2], lane_lo[32][kHookMF][2];
+  for (int lane = 0; lane < 32; ++lane) {
+    float d[kHookMF][kHookNF][4];
+    for_each_fragment(lane, [&](int mf, int nf, int e, int r, int c) { d[mf][nf][e] = d_in[r][c]; });
+    for (int mf = 0; mf < kHookMF; ++mf) lane_hi[lane][mf][0] = lane_hi[lane][mf][1] = lane_lo[lane][mf][0] = lane_lo[lane][mf][1] = 0.f;
+    const int r0 = static_cast<int>(row0), c0 = static_cast<int>(col0), m = static_cast<int>(mode);
+    float* b = band.data_ptr<float>();
+    if (trans) {
+      add_slot_sums_any<true>(m, lane_hi[lane], lane_lo[lane], p, d, r0, c0, lane, b, static_cast<int>(band_w));
+    } else {
+      add_slot_sums_any<false>(m, lane_hi[lane], lane_lo[lane], p, d, r0, c0, lane, b, static_cast<int>(band_w));
+    }
+  }
+  for (int g = 0; g < 8; ++g) {
+    for (int mf = 0; mf < kHookMF; ++mf) {
+      for (int hh = 0; hh < 2; ++hh) {
+        const int r = mf * 16 + g + 8 * hh;
+        auto quad = [&](float (&v)[32][kHookMF][2]) {
+          const int l = 4 * g;
+          return (v[l][mf][hh] + v[l + 1][mf][hh]) + (v[l + 2][mf][hh] + v[l + 3][mf][hh]);
+        };
+        hi.data_ptr<float>()[r] = quad(lane_hi);
+        lo.data_ptr<float>()[r] = quad(lane_lo);
+      }
+    }
+  }
+  return {hi, lo, band};
+}
+
 std::tuple<Tensor, int64_t, int64_t> position_geometry(const Tensor& like, int64_t seq_len, int64_t buckets,
                                                        int64_t max_rel) {
   TORCH_CHECK(seq_len >= 1, "cuda_position_geometry: seq_len must be >= 1");
@@ -546,6 +675,10 @@ TORCH_LIBRARY_FRAGMENT(deberta_fast, m) {
       "int max_relative_positions, float scale, float dropout_p, bool masked_zero) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("cuda_dropout_mask(Tensor philox, int batch, int heads, int seq_len, float dropout_p) -> Tensor");
+  m.def("cuda_score_terms(Tensor scores, Tensor? c2p, Tensor? p2c, Tensor table, Tensor col_term, Tensor row_hi, "
+        "Tensor row_lo, int r_hi, int r_lo, int row0, int col0, bool trans, int mode) -> Tensor");
+  m.def("cuda_slot_sums(Tensor ds, int seq_len, int r_hi, int r_lo, int band_w, int row0, int col0, bool trans, "
+        "int mode) -> (Tensor, Tensor, Tensor)");
   m.def("cuda_position_geometry(Tensor like, int seq_len, int position_buckets, int max_relative_positions) "
         "-> (Tensor, int, int)");
 }
@@ -556,7 +689,11 @@ TORCH_LIBRARY_IMPL(deberta_fast, CUDA, m) {
   m.impl("cuda_dropout_mask", &deberta_fast::dropout_mask_cuda);
 }
 
-TORCH_LIBRARY_IMPL(deberta_fast, CPU, m) { m.impl("cuda_dropout_mask", &deberta_fast::dropout_mask_cpu); }
+TORCH_LIBRARY_IMPL(deberta_fast, CPU, m) {
+  m.impl("cuda_dropout_mask", &deberta_fast::dropout_mask_cpu);
+  m.impl("cuda_score_terms", &deberta_fast::score_terms_cpu);
+  m.impl("cuda_slot_sums", &deberta_fast::slot_sums_cpu);
+}
 
 TORCH_LIBRARY_IMPL(deberta_fast, CompositeExplicitAutograd, m) {
   m.impl("cuda_position_geometry", &deberta_fast::position_geometry);

@@ -9,6 +9,8 @@
 // 3. attention_dq_kernel: a CTA owns BR queries and streams key tiles: dQ += dS K, and the c2p part of dS
 //    (saturated sums per query, band_q[i, i - j + r_lo - 1]).
 // The host turns the band buffers into dQ / dK / dpos terms with GEMMs (attention.cpp).
+// kPerTile (DEBERTA_FAST_CUDA_SCORES=per_tile): the position terms and the slot sums by score_terms.h (the tile
+// kind dispatched once per tile, a band tile's loads issued together); else the branched code below.
 #pragma once
 
 #include "attention_common.cuh"
@@ -129,7 +131,7 @@ __device__ __forceinline__ void store_grad_row(Out* dst, const float (&acc)[DF][
 // ------------------------------------------------------------------------------------------------------
 // dK, dV over key tiles (accumulator rows are keys, columns queries).
 
-template <typename Kt>
+template <typename Kt, bool kPerTile>
 __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdParams p) {
   using T = typename Kt::T;
   using Gemm = WarpGemm<T, Kt::D>;
@@ -245,6 +247,9 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
     float s[MF][NF][4];
     zero(s);
     Gemm::template nt<MF, NF>(s, sK, warp_row0, sQb, 0);
+    if constexpr (kPerTile) {
+      add_position_terms_any<true>(mode, s, p, c2p, p2c, j0 + warp_row0, i0, lane, sColb, p2c_hi, p2c_lo);
+    }
 #pragma unroll
     for (int mf = 0; mf < MF; ++mf) {
 #pragma unroll
@@ -253,15 +258,18 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
         for (int e = 0; e < 4; ++e) {
           const int hh = e >> 1;
           const int c = nf * 8 + 2 * t + (e & 1);
-          const int qi = i0 + c;
-          const int kj = j0 + warp_row0 + mf * 16 + g + 8 * hh;
-          float x = s[mf][nf][e] + sColb[c];
-          if (mode == kSatHi) {
-            x += p2c_hi[mf][hh];
-          } else if (mode == kSatLo) {
-            x += p2c_lo[mf][hh];
-          } else if (mode == kBand) {
-            x += band_bias(p, c2p, p2c, qi, kj);
+          float x = s[mf][nf][e];
+          if constexpr (!kPerTile) {
+            const int qi = i0 + c;
+            const int kj = j0 + warp_row0 + mf * 16 + g + 8 * hh;
+            x += sColb[c];
+            if (mode == kSatHi) {
+              x += p2c_hi[mf][hh];
+            } else if (mode == kSatLo) {
+              x += p2c_lo[mf][hh];
+            } else if (mode == kBand) {
+              x += band_bias(p, c2p, p2c, qi, kj);
+            }
           }
           x = key_ok[mf][hh] ? x * p.scale_log2 : -INFINITY;
           if (has_mask && sPadb[c] != 0.f) x = key_in[mf][hh] ? fill : -INFINITY;
@@ -298,7 +306,11 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
     Gemm::template rn<MF, NF>(dv, s, sdOb, 0);
     Gemm::template rn<MF, NF>(dk, dp, sQb, 0);
     if (p2c != nullptr && mode != kPlain) {
-      slots.template add<true>(p, mode, dp, j0 + warp_row0, i0, band, p.band_w);
+      if constexpr (kPerTile) {
+        add_slot_sums_any<true>(mode, slots.hi, slots.lo, p, dp, j0 + warp_row0, i0, lane, band, p.band_w);
+      } else {
+        slots.template add<true>(p, mode, dp, j0 + warp_row0, i0, band, p.band_w);
+      }
     }
     __syncthreads();
   }
@@ -335,7 +347,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
 // ------------------------------------------------------------------------------------------------------
 // dQ over query tiles (accumulator rows are queries, columns keys).
 
-template <typename Kt>
+template <typename Kt, bool kPerTile>
 __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdParams p) {
   using T = typename Kt::T;
   using Gemm = WarpGemm<T, Kt::D>;
@@ -436,6 +448,9 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
     float s[MF][NF][4];
     zero(s);
     Gemm::template nt<MF, NF>(s, sQ, warp_row0, sKb, 0);
+    if constexpr (kPerTile) {
+      add_position_terms_any<false>(mode, s, p, c2p, p2c, i0 + warp_row0, j0, lane, sColb, c2p_hi, c2p_lo);
+    }
 #pragma unroll
     for (int mf = 0; mf < MF; ++mf) {
 #pragma unroll
@@ -444,15 +459,18 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
         for (int e = 0; e < 4; ++e) {
           const int hh = e >> 1;
           const int c = nf * 8 + 2 * t + (e & 1);
-          const int qi = i0 + warp_row0 + mf * 16 + g + 8 * hh;
           const int kj = j0 + c;
-          float x = s[mf][nf][e] + sColb[c];
-          if (mode == kSatHi) {
-            x += c2p_hi[mf][hh];
-          } else if (mode == kSatLo) {
-            x += c2p_lo[mf][hh];
-          } else if (mode == kBand) {
-            x += band_bias(p, c2p, p2c, qi, kj);
+          float x = s[mf][nf][e];
+          if constexpr (!kPerTile) {
+            const int qi = i0 + warp_row0 + mf * 16 + g + 8 * hh;
+            x += sColb[c];
+            if (mode == kSatHi) {
+              x += c2p_hi[mf][hh];
+            } else if (mode == kSatLo) {
+              x += c2p_lo[mf][hh];
+            } else if (mode == kBand) {
+              x += band_bias(p, c2p, p2c, qi, kj);
+            }
           }
           x *= p.scale_log2;
           if (has_mask && row_pad[mf][hh]) x = kj < N ? fill : -INFINITY;
@@ -485,7 +503,11 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
 
     Gemm::template rn<MF, NF>(dq, dp, sKb, 0);
     if (c2p != nullptr && mode != kPlain) {
-      slots.template add<false>(p, mode, dp, i0 + warp_row0, j0, band, p.band_w);
+      if constexpr (kPerTile) {
+        add_slot_sums_any<false>(mode, slots.hi, slots.lo, p, dp, i0 + warp_row0, j0, lane, band, p.band_w);
+      } else {
+        slots.template add<false>(p, mode, dp, i0 + warp_row0, j0, band, p.band_w);
+      }
     }
     __syncthreads();
   }
@@ -528,13 +550,15 @@ void launch_bwd(Kernel kernel, int smem, dim3 grid, int threads, const BwdParams
 template <typename Kt>
 void launch_dkdv_kernel(const BwdParams& p, cudaStream_t stream) {
   const dim3 grid((p.N + Kt::BR - 1) / Kt::BR, p.H, p.B);
-  launch_bwd(attention_dkdv_kernel<Kt>, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
+  auto kernel = p.per_tile_scores ? attention_dkdv_kernel<Kt, true> : attention_dkdv_kernel<Kt, false>;
+  launch_bwd(kernel, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
 }
 
 template <typename Kt>
 void launch_dq_kernel(const BwdParams& p, cudaStream_t stream) {
   const dim3 grid((p.N + Kt::BR - 1) / Kt::BR, p.H, p.B);
-  launch_bwd(attention_dq_kernel<Kt>, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
+  auto kernel = p.per_tile_scores ? attention_dq_kernel<Kt, true> : attention_dq_kernel<Kt, false>;
+  launch_bwd(kernel, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
 }
 
 }  // namespace deberta_fast

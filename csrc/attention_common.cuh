@@ -1,5 +1,5 @@
-// What the forward and backward kernels share: tile kinds (the saturated-tile fast path), the band gathers,
-// the score masking rules and the dropout mask in the accumulator layout.
+// What the forward and backward kernels share: the band gathers of the branched score code (tile kinds and the
+// per-tile score code: score_terms.h), the columns' prefetch and the dropout mask in the accumulator layout.
 #pragma once
 
 #include <cmath>
@@ -8,24 +8,13 @@
 #include "launch.h"
 #include "params.h"
 #include "philox.h"
+#include "score_terms.h"
 #include "tile.cuh"
 
 namespace deberta_fast {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-
-// Tile kinds. For a tile of queries [q0, q0 + qc) and keys [k0, k0 + kc) every pair has
-//   SAT_HI: i - j >= r_hi  (position row 2S - 1: the c2p term is one value per query, p2c one per key),
-//   SAT_LO: i - j <= -r_lo (row 0), BAND otherwise (gathers through the table), PLAIN without position terms.
-enum TileMode : int { kPlain = 0, kBand = 1, kSatHi = 2, kSatLo = 3 };
-
-__device__ __forceinline__ int tile_mode(const AttnParams& p, bool has_pos, int q0, int qc, int k0, int kc) {
-  if (!has_pos) return kPlain;
-  if (q0 - (k0 + kc - 1) >= p.r_hi) return kSatHi;
-  if ((q0 + qc - 1) - k0 <= -p.r_lo) return kSatLo;
-  return kBand;
-}
 
 // Unscaled q_i . pos_key[d] + k_j . pos_query[d] of one band pair, from C2P / P2C of this (batch, head);
 // 0 for pairs beyond N (they are masked).

@@ -63,8 +63,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         else:
             line = "not built"
         forward = os.environ.get("DEBERTA_FAST_CUDA_FORWARD") or "default"
+        scores = os.environ.get("DEBERTA_FAST_CUDA_SCORES") or "branched"
         print(f"cuda extension {line}; just-in-time build {status['jit']}; forward tiles {forward} "
-              "(DEBERTA_FAST_CUDA_FORWARD: default or wide)")
+              f"(DEBERTA_FAST_CUDA_FORWARD: default or wide); score code {scores} "
+              "(DEBERTA_FAST_CUDA_SCORES: branched or per_tile)")
     print(f"triton configs {_triton_settings()}")
     return 0
 

@@ -23,7 +23,7 @@ from deberta_fast import disentangled_attention
 from deberta_fast.backends import get_backend
 from deberta_fast.backends import cuda_backend
 from deberta_fast.backends.call import make_call
-from deberta_fast.positions import relative_index_table
+from deberta_fast.positions import log_bucket_position, relative_index_table
 
 from attention_cases import Case, call_kwargs, make_inputs
 
@@ -158,6 +158,14 @@ SCHEMAS = {
     "cuda_position_geometry": (
         "deberta_fast::cuda_position_geometry(Tensor like, int seq_len, int position_buckets, "
         "int max_relative_positions) -> (Tensor, int, int)"
+    ),
+    "cuda_score_terms": (
+        "deberta_fast::cuda_score_terms(Tensor scores, Tensor? c2p, Tensor? p2c, Tensor table, Tensor col_term, "
+        "Tensor row_hi, Tensor row_lo, int r_hi, int r_lo, int row0, int col0, bool trans, int mode) -> Tensor"
+    ),
+    "cuda_slot_sums": (
+        "deberta_fast::cuda_slot_sums(Tensor ds, int seq_len, int r_hi, int r_lo, int band_w, int row0, int col0, "
+        "bool trans, int mode) -> (Tensor, Tensor, Tensor)"
     ),
 }
 
@@ -370,6 +378,146 @@ def test_position_table_is_exact_over_the_long_range():
     n = 1 << 16
     table, _, _ = cuda_backend.position_geometry(torch.empty(0), n, 256, 512)
     assert torch.equal(table, relative_index_table(n, 256, 512))
+
+
+# --- the kernels' per-tile score code (csrc/score_terms.h, DEBERTA_FAST_CUDA_SCORES=per_tile) on the CPU ------
+
+PLAIN, BAND, SAT_HI, SAT_LO = 0, 1, 2, 3  # csrc/score_terms.h TileMode
+TILE_ROWS, TILE_COLS = 32, 64  # the hooks' warp tile: 2 x 8 mma.sync accumulator fragments, run lane by lane
+BUCKETS, MAX_REL = 8, 32  # 2S = 16 position rows; saturation within 40 tokens
+
+
+def _pairs(row0, col0, trans):
+    """Absolute (query, key) index of every tile element, each [TILE_ROWS, TILE_COLS]."""
+    rows = torch.arange(TILE_ROWS)[:, None] + row0
+    cols = torch.arange(TILE_COLS)[None, :] + col0
+    rows, cols = torch.broadcast_tensors(rows, cols)
+    return (cols, rows) if trans else (rows, cols)
+
+
+def _bucket(qi, kj):
+    """d(i, j) from the definition (positions.log_bucket_position), not from the index table."""
+    span = BUCKETS
+    return (log_bucket_position(qi - kj, BUCKETS, MAX_REL) + span).clamp(0, 2 * span - 1)
+
+
+def _score_inputs(n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    c2p, p2c = (torch.randn(n, 2 * BUCKETS, generator=gen) for _ in range(2))
+    scores = torch.randn(TILE_ROWS, TILE_COLS, generator=gen)
+    col_term = torch.randn(TILE_COLS, generator=gen)
+    row_hi, row_lo = (torch.randn(TILE_ROWS, generator=gen) for _ in range(2))
+    return c2p, p2c, scores, col_term, row_hi, row_lo
+
+
+@pytest.mark.parametrize("trans", [False, True], ids=["rows_are_queries", "rows_are_keys"])
+@pytest.mark.parametrize("terms", ["both", "c2p", "p2c"])
+@pytest.mark.parametrize("n,row0,col0", [(200, 40, 30), (70, 48, 20), (17, 0, 0), (200, 128, 0), (200, 0, 100)])
+def test_per_tile_band_terms_match_their_definition(n, row0, col0, terms, trans):
+    """A band tile (any tile: the band code is exact everywhere): (score + column term) + c2p[i, d] + p2c[j, d] with
+    d(i, j) from the bucket formula, 0 for pairs beyond N; bit for bit, as the same fp32 additions in the same
+    order. Tiles across the band, across N on both axes, shorter than the tile, and wholly saturated."""
+    _extension_or_skip()
+    table, r_hi, r_lo = cuda_backend.position_geometry(torch.empty(0), n, BUCKETS, MAX_REL)
+    c2p, p2c, scores, col_term, row_hi, row_lo = _score_inputs(n, seed=row0 * 1000 + col0 + n)
+    c2p = c2p if terms in ("both", "c2p") else None
+    p2c = p2c if terms in ("both", "p2c") else None
+    out = torch.ops.deberta_fast.cuda_score_terms(scores, c2p, p2c, table, col_term, row_hi, row_lo, r_hi, r_lo,
+                                                  row0, col0, trans, BAND)
+    qi, kj = _pairs(row0, col0, trans)
+    valid = (qi < n) & (kj < n)
+    qs, ks = qi.clamp(max=n - 1), kj.clamp(max=n - 1)  # (safe addresses for the reference's own gathers)
+    d = _bucket(qi, kj)
+    term = torch.zeros(TILE_ROWS, TILE_COLS)
+    if c2p is not None:
+        term = term + c2p[qs, d]
+    if p2c is not None:
+        term = term + p2c[ks, d]
+    expected = (scores + col_term) + torch.where(valid, term, torch.zeros(()))
+    assert bool(valid.any()) and torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("trans", [False, True], ids=["rows_are_queries", "rows_are_keys"])
+def test_per_tile_saturated_and_plain_terms(trans):
+    """Saturated tiles add the row's own term at row 2S - 1 (SAT_HI) or 0 (SAT_LO) after the column's; on a
+    saturated tile, with the rows' and columns' saturated values as those terms, that is the band definition's
+    value; plain tiles add the column term alone."""
+    _extension_or_skip()
+    n = 200
+    table, r_hi, r_lo = cuda_backend.position_geometry(torch.empty(0), n, BUCKETS, MAX_REL)
+    c2p, p2c, scores, col_term, row_hi, row_lo = _score_inputs(n, seed=7)
+    hook = torch.ops.deberta_fast.cuda_score_terms
+    plain = hook(scores, None, None, table, col_term, row_hi, row_lo, r_hi, r_lo, 0, 0, trans, PLAIN)
+    assert torch.equal(plain, scores + col_term)
+    # rows = queries: SAT_HI queries far after the keys; rows = keys: queries (columns) far after the keys
+    for mode, (row0, col0), top in ((SAT_HI, (128, 0) if not trans else (0, 128), True),
+                                    (SAT_LO, (0, 100) if not trans else (100, 0), False)):
+        qi, kj = _pairs(row0, col0, trans)
+        dist = qi - kj
+        assert bool((dist >= r_hi).all()) if top else bool((dist <= -r_lo).all())
+        out = hook(scores, None, None, table, col_term, row_hi, row_lo, r_hi, r_lo, row0, col0, trans, mode)
+        assert torch.equal(out, (scores + col_term) + (row_hi if top else row_lo)[:, None])
+        # the saturated row: the row's own table row times its content, the column's likewise
+        slot = 2 * BUCKETS - 1 if top else 0
+        row_rows = kj[:, 0] if trans else qi[:, 0]
+        col_rows = qi[0] if trans else kj[0]
+        row_table, col_table = (p2c, c2p) if trans else (c2p, p2c)
+        sat = hook(scores, None, None, table, col_table[col_rows, slot], row_table[row_rows, slot],
+                   row_table[row_rows, slot], r_hi, r_lo, row0, col0, trans, mode)
+        band = hook(scores, c2p, p2c, table, torch.zeros(TILE_COLS), row_hi, row_lo, r_hi, r_lo, row0, col0, trans,
+                    BAND)
+        torch.testing.assert_close(sat, band, rtol=1e-6, atol=1e-6)  # (the sums' order differs)
+
+
+@pytest.mark.parametrize("trans", [False, True], ids=["rows_are_queries", "rows_are_keys"])
+@pytest.mark.parametrize("n,row0,col0", [(200, 40, 30), (70, 48, 20), (17, 0, 0), (200, 128, 0), (200, 0, 100),
+                                         (200, 0, 128), (200, 100, 0)])
+def test_per_tile_slot_sums_match_their_definition(n, row0, col0, trans):
+    """The backward's slot bookkeeping of a dS tile: per row, the dS of its pairs at i - j >= r_hi summed (hi),
+    at i - j <= -r_lo summed (lo), and each band pair's dS stored at band[row, i - j + r_lo - 1] (pairs beyond N
+    not stored); run as a band tile (exact on any tile) and, where the tile is saturated, as SAT_HI / SAT_LO."""
+    _extension_or_skip()
+    _, r_hi, r_lo = cuda_backend.position_geometry(torch.empty(0), n, BUCKETS, MAX_REL)
+    width = r_hi + r_lo - 1
+    band_w = (width + 7) // 8 * 8
+    ds = torch.randn(TILE_ROWS, TILE_COLS, generator=torch.Generator().manual_seed(n + row0 + col0))
+    qi, kj = _pairs(row0, col0, trans)
+    dist = qi - kj
+    at_hi, at_lo = dist >= r_hi, dist <= -r_lo
+    zero = torch.zeros(())
+    want_hi = torch.where(at_hi, ds, zero).sum(1)
+    want_lo = torch.where(at_lo, ds, zero).sum(1)
+    want_band = torch.full((n, band_w), float("nan"))
+    stored = ~at_hi & ~at_lo & (qi < n) & (kj < n)
+    rows = (kj if trans else qi)[stored]
+    want_band[rows, (dist + r_lo - 1)[stored]] = ds[stored]
+    hi, lo, band = torch.ops.deberta_fast.cuda_slot_sums(ds, n, r_hi, r_lo, band_w, row0, col0, trans, BAND)
+    torch.testing.assert_close(hi, want_hi, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lo, want_lo, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(band, want_band, equal_nan=True, rtol=0, atol=0)
+    for mode, everywhere in ((SAT_HI, at_hi), (SAT_LO, at_lo)):
+        if bool(everywhere.all()):
+            hi2, lo2, band2 = torch.ops.deberta_fast.cuda_slot_sums(ds, n, r_hi, r_lo, band_w, row0, col0, trans,
+                                                                    mode)
+            assert torch.equal(hi2, hi) and torch.equal(lo2, lo)  # the same sums in the same order
+            assert bool(band2.isnan().all())
+    plain = torch.ops.deberta_fast.cuda_slot_sums(ds, n, r_hi, r_lo, band_w, row0, col0, trans, PLAIN)
+    assert not plain[0].any() and not plain[1].any() and bool(plain[2].isnan().all())
+
+
+def test_score_hooks_reject_bad_arguments():
+    _extension_or_skip()
+    table, r_hi, r_lo = cuda_backend.position_geometry(torch.empty(0), 20, BUCKETS, MAX_REL)
+    c2p, p2c, scores, col_term, row_hi, row_lo = _score_inputs(20, seed=1)
+    hook = torch.ops.deberta_fast.cuda_score_terms
+    with pytest.raises(RuntimeError, match="scores must be a CPU Float tensor of shape \\[32, 64\\]"):
+        hook(scores[:16], c2p, p2c, table, col_term, row_hi, row_lo, r_hi, r_lo, 0, 0, False, BAND)
+    with pytest.raises(RuntimeError, match="c2p / p2c must be"):
+        hook(scores, c2p[:10], p2c, table, col_term, row_hi, row_lo, r_hi, r_lo, 0, 0, False, BAND)
+    with pytest.raises(RuntimeError, match="mode must be"):
+        hook(scores, c2p, p2c, table, col_term, row_hi, row_lo, r_hi, r_lo, 0, 0, False, 4)
+    with pytest.raises(RuntimeError, match="band_w must hold"):
+        torch.ops.deberta_fast.cuda_slot_sums(scores, 20, r_hi, r_lo, 2, 0, 0, False, BAND)
 
 
 # --- the backend: reasons and dispatch ---------------------------------------------------------
