@@ -22,6 +22,7 @@ the issue's N 2048 targets need. Static counts, never timed.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -94,15 +95,22 @@ def sass_report(compiled) -> dict:
                 bar=count("BAR.SYNC"))
 
 
-def main() -> None:
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="64x64x4x2,64x64x8x2,128x64x8x2,64x32x4x2",
+                        help="block_m x block_n x warps x stages, comma-separated")
+    args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise SystemExit("unset TRITON_INTERPRET: this compiles the loop for sm_90")
     print(f"Triton {triton.__version__}, sm_90, bf16, head dim 64; (block_m, block_n, warps, stages)")
-    for config in [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2)]:
+    reports = {}
+    for config in [tuple(int(x) for x in item.split("x")) for item in args.configs.split(",")]:
         for terms in [(False, False), (True, False), (False, True), (True, True)]:
             report = sass_report(compile_probe(*config, *terms))
             label = "+".join(name for name, on in zip(("c2p", "p2c"), terms) if on) or "none"
+            reports[config, label] = report
             print(f"{str(config):18s} {label:8s} " + " ".join(f"{key} {value}" for key, value in report.items()))
+    return reports
 
 
 if __name__ == "__main__":

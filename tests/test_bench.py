@@ -2,6 +2,8 @@
 providers before timing, and write JSON that the report turns into tables."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +56,15 @@ def test_model_benchmark_smoke(tmp_path):
 def test_cli_bench_runs_a_suite(capsys, tmp_path):
     (tmp_path / "r.json").write_text(json.dumps({"benchmark": "attention", "env": {}, "rows": []}))
     assert main(["bench", "report", str(tmp_path / "r.json")]) == 0
+
+
+def test_skew_probe_compiles_for_sm90():
+    """bench/skew_probe.py (a static probe, no GPU) still compiles its in-tile loop for sm_90 with the installed
+    Triton; each position term adds code to the plain loop (the probe's subject)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(BENCH / "skew_probe.py"), "--configs", "64x64x8x2"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sass = dict(re.findall(r"\(64, 64, 8, 2\)\s+(\S+)\s.*?sass (\d+)", proc.stdout))
+    assert set(sass) == {"none", "c2p", "p2c", "c2p+p2c"}, proc.stdout
+    assert int(sass["none"]) < min(int(sass["c2p"]), int(sass["p2c"])) < int(sass["c2p+p2c"]), proc.stdout
