@@ -518,6 +518,10 @@ def test_score_hooks_reject_bad_arguments():
         hook(scores, c2p, p2c, table, col_term, row_hi, row_lo, r_hi, r_lo, 0, 0, False, 4)
     with pytest.raises(RuntimeError, match="band_w must hold"):
         torch.ops.deberta_fast.cuda_slot_sums(scores, 20, r_hi, r_lo, 2, 0, 0, False, BAND)
+    with pytest.raises(RuntimeError, match="row0 and col0 must be tile origins >= 0, got -8, 0"):
+        torch.ops.deberta_fast.cuda_slot_sums(scores, 20, r_hi, r_lo, 64, -8, 0, False, BAND)
+    with pytest.raises(RuntimeError, match="table's rows must lie in"):
+        hook(scores, c2p, p2c, table + 2 * BUCKETS, col_term, row_hi, row_lo, r_hi, r_lo, 0, 0, False, BAND)
 
 
 # --- the backend: reasons and dispatch ---------------------------------------------------------
