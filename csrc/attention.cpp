@@ -546,10 +546,10 @@ constexpr int kHookMF = 2, kHookNF = 8, kHookRows = 16 * kHookMF, kHookCols = 8 
 
 template <typename F>
 void for_each_fragment(int lane, F&& f) {  // f(mf, nf, e, row, col): element e of acc[mf][nf] and its tile place
-  const int g = lane / 4, t = lane % 4;
-  for (int mf = 0; mf < kHookMF; ++mf)
-    for (int nf = 0; nf < kHookNF; ++nf)
-      for (int e = 0; e < 4; ++e) f(mf, nf, e, mf * 16 + g + 8 * (e >> 1), nf * 8 + 2 * t + (e & 1));
+  for_each_element<kHookMF, kHookNF>([&](int mf, int nf, int e) {
+    const TilePlace at = tile_place(lane, mf, nf, e);
+    f(mf, nf, e, at.row, at.col);
+  });
 }
 
 void check_hook_tensor(const Tensor& t, const char* name, at::ScalarType dtype, std::vector<int64_t> shape) {

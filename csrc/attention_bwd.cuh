@@ -263,13 +263,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
             const int qi = i0 + c;
             const int kj = j0 + warp_row0 + mf * 16 + g + 8 * hh;
             x += sColb[c];
-            if (mode == kSatHi) {
-              x += p2c_hi[mf][hh];
-            } else if (mode == kSatLo) {
-              x += p2c_lo[mf][hh];
-            } else if (mode == kBand) {
-              x += band_bias(p, c2p, p2c, qi, kj);
-            }
+            add_pair_term(x, p, mode, c2p, p2c, qi, kj, p2c_hi[mf][hh], p2c_lo[mf][hh]);
           }
           x = key_ok[mf][hh] ? x * p.scale_log2 : -INFINITY;
           if (has_mask && sPadb[c] != 0.f) x = key_in[mf][hh] ? fill : -INFINITY;
@@ -464,13 +458,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
           if constexpr (!kPerTile) {
             const int qi = i0 + warp_row0 + mf * 16 + g + 8 * hh;
             x += sColb[c];
-            if (mode == kSatHi) {
-              x += c2p_hi[mf][hh];
-            } else if (mode == kSatLo) {
-              x += c2p_lo[mf][hh];
-            } else if (mode == kBand) {
-              x += band_bias(p, c2p, p2c, qi, kj);
-            }
+            add_pair_term(x, p, mode, c2p, p2c, qi, kj, c2p_hi[mf][hh], c2p_lo[mf][hh]);
           }
           x *= p.scale_log2;
           if (has_mask && row_pad[mf][hh]) x = kj < N ? fill : -INFINITY;

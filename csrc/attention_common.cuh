@@ -28,6 +28,20 @@ __device__ __forceinline__ float band_bias(const AttnParams& p, const T* c2p, co
   return b;
 }
 
+// The branched score code (DEBERTA_FAST_CUDA_SCORES=branched, the default): x += the position term of the pair
+// (qi, kj), the tile kind tested at the pair; row_hi / row_lo: the row's own term on saturated tiles.
+template <typename T>
+__device__ __forceinline__ void add_pair_term(float& x, const AttnParams& p, int mode, const T* c2p, const T* p2c,
+                                              int qi, int kj, float row_hi, float row_lo) {
+  if (mode == kSatHi) {
+    x += row_hi;
+  } else if (mode == kSatLo) {
+    x += row_lo;
+  } else if (mode == kBand) {
+    x += band_bias(p, c2p, p2c, qi, kj);
+  }
+}
+
 // Where row n of C2P or P2C ([N, 2S], this (batch, head)) holds its saturated value: column 2S - 1 (hi) or 0.
 template <typename T>
 __device__ __forceinline__ const T* sat_at(const T* pos_scores, int two_s, int n, bool hi) {

@@ -134,13 +134,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
           if constexpr (!kPerTile) {
             const int qi = i0 + warp_row0 + mf * 16 + g + 8 * hh;
             x += sColb[c];
-            if (mode == kSatHi) {
-              x += c2p_hi[mf][hh];
-            } else if (mode == kSatLo) {
-              x += c2p_lo[mf][hh];
-            } else if (mode == kBand) {
-              x += band_bias(p, c2p, p2c, qi, kj);
-            }
+            add_pair_term(x, p, mode, c2p, p2c, qi, kj, c2p_hi[mf][hh], c2p_lo[mf][hh]);
           }
           x *= p.scale_log2;
           if (has_mask && row_pad[mf][hh]) x = kj < N ? fill : -INFINITY;

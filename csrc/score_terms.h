@@ -63,58 +63,64 @@ DF_TERMS_FN __nv_bfloat16 term_from_float(float x, __nv_bfloat16*) { return __fl
 
 DF_TERMS_FN int min_int(int a, int b) { return a < b ? a : b; }
 
+// Calls f(mf, nf, e) for every element of a warp's accumulator tile [16 MF x 8 NF], unrolled on the device.
+template <int MF, int NF, typename F>
+DF_TERMS_FN void for_each_element(F&& f) {
+  DF_UNROLL
+  for (int mf = 0; mf < MF; ++mf)
+    DF_UNROLL
+    for (int nf = 0; nf < NF; ++nf)
+      DF_UNROLL
+      for (int e = 0; e < 4; ++e) f(mf, nf, e);
+}
+
+// Where element e of acc[mf][nf] of ``lane`` sits in the warp's tile (row, column; both tile-relative).
+struct TilePlace {
+  int row, col;
+};
+DF_TERMS_FN TilePlace tile_place(int lane, int mf, int nf, int e) {
+  return TilePlace{mf * 16 + lane / 4 + 8 * (e >> 1), nf * 8 + 2 * (lane % 4) + (e & 1)};
+}
+
 // s[mf][nf][e] = (s + col_term[c]) + position term of the pair, for a tile of kind kMode: nothing (PLAIN),
 // row_hi / row_lo of the row (SAT_HI / SAT_LO: the row's own term at row 2S - 1 / 0; the column's is in
 // col_term), or c2p[i, d] + p2c[j, d] with d = table[i - j + N - 1] (BAND; 0 for pairs beyond N).
-// c = nf * 8 + 2 t + (e & 1) is the tile column; c2p / p2c are this (batch, head)'s [N, 2S] rows or null.
+// c is the tile column; c2p / p2c are this (batch, head)'s [N, 2S] rows or null.
 template <int kMode, bool kTrans, int MF, int NF, typename T>
 DF_TERMS_FN void add_position_terms(float (&s)[MF][NF][4], const AttnParams& p, const T* c2p, const T* p2c,
                                     int row0, int col0, int lane, const float* col_term,
                                     const float (&row_hi)[MF][2], const float (&row_lo)[MF][2]) {
-  const int g = lane / 4, t = lane % 4;
   if constexpr (kMode == kBand) {
     const int N = p.N;
+    // (query, key) of an element, absolute; beyond N for the tile's pairs outside the sequence
+    auto pair_of = [&](int mf, int nf, int e, int& qi, int& kj) {
+      const TilePlace at = tile_place(lane, mf, nf, e);
+      qi = kTrans ? col0 + at.col : row0 + at.row;
+      kj = kTrans ? row0 + at.row : col0 + at.col;
+    };
     int d[MF][NF][4];  // every index load of the tile first, then every gather: no load waits on another's use
-    DF_UNROLL
-    for (int mf = 0; mf < MF; ++mf)
-      DF_UNROLL
-      for (int nf = 0; nf < NF; ++nf)
-        DF_UNROLL
-        for (int e = 0; e < 4; ++e) {
-          const int r = row0 + mf * 16 + g + 8 * (e >> 1);
-          const int c = col0 + nf * 8 + 2 * t + (e & 1);
-          const int qi = min_int(kTrans ? c : r, N - 1), kj = min_int(kTrans ? r : c, N - 1);
-          d[mf][nf][e] = load_ro(p.table + (qi - kj + N - 1));
-        }
-    DF_UNROLL
-    for (int mf = 0; mf < MF; ++mf)
-      DF_UNROLL
-      for (int nf = 0; nf < NF; ++nf)
-        DF_UNROLL
-        for (int e = 0; e < 4; ++e) {
-          const int r = row0 + mf * 16 + g + 8 * (e >> 1);
-          const int c = nf * 8 + 2 * t + (e & 1);
-          const int qi = kTrans ? col0 + c : r, kj = kTrans ? r : col0 + c;
-          const int64_t qrow = min_int(qi, N - 1), krow = min_int(kj, N - 1);
-          float b = 0.f;
-          if (c2p != nullptr) b += term_to_float(load_ro(c2p + qrow * p.two_s + d[mf][nf][e]));
-          if (p2c != nullptr) b += term_to_float(load_ro(p2c + krow * p.two_s + d[mf][nf][e]));
-          if (qi >= N || kj >= N) b = 0.f;
-          s[mf][nf][e] = (s[mf][nf][e] + col_term[c]) + b;
-        }
+    for_each_element<MF, NF>([&](int mf, int nf, int e) {
+      int qi, kj;
+      pair_of(mf, nf, e, qi, kj);
+      d[mf][nf][e] = load_ro(p.table + (min_int(qi, N - 1) - min_int(kj, N - 1) + N - 1));
+    });
+    for_each_element<MF, NF>([&](int mf, int nf, int e) {
+      int qi, kj;
+      pair_of(mf, nf, e, qi, kj);
+      const int64_t qrow = min_int(qi, N - 1), krow = min_int(kj, N - 1);
+      float b = 0.f;
+      if (c2p != nullptr) b += term_to_float(load_ro(c2p + qrow * p.two_s + d[mf][nf][e]));
+      if (p2c != nullptr) b += term_to_float(load_ro(p2c + krow * p.two_s + d[mf][nf][e]));
+      if (qi >= N || kj >= N) b = 0.f;
+      s[mf][nf][e] = (s[mf][nf][e] + col_term[tile_place(lane, mf, nf, e).col]) + b;
+    });
   } else {
-    DF_UNROLL
-    for (int mf = 0; mf < MF; ++mf)
-      DF_UNROLL
-      for (int nf = 0; nf < NF; ++nf)
-        DF_UNROLL
-        for (int e = 0; e < 4; ++e) {
-          const int hh = e >> 1;
-          float x = s[mf][nf][e] + col_term[nf * 8 + 2 * t + (e & 1)];
-          if constexpr (kMode == kSatHi) x += row_hi[mf][hh];
-          if constexpr (kMode == kSatLo) x += row_lo[mf][hh];
-          s[mf][nf][e] = x;
-        }
+    for_each_element<MF, NF>([&](int mf, int nf, int e) {
+      float x = s[mf][nf][e] + col_term[tile_place(lane, mf, nf, e).col];
+      if constexpr (kMode == kSatHi) x += row_hi[mf][e >> 1];
+      if constexpr (kMode == kSatLo) x += row_lo[mf][e >> 1];
+      s[mf][nf][e] = x;
+    });
   }
 }
 
