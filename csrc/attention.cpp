@@ -62,25 +62,23 @@ ElemType elem_type(const Tensor& t) {
   }
 }
 
-// DEBERTA_FAST_CUDA_FORWARD=wide runs the float16 / bfloat16 forward with FwdWideConfig's tiles (4 warps of 32
-// query rows; kernel_traits.h); unset or "default" with FwdConfig's. Read per call, as the Triton backend's switches.
-bool wide_forward() {
-  const char* env = std::getenv("DEBERTA_FAST_CUDA_FORWARD");
-  if (env == nullptr || *env == '\0' || std::strcmp(env, "default") == 0) return false;
-  TORCH_CHECK(std::strcmp(env, "wide") == 0, "DEBERTA_FAST_CUDA_FORWARD must be 'default' or 'wide', got '", env, "'");
+// A two-valued switch from the environment, read per call as the Triton backend's switches are: false when
+// unset, empty or ``off``, true when ``on``, else an error that names the switch and both values.
+bool env_switch(const char* name, const char* off, const char* on) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0' || std::strcmp(env, off) == 0) return false;
+  TORCH_CHECK(std::strcmp(env, on) == 0, name, " must be '", off, "' or '", on, "', got '", env, "'");
   return true;
 }
 
+// DEBERTA_FAST_CUDA_FORWARD=wide runs the float16 / bfloat16 forward with FwdWideConfig's tiles (4 warps of 32
+// query rows; kernel_traits.h); unset or "default" with FwdConfig's.
+bool wide_forward() { return env_switch("DEBERTA_FAST_CUDA_FORWARD", "default", "wide"); }
+
 // DEBERTA_FAST_CUDA_SCORES=per_tile runs the kernels' score code per tile kind (score_terms.h: the kind dispatched
 // once per tile, a band tile's index loads and gathers issued together); unset or "branched": the kind tested at
-// every pair. Read per call.
-bool per_tile_scores() {
-  const char* env = std::getenv("DEBERTA_FAST_CUDA_SCORES");
-  if (env == nullptr || *env == '\0' || std::strcmp(env, "branched") == 0) return false;
-  TORCH_CHECK(std::strcmp(env, "per_tile") == 0, "DEBERTA_FAST_CUDA_SCORES must be 'branched' or 'per_tile', got '",
-              env, "'");
-  return true;
-}
+// every pair.
+bool per_tile_scores() { return env_switch("DEBERTA_FAST_CUDA_SCORES", "branched", "per_tile"); }
 
 bool supported_head_dim(int64_t d) { return std::find(std::begin(kHeadDims), std::end(kHeadDims), d) != std::end(kHeadDims); }
 
@@ -184,6 +182,7 @@ struct Inputs {
   int64_t B = 0, H = 0, N = 0, D = 0, two_s = 1;
   bool has_c2p = false, has_p2c = false;
   ElemType elem = ElemType::kFloat32;
+  bool per_tile_scores = false;  // DEBERTA_FAST_CUDA_SCORES, read once per call
 };
 
 Inputs check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& pos_key,
@@ -193,6 +192,7 @@ Inputs check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const std
   TORCH_CHECK(q.dim() == 4, "deberta_fast cuda backend: query must be [B, H, N, D], got ", q.sizes());
   check_operand("query", q, q);
   in.elem = elem_type(q);
+  in.per_tile_scores = per_tile_scores();
   in.B = q.size(0), in.H = q.size(1), in.N = q.size(2), in.D = q.size(3);
   TORCH_CHECK(supported_head_dim(in.D), "deberta_fast cuda backend: head dim ", in.D,
               " is not supported (32, 64 or 128)");
@@ -279,7 +279,7 @@ void fill_common(AttnParams& p, const Inputs& in, int64_t b0, int64_t nb, double
   p.bh0 = static_cast<int>(b0 * in.H);
   p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
-  p.per_tile_scores = per_tile_scores();
+  p.per_tile_scores = in.per_tile_scores;
 }
 
 // x [nb, H, N, D] . pos [H, 2S, D]^T as [H, nb, N, 2S] (head-major): one GEMM per head over the nb * N rows,
