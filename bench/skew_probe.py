@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
-import tempfile
 
 import triton
 import triton.language as tl
 from triton.backends.compiler import BaseBackend, GPUTarget
-from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
+
+from deberta_fast.kernels import compile_check
 
 
 @triton.jit
@@ -79,20 +78,12 @@ def compile_probe(block_m, block_n, warps, stages, c2p, p2c):
 
 
 def sass_report(compiled) -> dict:
-    ptxas = get_ptxas(90).path
-    nvdisasm = os.path.join(os.path.dirname(ptxas), "nvdisasm")
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
-        with open(ptx, "w") as f:
-            f.write(compiled.asm["ptx"])
-        log = subprocess.run([ptxas, "-arch=sm_90a", "-v", ptx, "-o", cubin], capture_output=True, text=True,
-                             check=True).stderr
-        sass = subprocess.run([nvdisasm, "-c", cubin], capture_output=True, text=True, check=True).stdout
-    count = lambda pattern: len(re.findall(pattern, sass))  # noqa: E731
-    return dict(registers=int(re.search(r"Used (\d+) registers", log).group(1)),
-                spills=int(re.search(r"(\d+) bytes spill stores", log).group(1)), shared=compiled.metadata.shared,
-                sass=count(r"/\*[0-9a-f]+\*/\s"), shfl=count("SHFL"), lds=count(r"\bLDS"), sts=count(r"\bSTS"),
-                bar=count("BAR.SYNC"))
+    """compile_check.ptxas_report (registers, spills, shared memory) and counts of SASS instructions, shuffles,
+    shared-memory loads / stores and barriers."""
+    text = compile_check.sass(compiled)
+    count = lambda pattern: len(re.findall(pattern, text))  # noqa: E731
+    return dict(compile_check.ptxas_report(compiled), sass=count(r"/\*[0-9a-f]+\*/\s"), shfl=count("SHFL"),
+                lds=count(r"\bLDS"), sts=count(r"\bSTS"), bar=count("BAR.SYNC"))
 
 
 def main(argv=None) -> dict:

@@ -181,19 +181,23 @@ def ptxas_report(compiled, arch=90) -> dict:
             "shared": compiled.metadata.shared}
 
 
-def loop_instructions(compiled, arch=90) -> list[int]:
-    """SASS instructions in each loop body of a compiled kernel (a backward branch's target to the branch), in code
-    order, disassembled with the nvdisasm next to the ptxas Triton uses. Static counts, not timings: the
-    forward with position terms has four loops (saturated-high, band edges, inner band, saturated-low tiles)."""
+def sass(compiled, arch=90) -> str:
+    """The SASS of a compiled kernel, disassembled with the nvdisasm next to the ptxas Triton uses."""
     nvdisasm = os.path.join(os.path.dirname(get_ptxas(arch).path), "nvdisasm")
     with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
         f.write(compiled.asm["cubin"])
     try:
-        sass = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
+        return subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
     finally:
         os.unlink(f.name)
+
+
+def loop_instructions(compiled, arch=90) -> list[int]:
+    """SASS instructions in each loop body of a compiled kernel (a backward branch's target to the branch), in code
+    order (:func:`sass`). Static counts, not timings: the forward with position terms has four loops
+    (saturated-high, band edges, inner band, saturated-low tiles)."""
     labels, branches, count = {}, [], 0
-    for line in sass.splitlines():
+    for line in sass(compiled, arch).splitlines():
         label = re.match(r"\s*\.(L_x_\d+):", line)
         if label:
             labels[label.group(1)] = count
