@@ -20,7 +20,8 @@ from common import generate_from_json, write_generated  # noqa: E402
 
 TARGET = ROOT / "kernels" / "tuned.py"
 # The committed tuning runs (bench/tune_triton.py on a GPU); later runs of the same shape win.
-SOURCES: list[Path] = [ROOT / "bench" / "results" / f"triton_configs_cuda_bfloat16_d{d}.json" for d in (64, 128)]
+SOURCES: list[Path] = [ROOT / "bench" / "results" / f"triton_configs_cuda_bfloat16_{name}.json"
+                       for name in ("d64", "d128", "d64_oriented")]
 
 
 def _padded(head_dim: int) -> int:
