@@ -89,14 +89,6 @@ TRITON_VARIANTS = {
     "df-triton-oriented-fused": ("oriented", "fused"),
 }
 
-# The cuda backend's variants as op-level providers: provider -> the environment it is measured under. Not part of
-# the backend's automatic choice (make_selection.py reads df-cuda itself): a measurement to decide a default by.
-CUDA_VARIANTS = {
-    "df-cuda-wide": {"DEBERTA_FAST_CUDA_FORWARD": "wide"},  # the forward's 4-warp tiles (csrc/kernel_traits.h)
-    "df-cuda-per-tile": {"DEBERTA_FAST_CUDA_SCORES": "per_tile"},  # score code per tile kind (csrc/score_terms.h)
-    "df-cuda-wide-per-tile": {"DEBERTA_FAST_CUDA_FORWARD": "wide", "DEBERTA_FAST_CUDA_SCORES": "per_tile"},
-}
-
 
 def usable_backends(device, head_dim: int) -> list[str]:
     """The deberta_fast backends that can serve a call with this head dim on ``device``, probed with a tiny

@@ -2,10 +2,10 @@
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
 #   bash bench/gpu_suite.sh STEP[,STEP...] OUTDIR    STEP: setup | check | test-triton | test-cuda | tests | parity |
-#                                                variants | cuda-variants | tune | tune-oriented | tune-bias | tune-d128 |
+#                                                variants | tune | tune-oriented | tune-bias | tune-d128 |
 #                                                apply-tuned | apply-variants |
 #                                                attention | attention-extra | attention-fp32 | layer | compare | model |
-#                                                model-large | profile | ncu | all
+#                                                model-large | profile | ncu | ncu-cuda | all
 #   PREBUILT (a folder with the extension an earlier call built) skips the build.
 #   TEST_TIMEOUT (seconds per pytest run, default 480) bounds the test steps; TEST_WORKERS (default 8) is the
 #   number of pytest-xdist workers, TUNE_JOBS (default 8) the compile processes of the tune steps.
@@ -108,6 +108,15 @@ run_ncu() {  # Nsight Compute on the Triton kernels (N 512: every tile a band ti
   return 0
 }
 
+run_ncu_cuda() {  # the same for the cuda kernels at N 2048 (as in the sixth run, bench/results/h100_2026-11-23/)
+  local kernel
+  for kernel in attention_fwd_kernel attention_dkdv_kernel attention_dq_kernel; do
+    logged "$out/ncu_$kernel.log" 90 30 ncu --kernel-name "regex:$kernel" --launch-skip 2 --launch-count 1 \
+      --set full $PY bench/profile_attention.py --backend cuda --seqlens 2048 --no-profiler
+  done
+  return 0
+}
+
 run_tune() {  # $1: head dim, $2: band mode. Every Triton block config timed, one kernel at a time
   # (bench/tune_triton.py); then `python bench/make_tuned.py JSON...` (here, after copying the JSON to
   # bench/results/ and listing it in the script's SOURCES) makes kernels/tuned.py, the defaults used when
@@ -116,15 +125,6 @@ run_tune() {  # $1: head dim, $2: band mode. Every Triton block config timed, on
   local name="triton_configs_cuda_bfloat16_d$1$( [ "$2" = gather ] || echo "_$2" )"
   logged "$out/tune_d$1_$2.log" 540 40 $PY bench/tune_triton.py --device cuda --dtype bfloat16 --head-dims "$1" \
     --band "$2" --seqlens 512,2048,8192 --jobs "${TUNE_JOBS:-8}" --out "$out/$name.json"
-}
-
-run_cuda_variants() {  # the cuda backend as it is and with its opt-in variants: DEBERTA_FAST_CUDA_FORWARD=wide (the
-  # forward's 4 warps of 32 query rows, csrc/kernel_traits.h), DEBERTA_FAST_CUDA_SCORES=per_tile (every kernel's
-  # score code per tile kind, csrc/score_terms.h) and both, against Triton and the floor; not part of `auto`'s choice
-  bench "$out/cuda_variants.log" 540 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
-    --seqlens 512,2048,8192 --modes fwd,fwd_bwd --rep 20 \
-    --op-providers df-cuda,df-cuda-wide,df-cuda-per-tile,df-cuda-wide-per-tile,df-triton,sdpa-floor \
-    --out "$out/attention_cuda_bfloat16_cuda_variants.json"
 }
 
 run_variants() {  # the Triton switches side by side (default configs): band gathers on the kernel's tile, on
@@ -249,7 +249,6 @@ run_step() {
     tests) run_tests gpu triton cuda ;;
     parity) run_parity ;;
     variants) run_variants ;;
-    cuda-variants|cuda-wide) run_cuda_variants ;;
     tune) run_tune 64 gather ;;
     tune-bias) run_tune 64 bias ;;
     tune-oriented) run_tune 64 oriented ;;
@@ -265,6 +264,7 @@ run_step() {
     model-large) run_model_large ;;
     profile) run_profile ;;
     ncu) run_ncu ;;
+    ncu-cuda) run_ncu_cuda ;;
     all) run_tests gpu triton cuda; run_parity; run_attention; run_model ;;
     *) echo "unknown step $1" >&2; return 2 ;;
   esac

@@ -8,7 +8,7 @@
 //                      -> (dq, dk, dv, dpos_key, dpos_query); an absent position term's gradient is empty
 //   cuda_dropout_mask(philox, batch, heads, seq_len, dropout_p) -> bool [B, H, N, N]   (test hook; CPU + CUDA)
 //   cuda_position_geometry(like, seq_len, buckets, max_rel) -> (int32 table [2N - 1], r_hi, r_lo)  (any device)
-//   cuda_score_terms(...), cuda_slot_sums(...): score_terms.h's per-tile code on one warp tile   (test hooks; CPU)
+//   cuda_score_terms(...), cuda_slot_sums(...): score_terms.h's score code on one warp tile   (test hooks; CPU)
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -20,7 +20,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -61,24 +60,6 @@ ElemType elem_type(const Tensor& t) {
                   " is not supported (float16, bfloat16 or float32)");
   }
 }
-
-// A two-valued switch from the environment, read per call as the Triton backend's switches are: false when
-// unset, empty or ``off``, true when ``on``, else an error that names the switch and both values.
-bool env_switch(const char* name, const char* off, const char* on) {
-  const char* env = std::getenv(name);
-  if (env == nullptr || *env == '\0' || std::strcmp(env, off) == 0) return false;
-  TORCH_CHECK(std::strcmp(env, on) == 0, name, " must be '", off, "' or '", on, "', got '", env, "'");
-  return true;
-}
-
-// DEBERTA_FAST_CUDA_FORWARD=wide runs the float16 / bfloat16 forward with FwdWideConfig's tiles (4 warps of 32
-// query rows; kernel_traits.h); unset or "default" with FwdConfig's.
-bool wide_forward() { return env_switch("DEBERTA_FAST_CUDA_FORWARD", "default", "wide"); }
-
-// DEBERTA_FAST_CUDA_SCORES=per_tile runs the kernels' score code per tile kind (score_terms.h: the kind dispatched
-// once per tile, a band tile's index loads and gathers issued together); unset or "branched": the kind tested at
-// every pair.
-bool per_tile_scores() { return env_switch("DEBERTA_FAST_CUDA_SCORES", "branched", "per_tile"); }
 
 bool supported_head_dim(int64_t d) { return std::find(std::begin(kHeadDims), std::end(kHeadDims), d) != std::end(kHeadDims); }
 
@@ -182,7 +163,6 @@ struct Inputs {
   int64_t B = 0, H = 0, N = 0, D = 0, two_s = 1;
   bool has_c2p = false, has_p2c = false;
   ElemType elem = ElemType::kFloat32;
-  bool per_tile_scores = false;  // DEBERTA_FAST_CUDA_SCORES, read once per call
 };
 
 Inputs check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& pos_key,
@@ -192,7 +172,6 @@ Inputs check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const std
   TORCH_CHECK(q.dim() == 4, "deberta_fast cuda backend: query must be [B, H, N, D], got ", q.sizes());
   check_operand("query", q, q);
   in.elem = elem_type(q);
-  in.per_tile_scores = per_tile_scores();
   in.B = q.size(0), in.H = q.size(1), in.N = q.size(2), in.D = q.size(3);
   TORCH_CHECK(supported_head_dim(in.D), "deberta_fast cuda backend: head dim ", in.D,
               " is not supported (32, 64 or 128)");
@@ -279,7 +258,6 @@ void fill_common(AttnParams& p, const Inputs& in, int64_t b0, int64_t nb, double
   p.bh0 = static_cast<int>(b0 * in.H);
   p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
-  p.per_tile_scores = in.per_tile_scores;
 }
 
 // x [nb, H, N, D] . pos [H, 2S, D]^T as [H, nb, N, 2S] (head-major): one GEMM per head over the nb * N rows,
@@ -331,7 +309,6 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key,
 
   const int64_t per_sequence = (in.has_c2p + in.has_p2c) * in.H * in.N * in.two_s * query.element_size();
   const int64_t step = slice_step(in.B, per_sequence);
-  const bool wide = wide_forward();
   for (int64_t b0 = 0; b0 < in.B; b0 += step) {
     const int64_t nb = std::min(step, in.B - b0);
     auto [c2p, p2c] = position_scores(in, b0, nb);
@@ -342,12 +319,7 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key,
     p.o_stride_b = out.stride(0), p.o_stride_h = out.stride(1), p.o_stride_n = out.stride(2);
     p.lse = lse.data_ptr<float>() + b0 * in.H * in.N;
     DF_ELEM_SWITCH(in.elem, ELEM, [&] {
-      DF_HEADDIM_SWITCH(in.D, HEAD_DIM, [&] {
-        if constexpr (ELEM != ElemType::kFloat32) {
-          if (wide) return run_fwd_wide<ELEM, HEAD_DIM>(p, stream);
-        }
-        run_fwd<ELEM, HEAD_DIM>(p, stream);
-      });
+      DF_HEADDIM_SWITCH(in.D, HEAD_DIM, [&] { run_fwd<ELEM, HEAD_DIM>(p, stream); });
     });
   }
   return {out, lse};
@@ -539,8 +511,8 @@ Tensor dropout_mask_cpu(const Tensor& philox, int64_t batch, int64_t heads, int6
   return keep;
 }
 
-// The per-tile score code (score_terms.h) run on the CPU, lane by lane, on one warp's tile of kHookMF x kHookNF
-// accumulator fragments ([32, 64] floats): what the kernels' per-tile path computes, checked by the tests against
+// The kernels' score code (score_terms.h) run on the CPU, lane by lane, on one warp's tile of kHookMF x kHookNF
+// accumulator fragments ([32, 64] floats): what the kernels compute, checked by the tests against
 // an independent reference.
 constexpr int kHookMF = 2, kHookNF = 8, kHookRows = 16 * kHookMF, kHookCols = 8 * kHookNF;
 

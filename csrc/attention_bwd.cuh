@@ -9,8 +9,8 @@
 // 3. attention_dq_kernel: a CTA owns BR queries and streams key tiles: dQ += dS K, and the c2p part of dS
 //    (saturated sums per query, band_q[i, i - j + r_lo - 1]).
 // The host turns the band buffers into dQ / dK / dpos terms with GEMMs (attention.cpp).
-// kPerTile (DEBERTA_FAST_CUDA_SCORES=per_tile): the position terms and the slot sums by score_terms.h (the tile
-// kind dispatched once per tile, a band tile's loads issued together); else the branched code below.
+// The position terms and the slot sums by score_terms.h (the tile kind dispatched once per tile, a band tile's
+// loads issued together).
 #pragma once
 
 #include "attention_common.cuh"
@@ -52,7 +52,8 @@ void launch_delta_kernel(const DeltaParams& p, cudaStream_t stream) {
 }
 
 // ------------------------------------------------------------------------------------------------------
-// Position-slot bookkeeping of dS for the term whose content side is the accumulator rows.
+// Position-slot bookkeeping of dS for the term whose content side is the accumulator rows: the saturated sums of
+// each row (score_terms.h's add_slot_sums adds a tile's to them; band pairs go to the band buffer there).
 
 template <int MF, int NF>
 struct SlotSums {
@@ -63,49 +64,6 @@ struct SlotSums {
     for (int mf = 0; mf < MF; ++mf)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) hi[mf][hh] = lo[mf][hh] = 0.f;
-  }
-
-  // ds: dS of the tile in the accumulator layout; row_abs(mf, hh) / col_abs(c): absolute row / column
-  // indices; qk(row, col) -> (query, key). band: this (batch, head)'s band rows ([N][W], input dtype T).
-  template <bool kTrans, typename T>
-  __device__ void add(const AttnParams& p, int mode, const float (&ds)[MF][NF][4], int row0, int col0,
-                      T* band, int band_w) {
-    const int lane = threadIdx.x % 32;
-    const int g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int mf = 0; mf < MF; ++mf) {
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int r = row0 + mf * 16 + g + 8 * hh;
-        float sum_hi = 0.f, sum_lo = 0.f;
-#pragma unroll
-        for (int nf = 0; nf < NF; ++nf) {
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const float x = ds[mf][nf][2 * hh + c];
-            if (mode == kSatHi) {
-              sum_hi += x;
-            } else if (mode == kSatLo) {
-              sum_lo += x;
-            } else {
-              const int col = col0 + nf * 8 + 2 * t + c;
-              const int qi = kTrans ? col : r;
-              const int kj = kTrans ? r : col;
-              const int dist = qi - kj;
-              if (dist >= p.r_hi) {
-                sum_hi += x;
-              } else if (dist <= -p.r_lo) {
-                sum_lo += x;
-              } else if (qi < p.N && kj < p.N) {
-                band[static_cast<int64_t>(r) * band_w + (dist + p.r_lo - 1)] = ElemTraits<T>::from_float(x);
-              }
-            }
-          }
-        }
-        hi[mf][hh] += sum_hi;
-        lo[mf][hh] += sum_lo;
-      }
-    }
   }
 };
 
@@ -131,7 +89,7 @@ __device__ __forceinline__ void store_grad_row(Out* dst, const float (&acc)[DF][
 // ------------------------------------------------------------------------------------------------------
 // dK, dV over key tiles (accumulator rows are keys, columns queries).
 
-template <typename Kt, bool kPerTile>
+template <typename Kt>
 __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdParams p) {
   using T = typename Kt::T;
   using Gemm = WarpGemm<T, Kt::D>;
@@ -247,9 +205,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
     float s[MF][NF][4];
     zero(s);
     Gemm::template nt<MF, NF>(s, sK, warp_row0, sQb, 0);
-    if constexpr (kPerTile) {
-      add_position_terms_any<true>(mode, s, p, c2p, p2c, j0 + warp_row0, i0, lane, sColb, p2c_hi, p2c_lo);
-    }
+    add_position_terms_any<true>(mode, s, p, c2p, p2c, j0 + warp_row0, i0, lane, sColb, p2c_hi, p2c_lo);
 #pragma unroll
     for (int mf = 0; mf < MF; ++mf) {
 #pragma unroll
@@ -258,14 +214,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
         for (int e = 0; e < 4; ++e) {
           const int hh = e >> 1;
           const int c = nf * 8 + 2 * t + (e & 1);
-          float x = s[mf][nf][e];
-          if constexpr (!kPerTile) {
-            const int qi = i0 + c;
-            const int kj = j0 + warp_row0 + mf * 16 + g + 8 * hh;
-            x += sColb[c];
-            add_pair_term(x, p, mode, c2p, p2c, qi, kj, p2c_hi[mf][hh], p2c_lo[mf][hh]);
-          }
-          x = key_ok[mf][hh] ? x * p.scale_log2 : -INFINITY;
+          float x = key_ok[mf][hh] ? s[mf][nf][e] * p.scale_log2 : -INFINITY;
           if (has_mask && sPadb[c] != 0.f) x = key_in[mf][hh] ? fill : -INFINITY;
           s[mf][nf][e] = exp2f(x - sLseb[c]);
         }
@@ -300,11 +249,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
     Gemm::template rn<MF, NF>(dv, s, sdOb, 0);
     Gemm::template rn<MF, NF>(dk, dp, sQb, 0);
     if (p2c != nullptr && mode != kPlain) {
-      if constexpr (kPerTile) {
-        add_slot_sums_any<true>(mode, slots.hi, slots.lo, p, dp, j0 + warp_row0, i0, lane, band, p.band_w);
-      } else {
-        slots.template add<true>(p, mode, dp, j0 + warp_row0, i0, band, p.band_w);
-      }
+      add_slot_sums_any<true>(mode, slots.hi, slots.lo, p, dp, j0 + warp_row0, i0, lane, band, p.band_w);
     }
     __syncthreads();
   }
@@ -341,7 +286,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
 // ------------------------------------------------------------------------------------------------------
 // dQ over query tiles (accumulator rows are queries, columns keys).
 
-template <typename Kt, bool kPerTile>
+template <typename Kt>
 __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdParams p) {
   using T = typename Kt::T;
   using Gemm = WarpGemm<T, Kt::D>;
@@ -442,9 +387,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
     float s[MF][NF][4];
     zero(s);
     Gemm::template nt<MF, NF>(s, sQ, warp_row0, sKb, 0);
-    if constexpr (kPerTile) {
-      add_position_terms_any<false>(mode, s, p, c2p, p2c, i0 + warp_row0, j0, lane, sColb, c2p_hi, c2p_lo);
-    }
+    add_position_terms_any<false>(mode, s, p, c2p, p2c, i0 + warp_row0, j0, lane, sColb, c2p_hi, c2p_lo);
 #pragma unroll
     for (int mf = 0; mf < MF; ++mf) {
 #pragma unroll
@@ -454,13 +397,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
           const int hh = e >> 1;
           const int c = nf * 8 + 2 * t + (e & 1);
           const int kj = j0 + c;
-          float x = s[mf][nf][e];
-          if constexpr (!kPerTile) {
-            const int qi = i0 + warp_row0 + mf * 16 + g + 8 * hh;
-            x += sColb[c];
-            add_pair_term(x, p, mode, c2p, p2c, qi, kj, c2p_hi[mf][hh], c2p_lo[mf][hh]);
-          }
-          x *= p.scale_log2;
+          float x = s[mf][nf][e] * p.scale_log2;
           if (has_mask && row_pad[mf][hh]) x = kj < N ? fill : -INFINITY;
           s[mf][nf][e] = exp2f(x - lse2[mf][hh]);
         }
@@ -491,11 +428,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
 
     Gemm::template rn<MF, NF>(dq, dp, sKb, 0);
     if (c2p != nullptr && mode != kPlain) {
-      if constexpr (kPerTile) {
-        add_slot_sums_any<false>(mode, slots.hi, slots.lo, p, dp, i0 + warp_row0, j0, lane, band, p.band_w);
-      } else {
-        slots.template add<false>(p, mode, dp, i0 + warp_row0, j0, band, p.band_w);
-      }
+      add_slot_sums_any<false>(mode, slots.hi, slots.lo, p, dp, i0 + warp_row0, j0, lane, band, p.band_w);
     }
     __syncthreads();
   }
@@ -538,14 +471,14 @@ void launch_bwd(Kernel kernel, int smem, dim3 grid, int threads, const BwdParams
 template <typename Kt>
 void launch_dkdv_kernel(const BwdParams& p, cudaStream_t stream) {
   const dim3 grid((p.N + Kt::BR - 1) / Kt::BR, p.H, p.B);
-  auto kernel = p.per_tile_scores ? attention_dkdv_kernel<Kt, true> : attention_dkdv_kernel<Kt, false>;
+  auto kernel = attention_dkdv_kernel<Kt>;
   launch_bwd(kernel, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
 }
 
 template <typename Kt>
 void launch_dq_kernel(const BwdParams& p, cudaStream_t stream) {
   const dim3 grid((p.N + Kt::BR - 1) / Kt::BR, p.H, p.B);
-  auto kernel = p.per_tile_scores ? attention_dq_kernel<Kt, true> : attention_dq_kernel<Kt, false>;
+  auto kernel = attention_dq_kernel<Kt>;
   launch_bwd(kernel, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
 }
 

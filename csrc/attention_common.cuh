@@ -1,5 +1,6 @@
-// What the forward and backward kernels share: the band gathers of the branched score code (tile kinds and the
-// per-tile score code: score_terms.h), the columns' prefetch and the dropout mask in the accumulator layout.
+// What the forward and backward kernels share beside the score code (tile kinds, position terms and slot sums:
+// score_terms.h): saturated values, mask bytes, the columns' prefetch and the dropout mask in the accumulator
+// layout.
 #pragma once
 
 #include <cmath>
@@ -15,32 +16,6 @@ namespace deberta_fast {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-
-// Unscaled q_i . pos_key[d] + k_j . pos_query[d] of one band pair, from C2P / P2C of this (batch, head);
-// 0 for pairs beyond N (they are masked).
-template <typename T>
-__device__ __forceinline__ float band_bias(const AttnParams& p, const T* c2p, const T* p2c, int qi, int kj) {
-  if (qi >= p.N || kj >= p.N) return 0.f;
-  const int d = __ldg(p.table + (qi - kj + p.N - 1));
-  float b = 0.f;
-  if (c2p != nullptr) b += to_float(__ldg(c2p + static_cast<int64_t>(qi) * p.two_s + d));
-  if (p2c != nullptr) b += to_float(__ldg(p2c + static_cast<int64_t>(kj) * p.two_s + d));
-  return b;
-}
-
-// The branched score code (DEBERTA_FAST_CUDA_SCORES=branched, the default): x += the position term of the pair
-// (qi, kj), the tile kind tested at the pair; row_hi / row_lo: the row's own term on saturated tiles.
-template <typename T>
-__device__ __forceinline__ void add_pair_term(float& x, const AttnParams& p, int mode, const T* c2p, const T* p2c,
-                                              int qi, int kj, float row_hi, float row_lo) {
-  if (mode == kSatHi) {
-    x += row_hi;
-  } else if (mode == kSatLo) {
-    x += row_lo;
-  } else if (mode == kBand) {
-    x += band_bias(p, c2p, p2c, qi, kj);
-  }
-}
 
 // Where row n of C2P or P2C ([N, 2S], this (batch, head)) holds its saturated value: column 2S - 1 (hi) or 0.
 template <typename T>

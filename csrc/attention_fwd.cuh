@@ -7,8 +7,7 @@
 //   per-key p2c value (shared memory, its global loads issued a tile ahead: ColumnFetch): no gathers;
 //   band tiles gather C2P[i, d(i, j)] and P2C[j, d(i, j)] through the index table;
 //   O += dropout(P) V. Stores O and the row log-sum-exp (natural log).
-// kPerTile (DEBERTA_FAST_CUDA_SCORES=per_tile): the position terms by score_terms.h, the tile kind dispatched once
-// per tile and a band tile's loads issued together; else tested at every pair (the branched code).
+// The position terms by score_terms.h: the tile kind dispatched once per tile, a band tile's loads issued together.
 #pragma once
 
 #include "attention_common.cuh"
@@ -16,7 +15,7 @@
 
 namespace deberta_fast {
 
-template <typename Kt, bool kPerTile>
+template <typename Kt>
 __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdParams p) {
   using T = typename Kt::T;
   using Gemm = WarpGemm<T, Kt::D>;
@@ -118,9 +117,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
 
     // Scores in base 2 with position terms and masks.
     const int mode = tile_mode(p, has_pos, i0, BM, j0, BN);
-    if constexpr (kPerTile) {
-      add_position_terms_any<false>(mode, s, p, c2p, p2c, i0 + warp_row0, j0, lane, sColb, c2p_hi, c2p_lo);
-    }
+    add_position_terms_any<false>(mode, s, p, c2p, p2c, i0 + warp_row0, j0, lane, sColb, c2p_hi, c2p_lo);
 #pragma unroll
     for (int mf = 0; mf < MF; ++mf) {
 #pragma unroll
@@ -130,13 +127,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
           const int hh = e >> 1;
           const int c = nf * 8 + 2 * t + (e & 1);
           const int kj = j0 + c;
-          float x = s[mf][nf][e];
-          if constexpr (!kPerTile) {
-            const int qi = i0 + warp_row0 + mf * 16 + g + 8 * hh;
-            x += sColb[c];
-            add_pair_term(x, p, mode, c2p, p2c, qi, kj, c2p_hi[mf][hh], c2p_lo[mf][hh]);
-          }
-          x *= p.scale_log2;
+          float x = s[mf][nf][e] * p.scale_log2;
           if (has_mask && row_pad[mf][hh]) x = kj < N ? fill : -INFINITY;
           s[mf][nf][e] = x;
         }
@@ -208,7 +199,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
 
 template <typename Kt>
 void launch_fwd_kernel(const FwdParams& p, cudaStream_t stream) {
-  auto kernel = p.per_tile_scores ? attention_fwd_kernel<Kt, true> : attention_fwd_kernel<Kt, false>;
+  auto kernel = attention_fwd_kernel<Kt>;
   constexpr int smem = Kt::kSmemBytes;
   if (smem > 48 * 1024) {
     DF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));

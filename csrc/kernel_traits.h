@@ -48,15 +48,6 @@ struct FwdConfig<float, D> {
   using Traits = FwdTraits<float, D, 64, 32, 4, false>;
 };
 
-// The "wide" forward (DEBERTA_FAST_CUDA_FORWARD=wide, csrc/attention.cpp; float16 / bfloat16 only): 4 warps of
-// 32 query rows each (MF = 2), so each K / V fragment read from shared memory (ldmatrix) feeds two mma.sync
-// instead of one, and at 33 KB of shared memory and 254 registers (ptxas, sm_90, bf16, D 64; 32 bytes of spills
-// at D 128) two CTAs share a multiprocessor, against one of 8 warps (196 registers) above. Not yet timed.
-template <typename T, int D>
-struct FwdWideConfig {
-  using Traits = FwdTraits<T, D, 128, 32, 4, (D <= 64)>;
-};
-
 template <typename T, int D>
 struct BwdConfig {
   using Traits = BwdTraits<T, D, 64, (D <= 64 ? 64 : 32), 4>;

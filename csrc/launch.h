@@ -31,8 +31,6 @@ constexpr int kHeadDims[] = {32, 64, 128};
 template <ElemType E, int D>
 void run_fwd(const FwdParams& params, cudaStream_t stream);
 template <ElemType E, int D>
-void run_fwd_wide(const FwdParams& params, cudaStream_t stream);  // float16 / bfloat16 only
-template <ElemType E, int D>
 void run_dkdv(const BwdParams& params, cudaStream_t stream);
 template <ElemType E, int D>
 void run_dq(const BwdParams& params, cudaStream_t stream);

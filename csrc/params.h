@@ -40,9 +40,6 @@ struct AttnParams {
   int bh0 = 0;  // batch * H + head of this slice's first sequence (dropout counts over the whole batch)
   float scale = 1.f;       // score scale
   float scale_log2 = 1.f;  // scale * log2(e): the kernels work in base 2
-  // DEBERTA_FAST_CUDA_SCORES=per_tile: the kernels' score code dispatches the tile kind once per tile
-  // (score_terms.h) instead of testing it at every pair ("branched", the default until a GPU run times it).
-  bool per_tile_scores = false;
 };
 
 struct FwdParams : AttnParams {

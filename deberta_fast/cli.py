@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import itertools
-import os
 import platform
 import sys
 from collections.abc import Iterator
@@ -62,11 +61,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             line = f"built but not loadable: {status['error']}"
         else:
             line = "not built"
-        forward = os.environ.get("DEBERTA_FAST_CUDA_FORWARD") or "default"
-        scores = os.environ.get("DEBERTA_FAST_CUDA_SCORES") or "branched"
-        print(f"cuda extension {line}; just-in-time build {status['jit']}; forward tiles {forward} "
-              f"(DEBERTA_FAST_CUDA_FORWARD: default or wide); score code {scores} "
-              "(DEBERTA_FAST_CUDA_SCORES: branched or per_tile)")
+        print(f"cuda extension {line}; just-in-time build {status['jit']}")
     print(f"triton configs {_triton_settings()}")
     return 0
 

@@ -210,45 +210,8 @@ def test_features(case, dtype):
     check(case, dtype)
 
 
-WIDE = [  # DEBERTA_FAST_CUDA_FORWARD=wide: the forward's 4-warp tiles, 32 query rows a warp (kernel_traits.h)
-    (Case(N=1, D=32), torch.bfloat16),
-    (Case(N=17, D=64, mask="left", masked_rows="zero"), torch.float16),
-    (Case(N=97, D=128, p2c=False, mask="left"), torch.bfloat16),
-    (Case(N=97, D=32, mask="all_pad", masked_rows="uniform"), torch.float16),
-    (Case(B=1, H=2, N=300, D=64, buckets=16, max_rel=64, masked_rows="zero", mask="all_pad"), torch.bfloat16),
-    (Case(B=2, H=2, N=1025, D=64, buckets=8, max_rel=32, mask="mixed"), torch.bfloat16),
-    (Case(B=2, H=2, N=2048, D=64, c2p=False, p2c=False, mask="right", **V3), torch.bfloat16),
-    (Case(B=1, H=2, N=8192, D=64, mask="right", **V3), torch.bfloat16),
-    (Case(B=1, H=1, N=2048, D=128, **V3), torch.float16),
-    (Case(N=97, D=64, mask="right"), torch.float32),  # float32 keeps its SIMT forward under the switch
-]
-
-
-@pytest.mark.parametrize("case,dtype", WIDE, ids=str)
-def test_wide_forward(case, dtype, monkeypatch):
-    monkeypatch.setenv("DEBERTA_FAST_CUDA_FORWARD", "wide")
-    check(case, dtype)
-
-
-def test_wide_forward_dropout_and_switch_values(monkeypatch):
-    """The wide forward draws the same dropout mask (per pair, from the pair's indices) as the default one, and a
-    misspelt switch is an error that names it."""
-    case = Case(B=2, H=2, N=300, D=64, mask="right", **V3)
-    tensors, mask = make_inputs(case, device=DEVICE)
-    leaves = [t.to(DEVICE, torch.bfloat16) if t is not None else None for t in tensors]
-    outs = {}
-    for value in ("default", "wide"):
-        monkeypatch.setenv("DEBERTA_FAST_CUDA_FORWARD", value)
-        torch.manual_seed(7)
-        outs[value] = disentangled_attention(*leaves, mask, dropout_p=0.3, backend="cuda", **call_kwargs(case)).float()
-    # the same sums in another order, rounded to bf16: within 2 ulp of the output's magnitude
-    assert max_err(outs["wide"], outs["default"]) <= 2 ** -6 * max(1.0, outs["default"].abs().max().item())
-    monkeypatch.setenv("DEBERTA_FAST_CUDA_FORWARD", "fast")
-    with pytest.raises(RuntimeError, match="DEBERTA_FAST_CUDA_FORWARD must be 'default' or 'wide', got 'fast'"):
-        disentangled_attention(*leaves, mask, backend="cuda", **call_kwargs(case))
-
-
-PER_TILE = [  # DEBERTA_FAST_CUDA_SCORES=per_tile: the score code per tile kind (csrc/score_terms.h), every kernel
+TILE_KINDS = [  # the score code per tile kind (csrc/score_terms.h) in every kernel: band, saturated and plain tiles,
+    # each term alone, masks, every dtype and head dim, N below one tile and over the band on both sides
     (Case(N=1, D=32), torch.bfloat16),
     (Case(N=17, D=64, mask="left", masked_rows="zero"), torch.float16),
     (Case(N=97, D=128, p2c=False, mask="left"), torch.bfloat16),
@@ -263,36 +226,9 @@ PER_TILE = [  # DEBERTA_FAST_CUDA_SCORES=per_tile: the score code per tile kind 
 ]
 
 
-def tensors_on(tensors, dtype=torch.float32):
-    return [t.to(DEVICE, dtype) if t is not None else None for t in tensors]
-
-
-@pytest.mark.parametrize("case,dtype", PER_TILE, ids=str)
-@pytest.mark.parametrize("forward", ["default", "wide"])
-def test_per_tile_scores(case, dtype, forward, monkeypatch):
-    monkeypatch.setenv("DEBERTA_FAST_CUDA_SCORES", "per_tile")
-    monkeypatch.setenv("DEBERTA_FAST_CUDA_FORWARD", forward)
+@pytest.mark.parametrize("case,dtype", TILE_KINDS, ids=str)
+def test_tile_kinds(case, dtype):
     check(case, dtype)
-
-
-def test_per_tile_scores_agree_with_branched_and_switch_values(monkeypatch):
-    """The two score codes do the same fp32 operations in the same order: outputs and gradients agree (to the
-    last bits ptxas's instruction choice may move), dropout included; a misspelt switch names itself."""
-    case = Case(B=2, H=2, N=700, D=64, mask="right", **V3)
-    tensors, mask = make_inputs(case, device=DEVICE)
-    results = {}
-    for value in ("branched", "per_tile"):
-        monkeypatch.setenv("DEBERTA_FAST_CUDA_SCORES", value)
-        leaves = [t.requires_grad_() if t is not None else None for t in tensors_on(tensors)]
-        torch.manual_seed(7)
-        out = disentangled_attention(*leaves, mask, dropout_p=0.2, backend="cuda", **call_kwargs(case))
-        out.sum().backward()
-        results[value] = [out.detach()] + [t.grad for t in leaves if t is not None]
-    for got, want in zip(results["per_tile"], results["branched"]):
-        assert max_err(got, want) <= 1e-5 * max(1.0, want.abs().max().item())
-    monkeypatch.setenv("DEBERTA_FAST_CUDA_SCORES", "fast")
-    with pytest.raises(RuntimeError, match="DEBERTA_FAST_CUDA_SCORES must be 'branched' or 'per_tile', got 'fast'"):
-        disentangled_attention(*tensors_on(tensors), mask, backend="cuda", **call_kwargs(case))
 
 
 @pytest.mark.parametrize("case", [Case(B=2, H=2, N=1024, D=64, mask="right", **V3), Case(N=97, D=128, mask="left")],
@@ -491,12 +427,7 @@ SANITIZER_CASE = """
 import torch
 from deberta_fast import disentangled_attention
 torch.manual_seed(0)
-import os
-for wide, per_tile, dtype, D in ((0, 0, torch.bfloat16, 64), (0, 0, torch.float16, 128), (0, 0, torch.float32, 32),
-                                 (1, 0, torch.bfloat16, 64), (1, 0, torch.float16, 128), (0, 1, torch.bfloat16, 64),
-                                 (0, 1, torch.float32, 32), (1, 1, torch.float16, 128)):
-    os.environ["DEBERTA_FAST_CUDA_FORWARD"] = "wide" if wide else "default"
-    os.environ["DEBERTA_FAST_CUDA_SCORES"] = "per_tile" if per_tile else "branched"
+for dtype, D in ((torch.bfloat16, 64), (torch.float16, 128), (torch.float32, 32)):
     B, H, N, S = 2, 2, 97, 8
     q, k, v = (torch.randn(B, N, H, D, device="cuda", dtype=dtype).transpose(1, 2).requires_grad_() for _ in range(3))
     pk, pq = (torch.randn(H, 2 * S, D, device="cuda", dtype=dtype).requires_grad_() for _ in range(2))

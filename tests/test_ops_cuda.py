@@ -53,9 +53,7 @@ def test_generated_instantiations_are_current():
     generate = _csrc("generate_instantiations")
     names = {p.name for p in (CSRC / "generated").glob("*.cu")}
     assert names == set(generate.files())
-    assert len(names) == 3 * 3 * 3 + 2 * 3  # fwd / dkdv / dq x fp16 / bf16 / fp32 x head dims 32 / 64 / 128, and
-    assert sorted(n for n in names if n.startswith("fwd_wide_")) == sorted(  # the wide forward in half precision
-        f"fwd_wide_{t}_hdim{d}.cu" for t in ("fp16", "bf16") for d in (32, 64, 128))
+    assert len(names) == 3 * 3 * 3  # fwd / dkdv / dq x fp16 / bf16 / fp32 x head dims 32 / 64 / 128
     sources = generate.sources(CSRC)
     assert CSRC / "attention.cpp" in sources and all(p.exists() for p in sources)
 
@@ -380,7 +378,7 @@ def test_position_table_is_exact_over_the_long_range():
     assert torch.equal(table, relative_index_table(n, 256, 512))
 
 
-# --- the kernels' per-tile score code (csrc/score_terms.h, DEBERTA_FAST_CUDA_SCORES=per_tile) on the CPU ------
+# --- the kernels' score code (csrc/score_terms.h: position terms and slot sums per tile kind) on the CPU ------
 
 PLAIN, BAND, SAT_HI, SAT_LO = 0, 1, 2, 3  # csrc/score_terms.h TileMode
 TILE_ROWS, TILE_COLS = 32, 64  # the hooks' warp tile: 2 x 8 mma.sync accumulator fragments, run lane by lane
