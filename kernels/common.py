@@ -226,18 +226,40 @@ def triton_variant(step: str, query: torch.Tensor) -> tuple[str, str]:
     benchmarks found fastest at the nearest recorded shape (``measured.TRITON_VARIANTS``, made by
     bench/make_selection.py from runs of the four variants; the rule of ``backends.selection``); without a
     measurement, gather / split. A forward's choice compares forward times; a backward's, forward+backward
-    times less the forward's (the forward's cost depends on its band mode only). Under
+    times less the forward's (the forward's cost depends on its band mode only); a band mode chosen so must have
+    block configs recorded for the call's head dim where the default band has them (_with_recorded_configs). Under
     ``torch.use_deterministic_algorithms(True)`` an unset backward switch means "split" (deterministic)."""
     band, backward = band_mode(), backward_mode()
     if backward == "auto" and torch.are_deterministic_algorithms_enabled():
         backward = "split"  # the fused backward adds dQ atomically: its last bits vary from run to run
     if band != "auto" and backward != "auto":
         return band, backward
-    times = _measured_times(step, _device_capability({"Q": query}), query.dtype, query.shape[-1], query.shape[-2])
+    capability = _device_capability({"Q": query})
+    times = _measured_times(step, capability, query.dtype, query.shape[-1], query.shape[-2])
+    if band == "auto":
+        times = _with_recorded_configs(times, capability, query.dtype, query.shape[-1], query.shape[-2])
     fits = [v for v in times if band in ("auto", v[0]) and backward in ("auto", v[1])]
     if fits:
         return min(fits, key=lambda v: (times[v], v))
     return (DEFAULT_VARIANT[0] if band == "auto" else band), (DEFAULT_VARIANT[1] if backward == "auto" else backward)
+
+
+def _with_recorded_configs(times: dict, capability: str | None, dtype: torch.dtype, head_dim: int,
+                           seq_len: int) -> dict:
+    """``times`` less the band modes that would run untuned block configs where the default band mode runs tuned
+    ones: variant times recorded at another head dim carry that head dim's configs (band mode 'oriented', timed
+    with its own tuning at D 64, ran 31.9 ms against gather's 19.1 in a D 128 forward+backward at N 8192 on an
+    H100, where only gather had D 128 configs). Without recorded configs for the default band, ``times`` as is."""
+    if not times or capability is None:
+        return times
+
+    def recorded(band: str) -> bool:
+        name = "fwd" if band == DEFAULT_VARIANT[0] else f"fwd+{band}"  # the forward kernel's tuning stands for all
+        return measured_shape(name, capability, dtype, head_dim, seq_len) is not None
+
+    if not recorded(DEFAULT_VARIANT[0]):
+        return times
+    return {v: ms for v, ms in times.items() if v[0] == DEFAULT_VARIANT[0] or recorded(v[0])}
 
 
 def _measured_times(step: str, capability: str | None, dtype: torch.dtype, head_dim: int, seq_len: int) -> dict:

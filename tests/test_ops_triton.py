@@ -632,10 +632,11 @@ VARIANT_TIMES = {  # what bench/make_selection.py writes: forward ms per band, b
 
 @pytest.fixture
 def recorded_variants(monkeypatch):
-    """The table above, and a call on the CPU read as one on an sm_90 GPU."""
+    """The table above, and a call on the CPU read as one on an sm_90 GPU; no block configs recorded."""
     from deberta_fast.backends import measured
 
     monkeypatch.setattr(measured, "TRITON_VARIANTS", VARIANT_TIMES)
+    monkeypatch.setattr(kernel_common, "FASTEST", {})
     monkeypatch.setattr(kernel_common, "_device_capability", lambda named: "9.0")
     for env in (kernel_common.BAND_ENV, kernel_common.BACKWARD_ENV):
         monkeypatch.delenv(env, raising=False)
@@ -671,6 +672,33 @@ def test_triton_variant_takes_the_switches_then_the_recorded_times(recorded_vari
     monkeypatch.setattr(kernel_common, "_device_capability", lambda named: "9.0")
     monkeypatch.setattr(measured, "TRITON_VARIANTS", {})
     assert variant("bwd") == ("gather", "split")
+
+
+def test_variant_times_skip_bands_without_configs_for_the_head_dim(recorded_variants, monkeypatch):
+    """Variant times recorded at head dim 64 carry over to head dim 128 only for band modes with block configs
+    recorded there (tuned.py) where the default band has them: an untuned band would run other configs than
+    those it was timed with (measured on an H100: 'oriented' took 31.9 ms against gather's 19.1 at D 128)."""
+    from deberta_fast.backends import measured
+
+    fwd, bwd = (512, (64, 64, 4, 3)), (512, (32, 64, 4, 3))
+    monkeypatch.setattr(measured, "TRITON_VARIANTS", {("9.0", "bfloat16", 64): {
+        "fwd": [(512, {"gather": 1.0, "oriented": 0.9})],
+        "bwd": [(512, {("gather", "fused"): 4.0, ("oriented", "split"): 3.0})]}})
+    tunings = {("9.0", "bfloat16", 64, "fwd"): [fwd], ("9.0", "bfloat16", 64, "fwd+oriented"): [fwd],
+               ("9.0", "bfloat16", 128, "fwd"): [fwd], ("9.0", "bfloat16", 64, "dkdv+dq"): [bwd]}
+    monkeypatch.setattr(kernel_common, "FASTEST", tunings)
+
+    def variant(step, d, dtype=torch.bfloat16):
+        return kernel_common.triton_variant(step, torch.empty(1, 2, 512, d, dtype=dtype))
+
+    assert variant("fwd", 64)[0] == "oriented" and variant("bwd", 64) == ("oriented", "split")  # tuned: as timed
+    assert variant("fwd", 128)[0] == "gather" and variant("bwd", 128) == ("gather", "fused")  # untuned at D 128
+    assert variant("bwd", 64, torch.float16) == ("oriented", "split")  # fp16 reads bf16's configs
+    monkeypatch.setenv(kernel_common.BAND_ENV, "oriented")  # asked for by name: run it
+    assert variant("bwd", 128) == ("oriented", "split")
+    monkeypatch.delenv(kernel_common.BAND_ENV)
+    del tunings[("9.0", "bfloat16", 128, "fwd")]  # nothing recorded for the default band either: the times as is
+    assert variant("bwd", 128) == ("oriented", "split")
 
 
 def test_calls_run_the_recorded_variant(recorded_variants, monkeypatch):
