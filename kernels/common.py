@@ -226,8 +226,8 @@ def triton_variant(step: str, query: torch.Tensor) -> tuple[str, str]:
     benchmarks found fastest at the nearest recorded shape (``measured.TRITON_VARIANTS``, made by
     bench/make_selection.py from runs of the four variants; the rule of ``backends.selection``); without a
     measurement, gather / split. A forward's choice compares forward times; a backward's, forward+backward
-    times less the forward's (the forward's cost depends on its band mode only); a band mode chosen so must have
-    block configs recorded for the call's head dim where the default band has them (_with_recorded_configs). Under
+    times less the forward's (the forward's cost depends on its band mode only); a band mode other than gather only
+    where its block configs are recorded for the call's GPU, dtype and head dim (_with_recorded_configs). Under
     ``torch.use_deterministic_algorithms(True)`` an unset backward switch means "split" (deterministic)."""
     band, backward = band_mode(), backward_mode()
     if backward == "auto" and torch.are_deterministic_algorithms_enabled():
@@ -246,20 +246,15 @@ def triton_variant(step: str, query: torch.Tensor) -> tuple[str, str]:
 
 def _with_recorded_configs(times: dict, capability: str | None, dtype: torch.dtype, head_dim: int,
                            seq_len: int) -> dict:
-    """``times`` less the band modes that would run untuned block configs where the default band mode runs tuned
-    ones: variant times recorded at another head dim carry that head dim's configs (band mode 'oriented', timed
-    with its own tuning at D 64, ran 31.9 ms against gather's 19.1 in a D 128 forward+backward at N 8192 on an
-    H100, where only gather had D 128 configs). Without recorded configs for the default band, ``times`` as is."""
+    """``times`` less the band modes other than the default (gather) whose block configs are not recorded
+    (``tuned.py``) for the call's GPU, dtype and head dim: their times were taken with recorded configs (at the
+    nearest measured shape) and say nothing of the fallback configs they would run here. Measured on an H100:
+    band mode 'oriented', timed with its D 64 tuning, ran a D 128 forward+backward at N 8192 in 31.9 ms against
+    gather's 19.1 where only gather had D 128 configs."""
     if not times or capability is None:
         return times
-
-    def recorded(band: str) -> bool:
-        name = "fwd" if band == DEFAULT_VARIANT[0] else f"fwd+{band}"  # the forward kernel's tuning stands for all
-        return measured_shape(name, capability, dtype, head_dim, seq_len) is not None
-
-    if not recorded(DEFAULT_VARIANT[0]):
-        return times
-    return {v: ms for v, ms in times.items() if v[0] == DEFAULT_VARIANT[0] or recorded(v[0])}
+    return {v: ms for v, ms in times.items()
+            if v[0] == DEFAULT_VARIANT[0] or measured_shape(f"fwd+{v[0]}", capability, dtype, head_dim, seq_len)}
 
 
 def _measured_times(step: str, capability: str | None, dtype: torch.dtype, head_dim: int, seq_len: int) -> dict:

@@ -632,11 +632,12 @@ VARIANT_TIMES = {  # what bench/make_selection.py writes: forward ms per band, b
 
 @pytest.fixture
 def recorded_variants(monkeypatch):
-    """The table above, and a call on the CPU read as one on an sm_90 GPU; no block configs recorded."""
+    """The table above, and a call on the CPU read as one on an sm_90 GPU, with block configs recorded for the
+    bias band's forward (bf16, D 64; fp16 reads them too)."""
     from deberta_fast.backends import measured
 
     monkeypatch.setattr(measured, "TRITON_VARIANTS", VARIANT_TIMES)
-    monkeypatch.setattr(kernel_common, "FASTEST", {})
+    monkeypatch.setattr(kernel_common, "FASTEST", {("9.0", "bfloat16", 64, "fwd+bias"): [(512, (64, 64, 4, 3))]})
     monkeypatch.setattr(kernel_common, "_device_capability", lambda named: "9.0")
     for env in (kernel_common.BAND_ENV, kernel_common.BACKWARD_ENV):
         monkeypatch.delenv(env, raising=False)
@@ -674,30 +675,28 @@ def test_triton_variant_takes_the_switches_then_the_recorded_times(recorded_vari
     assert variant("bwd") == ("gather", "split")
 
 
-def test_variant_times_skip_bands_without_configs_for_the_head_dim(recorded_variants, monkeypatch):
-    """Variant times recorded at head dim 64 carry over to head dim 128 only for band modes with block configs
-    recorded there (tuned.py) where the default band has them: an untuned band would run other configs than
-    those it was timed with (measured on an H100: 'oriented' took 31.9 ms against gather's 19.1 at D 128)."""
+def test_variant_times_skip_bands_without_configs_for_the_call(recorded_variants, monkeypatch):
+    """A band mode other than gather is chosen from recorded times only where its block configs are recorded for
+    the call's GPU, dtype and head dim (tuned.py): it was timed with them, and would run fallback configs
+    elsewhere (measured on an H100: 'oriented' took 31.9 ms against gather's 19.1 at D 128, untuned there)."""
     from deberta_fast.backends import measured
 
     fwd, bwd = (512, (64, 64, 4, 3)), (512, (32, 64, 4, 3))
     monkeypatch.setattr(measured, "TRITON_VARIANTS", {("9.0", "bfloat16", 64): {
         "fwd": [(512, {"gather": 1.0, "oriented": 0.9})],
         "bwd": [(512, {("gather", "fused"): 4.0, ("oriented", "split"): 3.0})]}})
-    tunings = {("9.0", "bfloat16", 64, "fwd"): [fwd], ("9.0", "bfloat16", 64, "fwd+oriented"): [fwd],
-               ("9.0", "bfloat16", 128, "fwd"): [fwd], ("9.0", "bfloat16", 64, "dkdv+dq"): [bwd]}
-    monkeypatch.setattr(kernel_common, "FASTEST", tunings)
+    monkeypatch.setattr(kernel_common, "FASTEST", {
+        ("9.0", "bfloat16", 64, "fwd"): [fwd], ("9.0", "bfloat16", 64, "fwd+oriented"): [fwd],
+        ("9.0", "bfloat16", 128, "fwd"): [fwd], ("9.0", "bfloat16", 64, "dkdv+dq"): [bwd]})
 
     def variant(step, d, dtype=torch.bfloat16):
         return kernel_common.triton_variant(step, torch.empty(1, 2, 512, d, dtype=dtype))
 
     assert variant("fwd", 64)[0] == "oriented" and variant("bwd", 64) == ("oriented", "split")  # tuned: as timed
-    assert variant("fwd", 128)[0] == "gather" and variant("bwd", 128) == ("gather", "fused")  # untuned at D 128
     assert variant("bwd", 64, torch.float16) == ("oriented", "split")  # fp16 reads bf16's configs
+    assert variant("fwd", 128)[0] == "gather" and variant("bwd", 128) == ("gather", "fused")  # untuned at D 128
+    assert variant("bwd", 64, torch.float32) == ("gather", "fused")  # nor in float32
     monkeypatch.setenv(kernel_common.BAND_ENV, "oriented")  # asked for by name: run it
-    assert variant("bwd", 128) == ("oriented", "split")
-    monkeypatch.delenv(kernel_common.BAND_ENV)
-    del tunings[("9.0", "bfloat16", 128, "fwd")]  # nothing recorded for the default band either: the times as is
     assert variant("bwd", 128) == ("oriented", "split")
 
 
@@ -713,6 +712,7 @@ def test_calls_run_the_recorded_variant(recorded_variants, monkeypatch):
     monkeypatch.setattr(attention_bwd, "band_bias", lambda *a: built.append("bwd") or original_bias(*a))
     monkeypatch.setattr(attention_bwd, "launch", lambda kernel, *a, **k: launched.append(kernel.deberta_name)
                         or original_launch(kernel, *a, **k))
+    monkeypatch.setattr(kernel_common, "_with_recorded_configs", lambda times, *a: times)  # bias: configs or not
     monkeypatch.setattr(kernel_common, "_measured_times", lambda step, *a: {
         "fwd": {("gather", "split"): 1.0, ("bias", "split"): 2.0},
         "bwd": {("bias", "fused"): 1.0, ("gather", "split"): 2.0}}[step])
