@@ -530,7 +530,8 @@ void check_hook_tensor(const Tensor& t, const char* name, at::ScalarType dtype, 
               t.sizes(), " on ", t.device());
 }
 
-AttnParams hook_params(int64_t seq_len, int64_t r_hi, int64_t r_lo, int64_t row0, int64_t col0) {
+AttnParams hook_params(int64_t seq_len, int64_t r_hi, int64_t r_lo, int64_t row0, int64_t col0, int64_t mode) {
+  TORCH_CHECK(mode >= kPlain && mode <= kSatLo, "score hooks: mode must be 0 (plain), 1 (band), 2 (sat hi) or 3 (sat lo)");
   TORCH_CHECK(seq_len >= 1 && r_hi >= 1 && r_lo >= 1, "score hooks: seq_len, r_hi and r_lo must be >= 1");
   TORCH_CHECK(row0 >= 0 && col0 >= 0 && row0 + kHookRows < (1 << 30) && col0 + kHookCols < (1 << 30),
               "score hooks: row0 and col0 must be tile origins >= 0, got ", row0, ", ", col0);
@@ -550,8 +551,7 @@ Tensor score_terms_cpu(const Tensor& scores, const std::optional<Tensor>& c2p, c
   check_hook_tensor(col_term, "col_term", at::kFloat, {kHookCols});
   check_hook_tensor(row_hi, "row_hi", at::kFloat, {kHookRows});
   check_hook_tensor(row_lo, "row_lo", at::kFloat, {kHookRows});
-  TORCH_CHECK(mode >= kPlain && mode <= kSatLo, "score hooks: mode must be 0 (plain), 1 (band), 2 (sat hi) or 3 (sat lo)");
-  AttnParams p = hook_params(n, r_hi, r_lo, row0, col0);
+  AttnParams p = hook_params(n, r_hi, r_lo, row0, col0, mode);
   const Tensor pos = c2p.has_value() ? *c2p : (p2c.has_value() ? *p2c : Tensor());
   p.two_s = pos.defined() ? static_cast<int>(pos.size(1)) : 1;
   for (const auto* term : {&c2p, &p2c}) {
@@ -590,9 +590,8 @@ std::tuple<Tensor, Tensor, Tensor> slot_sums_cpu(const Tensor& ds, int64_t seq_l
                                                  int64_t band_w, int64_t row0, int64_t col0, bool trans,
                                                  int64_t mode) {
   check_hook_tensor(ds, "ds", at::kFloat, {kHookRows, kHookCols});
-  TORCH_CHECK(mode >= kPlain && mode <= kSatLo, "score hooks: mode must be 0 (plain), 1 (band), 2 (sat hi) or 3 (sat lo)");
   TORCH_CHECK(band_w >= r_hi + r_lo - 1, "score hooks: band_w must hold the band's r_hi + r_lo - 1 distances");
-  const AttnParams p = hook_params(seq_len, r_hi, r_lo, row0, col0);
+  const AttnParams p = hook_params(seq_len, r_hi, r_lo, row0, col0, mode);
   const Tensor in = ds.contiguous();
   auto d_in = in.accessor<float, 2>();
   // The band rows of the whole sequence, NaN where nothing is stored; hi / lo per tile row, summed over the quad

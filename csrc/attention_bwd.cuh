@@ -471,15 +471,13 @@ void launch_bwd(Kernel kernel, int smem, dim3 grid, int threads, const BwdParams
 template <typename Kt>
 void launch_dkdv_kernel(const BwdParams& p, cudaStream_t stream) {
   const dim3 grid((p.N + Kt::BR - 1) / Kt::BR, p.H, p.B);
-  auto kernel = attention_dkdv_kernel<Kt>;
-  launch_bwd(kernel, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
+  launch_bwd(attention_dkdv_kernel<Kt>, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
 }
 
 template <typename Kt>
 void launch_dq_kernel(const BwdParams& p, cudaStream_t stream) {
   const dim3 grid((p.N + Kt::BR - 1) / Kt::BR, p.H, p.B);
-  auto kernel = attention_dq_kernel<Kt>;
-  launch_bwd(kernel, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
+  launch_bwd(attention_dq_kernel<Kt>, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
 }
 
 }  // namespace deberta_fast
