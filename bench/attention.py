@@ -13,6 +13,8 @@ bench/report.py):
   ``df-triton-bias`` (bias, split), ``df-triton-fused`` (gather, fused), ``df-triton-bias-fused`` (bias,
   fused), ``df-triton-oriented`` (oriented, split) and ``df-triton-oriented-fused`` (oriented, fused);
   bench/make_selection.py makes the backend's per-shape choice (with the switches unset) of them.
+  ``df-cuda-staged``: the cuda backend with DEBERTA_FAST_CUDA_BAND=staged (the forward's band tiles read C2P / P2C
+  from slabs staged in shared memory; not part of ``auto``'s choice).
   ``df-triton-plain`` / ``df-cuda-plain`` (and ``df-torch-plain``): the fused kernel on the floor's own problem,
   no position terms and no mask, compared with the torch backend's plain attention: how far the kernels' base
   loop is from SDPA flash, apart from the position terms.
@@ -58,7 +60,7 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import TRITON_VARIANTS, environment, progress, usable_backends, write_json  # noqa: E402
+from common import CUDA_VARIANTS, TRITON_VARIANTS, environment, progress, usable_backends, write_json  # noqa: E402
 
 import deberta_fast as df  # noqa: E402
 from deberta_fast.positions import relative_position_index  # noqa: E402
@@ -137,9 +139,11 @@ def df_plain(backend: str):
 PLAIN_SUFFIX = "-plain"  # df-<backend>-plain: df_plain(backend)
 
 
-def triton_switches(provider: str) -> dict:
-    """The environment a Triton variant provider is measured under (forward and backward); {} for the others
-    (df-triton itself runs whatever the switches say, by default the backend's own per-shape choice)."""
+def variant_switches(provider: str) -> dict:
+    """The environment a Triton or cuda variant provider is measured under (forward and backward); {} for the
+    others (df-triton itself runs whatever the switches say, by default the backend's own per-shape choice)."""
+    if provider in CUDA_VARIANTS:
+        return dict(CUDA_VARIANTS[provider])
     if provider not in TRITON_VARIANTS:
         return {}
     from deberta_fast.kernels.common import BACKWARD_ENV, BAND_ENV
@@ -381,6 +385,7 @@ def op_rows(shape: Shape, providers: list[str], args) -> list[dict]:
     table = {"df-torch": df_op("torch"), "df-triton": df_op("triton"), "df-cuda": df_op("cuda"),
              "sdpa-bias": sdpa_bias, "sdpa-floor": sdpa_floor}
     table.update({name: df_op("triton") for name in TRITON_VARIANTS})
+    table.update({name: df_op("cuda") for name in CUDA_VARIANTS})
     table.update({f"df-{backend}{PLAIN_SUFFIX}": df_plain(backend) for backend in ("torch", "triton", "cuda")})
     rows = []
     for mode in args.modes:
@@ -414,7 +419,7 @@ def op_rows(shape: Shape, providers: list[str], args) -> list[dict]:
             # compared; the -plain providers compute that too, compared with the torch backend's plain attention
             reference = plain_ref if name.endswith(PLAIN_SUFFIX) else (ref_out.detach(), ref_grad)
             reference = None if name == "sdpa-floor" else reference
-            with mock.patch.dict(os.environ, triton_switches(name)):
+            with mock.patch.dict(os.environ, variant_switches(name)):
                 rows.append(measure(name, "op", lambda v, m, s, sc, leaves, run=run: run(v, m, s, sc), make_args,
                                     lambda a: [a[4][0]], reference, shape, mode, args))
     return rows

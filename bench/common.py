@@ -89,6 +89,11 @@ TRITON_VARIANTS = {
     "df-triton-oriented-fused": ("oriented", "fused"),
 }
 
+# The cuda backend's opt-in variants: provider -> the environment it is measured under (not part of `auto`'s choice).
+CUDA_VARIANTS = {
+    "df-cuda-staged": {"DEBERTA_FAST_CUDA_BAND": "staged"},  # the forward's band slabs staged in shared memory
+}
+
 
 def usable_backends(device, head_dim: int) -> list[str]:
     """The deberta_fast backends that can serve a call with this head dim on ``device``, probed with a tiny

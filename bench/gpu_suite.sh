@@ -2,7 +2,7 @@
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
 #   bash bench/gpu_suite.sh STEP[,STEP...] OUTDIR    STEP: setup | check | test-triton | test-cuda | tests | parity |
-#                                                variants | tune | tune-oriented | tune-bias | tune-d128 |
+#                                                variants | cuda-staged | tune | tune-oriented | tune-bias | tune-d128 |
 #                                                apply-tuned | apply-variants |
 #                                                attention | attention-extra | attention-fp32 | layer | compare | model |
 #                                                model-large | profile | ncu | ncu-cuda | all
@@ -115,6 +115,23 @@ run_ncu_cuda() {  # the same for the cuda kernels at N 2048 (as in the sixth run
       --set full $PY bench/profile_attention.py --backend cuda --seqlens 2048 --no-profiler
   done
   return 0
+}
+
+run_cuda_staged() {  # the cuda forward with its band tiles' C2P / P2C gathered (default) and staged in shared
+  # memory (DEBERTA_FAST_CUDA_BAND=staged, df-cuda-staged; csrc/score_terms.h), against Triton and the floor, D 64
+  # and 128; then ncu on the staged forward at N 2048. Not part of `auto`'s choice.
+  bench "$out/cuda_staged.log" 200 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
+    --seqlens 512,1024,2048,4096,8192 --modes fwd,fwd_bwd --rep 20 \
+    --op-providers df-cuda,df-cuda-staged,df-triton,sdpa-floor --out "$out/attention_cuda_bfloat16_staged.json"
+  local rc=$?
+  bench "$out/cuda_staged_d128.log" 120 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
+    --head-dim 128 --seqlens 512,2048,8192 --modes fwd --rep 20 \
+    --op-providers df-cuda,df-cuda-staged,df-triton,sdpa-floor --out "$out/attention_cuda_bfloat16_d128_staged.json"
+  rc=$(( rc || $? ))
+  logged "$out/ncu_staged_fwd.log" 90 30 env DEBERTA_FAST_CUDA_BAND=staged ncu --kernel-name \
+    regex:attention_fwd_kernel --launch-skip 2 --launch-count 1 --set full $PY bench/profile_attention.py \
+    --backend cuda --seqlens 2048 --no-profiler
+  return $rc
 }
 
 run_tune() {  # $1: head dim, $2: band mode. Every Triton block config timed, one kernel at a time
@@ -249,6 +266,7 @@ run_step() {
     tests) run_tests gpu triton cuda ;;
     parity) run_parity ;;
     variants) run_variants ;;
+    cuda-staged) run_cuda_staged ;;
     tune) run_tune 64 gather ;;
     tune-bias) run_tune 64 bias ;;
     tune-oriented) run_tune 64 oriented ;;

@@ -8,7 +8,8 @@
 //                      -> (dq, dk, dv, dpos_key, dpos_query); an absent position term's gradient is empty
 //   cuda_dropout_mask(philox, batch, heads, seq_len, dropout_p) -> bool [B, H, N, N]   (test hook; CPU + CUDA)
 //   cuda_position_geometry(like, seq_len, buckets, max_rel) -> (int32 table [2N - 1], r_hi, r_lo)  (any device)
-//   cuda_score_terms(...), cuda_slot_sums(...): score_terms.h's score code on one warp tile   (test hooks; CPU)
+//   cuda_score_terms(...), cuda_slot_sums(...), cuda_staged_terms(...): score_terms.h's score code on one warp
+//                      tile   (test hooks; CPU)
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -20,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -45,6 +47,17 @@ int64_t chunk_bytes() {
   const char* env = std::getenv("DEBERTA_FAST_CUDA_CHUNK_BYTES");
   if (env != nullptr && *env != '\0') return std::max<int64_t>(1, std::atoll(env));
   return int64_t(1) << 30;
+}
+
+// DEBERTA_FAST_CUDA_BAND=staged: the forward's band tiles read C2P / P2C from slabs staged in shared memory a tile
+// ahead (score_terms.h); unset or "gather": each pair gathers them from global memory. Read per call, as the Triton
+// backend's switches.
+bool staged_band() {
+  const char* env = std::getenv("DEBERTA_FAST_CUDA_BAND");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "gather") == 0) return false;
+  TORCH_CHECK(std::strcmp(env, "staged") == 0, "DEBERTA_FAST_CUDA_BAND must be 'gather' or 'staged', got '", env,
+              "'");
+  return true;
 }
 
 ElemType elem_type(const Tensor& t) {
@@ -94,6 +107,7 @@ struct Geometry {
   Tensor table;  // int32 [2L - 1], table[x + L - 1] = d(x)
   int64_t length = 0;
   int64_t r_hi = 0, r_lo = 0;
+  bool unit_steps = false;  // d(x + 1) - d(x) <= 1 for every x of the table
 };
 
 Tensor build_table(int64_t length, int64_t buckets, int64_t max_rel, const at::Device& device) {
@@ -132,15 +146,18 @@ const Geometry& geometry(int64_t seq_len, int64_t buckets, int64_t max_rel, cons
   Tensor neg = geo.table.slice(0, 0, length).flip({0});  // d(-x)
   Tensor r_hi = at::where(pos != 2 * span - 1, after, at::zeros_like(after)).max();
   Tensor r_lo = at::where(neg != 0, after, at::zeros_like(after)).max();
-  Tensor both = at::stack({r_hi, r_lo}).cpu();  // the one host read per setting and device
-  geo.r_hi = both[0].item<int64_t>();
-  geo.r_lo = both[1].item<int64_t>();
+  Tensor step = (geo.table.slice(0, 1) - geo.table.slice(0, 0, -1)).max().to(at::kLong);
+  Tensor read = at::stack({r_hi, r_lo, step}).cpu();  // the one host read per setting and device
+  geo.r_hi = read[0].item<int64_t>();
+  geo.r_lo = read[1].item<int64_t>();
+  geo.unit_steps = read[2].item<int64_t>() <= 1;
   return cache.emplace(key, std::move(geo)).first->second;
 }
 
 struct SeqGeometry {
   Tensor table;  // int32 [2N - 1]
   int64_t r_hi = 0, r_lo = 0;
+  bool unit_steps = false;  // d(x + 1) - d(x) <= 1 everywhere (the staged band slabs rely on it)
   int64_t width() const { return r_hi + r_lo - 1; }
   // Band slot c (distance c - (r_lo - 1)) -> its row of the position table, int64 [width].
   Tensor band_index(int64_t n) const { return table.slice(0, n - r_lo, n - 1 + r_hi).to(at::kLong); }
@@ -152,6 +169,7 @@ SeqGeometry seq_geometry(int64_t n, int64_t buckets, int64_t max_rel, const at::
   out.table = geo.table.slice(0, geo.length - n, geo.length + n - 1);
   out.r_hi = std::min(geo.r_hi, n);
   out.r_lo = std::min(geo.r_lo, n);
+  out.unit_steps = geo.unit_steps;
   return out;
 }
 
@@ -307,6 +325,10 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key,
   SeqGeometry geo;
   if (in.has_c2p || in.has_p2c) geo = seq_geometry(in.N, position_buckets, max_relative_positions, query.device());
 
+  // Staged band slabs: their rows start at 16-byte chunks of C2P / P2C rows (2S a multiple of a chunk) and span at
+  // most a tile's keys / queries (position rows that step by at most 1 per distance). Elsewhere the gathers.
+  const bool staged = geo.table.defined() && geo.unit_steps && in.two_s % (16 / query.element_size()) == 0 &&
+                      staged_band();
   const int64_t per_sequence = (in.has_c2p + in.has_p2c) * in.H * in.N * in.two_s * query.element_size();
   const int64_t step = slice_step(in.B, per_sequence);
   for (int64_t b0 = 0; b0 < in.B; b0 += step) {
@@ -315,6 +337,7 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key,
     FwdParams p;
     fill_common(p, in, b0, nb, scale, dropout_p, masked_zero);
     fill_positions(p, geo, c2p, p2c);
+    p.staged = staged;
     p.out = static_cast<char*>(out.data_ptr()) + b0 * out.stride(0) * out.element_size();
     p.o_stride_b = out.stride(0), p.o_stride_h = out.stride(1), p.o_stride_n = out.stride(2);
     p.lse = lse.data_ptr<float>() + b0 * in.H * in.N;
@@ -586,6 +609,61 @@ Tensor score_terms_cpu(const Tensor& scores, const std::optional<Tensor>& c2p, c
   return out;
 }
 
+// The forward's staged band terms (score_terms.h: staged_window_row, staged_chunk, add_staged_band_terms) on the
+// CPU: one CTA tile of 2 * kHookRows queries from q0 and kHookCols keys from k0 is staged as the kernel stages it
+// (chunks of ``chunk`` elements; slab slots no chunk fills hold NaN), then the warp whose rows start at warp_row0
+// (0 or kHookRows) of it adds its terms, lane by lane.
+Tensor staged_terms_cpu(const Tensor& scores, const std::optional<Tensor>& c2p, const std::optional<Tensor>& p2c,
+                        const Tensor& table, const Tensor& col_term, int64_t q0, int64_t k0, int64_t warp_row0,
+                        int64_t chunk) {
+  constexpr int qc = 2 * kHookRows, kc = kHookCols;
+  const int64_t n = (table.numel() + 1) / 2;
+  check_hook_tensor(table, "table", at::kInt, {2 * n - 1});
+  check_hook_tensor(scores, "scores", at::kFloat, {kHookRows, kHookCols});
+  check_hook_tensor(col_term, "col_term", at::kFloat, {kHookCols});
+  TORCH_CHECK(c2p.has_value() || p2c.has_value(), "cuda_staged_terms: c2p or p2c is needed");
+  const int64_t two_s = (c2p.has_value() ? *c2p : *p2c).size(1);
+  for (const auto* term : {&c2p, &p2c}) {
+    if (term->has_value()) check_hook_tensor(**term, "c2p / p2c", at::kFloat, {n, two_s});
+  }
+  TORCH_CHECK((chunk == 4 || chunk == 8) && two_s % chunk == 0,
+              "cuda_staged_terms: chunk must be 4 or 8 and divide 2S");
+  TORCH_CHECK(warp_row0 == 0 || warp_row0 == kHookRows, "cuda_staged_terms: warp_row0 must be 0 or ", kHookRows);
+  TORCH_CHECK(q0 >= 0 && k0 >= 0 && q0 < (1 << 30) && k0 < (1 << 30), "cuda_staged_terms: q0 and k0 must be >= 0");
+  AttnParams p;
+  p.N = static_cast<int>(n);
+  p.two_s = static_cast<int>(two_s);
+  const Tensor tab = table.contiguous();
+  p.table = tab.data_ptr<int32_t>();
+  const int ch = static_cast<int>(chunk), tq0 = static_cast<int>(q0), tk0 = static_cast<int>(k0);
+  std::vector<int> win(qc + kc);
+  for (int w = 0; w < qc + kc - 1; ++w) win[w] = staged_window_row(p, tq0, tk0, kc, w);
+  const Tensor c2p_c = c2p.has_value() ? c2p->contiguous() : Tensor();
+  const Tensor p2c_c = p2c.has_value() ? p2c->contiguous() : Tensor();
+  std::vector<float> slab_c2p(qc * (kc + ch), NAN), slab_p2c(kc * (qc + ch), NAN);
+  const int total = staged_c2p_chunks(qc, kc, ch) + staged_p2c_chunks(qc, kc, ch);
+  for (int idx = 0; idx < total; ++idx) {
+    StagedChunk c;
+    if (!staged_chunk(p, win.data(), tq0, tk0, qc, kc, ch, c2p.has_value(), p2c.has_value(), idx, c)) continue;
+    const float* src = (c.p2c ? p2c_c : c2p_c).data_ptr<float>() + c.src;
+    float* dst = (c.p2c ? slab_p2c : slab_c2p).data() + c.dst;
+    for (int e = 0; e < ch; ++e) dst[e] = c.valid ? src[e] : 0.f;
+  }
+  const Tensor in = scores.contiguous(), cols = col_term.contiguous();
+  Tensor out = at::empty_like(in);
+  auto s_in = in.accessor<float, 2>();
+  auto s_out = out.accessor<float, 2>();
+  for (int lane = 0; lane < 32; ++lane) {
+    float s[kHookMF][kHookNF][4];
+    for_each_fragment(lane, [&](int mf, int nf, int e, int r, int c) { s[mf][nf][e] = s_in[r][c]; });
+    add_staged_band_terms<kHookMF, kHookNF>(s, p, tq0, tk0, qc, kc, ch, static_cast<int>(warp_row0), lane,
+                                            cols.data_ptr<float>(), win.data(), slab_c2p.data(), slab_p2c.data(),
+                                            c2p.has_value(), p2c.has_value());
+    for_each_fragment(lane, [&](int mf, int nf, int e, int r, int c) { s_out[r][c] = s[mf][nf][e]; });
+  }
+  return out;
+}
+
 std::tuple<Tensor, Tensor, Tensor> slot_sums_cpu(const Tensor& ds, int64_t seq_len, int64_t r_hi, int64_t r_lo,
                                                  int64_t band_w, int64_t row0, int64_t col0, bool trans,
                                                  int64_t mode) {
@@ -652,6 +730,8 @@ TORCH_LIBRARY_FRAGMENT(deberta_fast, m) {
   m.def("cuda_dropout_mask(Tensor philox, int batch, int heads, int seq_len, float dropout_p) -> Tensor");
   m.def("cuda_score_terms(Tensor scores, Tensor? c2p, Tensor? p2c, Tensor table, Tensor col_term, Tensor row_hi, "
         "Tensor row_lo, int r_hi, int r_lo, int row0, int col0, bool trans, int mode) -> Tensor");
+  m.def("cuda_staged_terms(Tensor scores, Tensor? c2p, Tensor? p2c, Tensor table, Tensor col_term, int q0, int k0, "
+        "int warp_row0, int chunk) -> Tensor");
   m.def("cuda_slot_sums(Tensor ds, int seq_len, int r_hi, int r_lo, int band_w, int row0, int col0, bool trans, "
         "int mode) -> (Tensor, Tensor, Tensor)");
   m.def("cuda_position_geometry(Tensor like, int seq_len, int position_buckets, int max_relative_positions) "
@@ -668,6 +748,7 @@ TORCH_LIBRARY_IMPL(deberta_fast, CPU, m) {
   m.impl("cuda_dropout_mask", &deberta_fast::dropout_mask_cpu);
   m.impl("cuda_score_terms", &deberta_fast::score_terms_cpu);
   m.impl("cuda_slot_sums", &deberta_fast::slot_sums_cpu);
+  m.impl("cuda_staged_terms", &deberta_fast::staged_terms_cpu);
 }
 
 TORCH_LIBRARY_IMPL(deberta_fast, CompositeExplicitAutograd, m) {

@@ -15,7 +15,11 @@
 
 namespace deberta_fast {
 
-template <typename Kt>
+// kDropout: whether p.philox is set (a compile-time switch: the mask's Philox rounds need registers that the
+// kernels without dropout, inference and the benchmarks, would otherwise be compiled around). kStaged: p.staged,
+// band tiles read C2P / P2C from slabs staged in shared memory a tile ahead (score_terms.h) instead of gathering
+// them from global memory.
+template <typename Kt, bool kDropout, bool kStaged>
 __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdParams p) {
   using T = typename Kt::T;
   using Gemm = WarpGemm<T, Kt::D>;
@@ -27,6 +31,12 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
   T* sK = sQ + BM * D;                     // [2][BN][D]
   T* sV = sK + 2 * BN * D;                 // [2][BN][D]
   float* sCol = reinterpret_cast<float*>(sV + 2 * BN * D);  // [2][BN]: p2c term of the tile's kind, -inf off keys
+  // kStaged: band tiles' windows [3][BM + BN] (int32), C2P slabs [2][BM][BN + kChunk], P2C slabs [2][BN][BM + kChunk]
+  constexpr int kChunk = Kt::kChunk, kWin = BM + BN - 1;
+  static_assert(!kStaged || kWin <= kThreads, "one window slot per thread");
+  int* sWin = reinterpret_cast<int*>(sCol + 2 * BN);
+  T* sSlabC = reinterpret_cast<T*>(sWin + 3 * (BM + BN));
+  T* sSlabP = sSlabC + 2 * BM * (BN + kChunk);
 
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
@@ -43,9 +53,9 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
   const int64_t pos_offset = (static_cast<int64_t>(h) * p.B + b) * N * p.two_s;  // C2P / P2C are [H, B, N, 2S]
   const T* c2p = p.c2p != nullptr ? static_cast<const T*>(p.c2p) + pos_offset : nullptr;
   const T* p2c = p.p2c != nullptr ? static_cast<const T*>(p.p2c) + pos_offset : nullptr;
-  const bool has_pos = c2p != nullptr || p2c != nullptr;
+  const bool has_c2p = c2p != nullptr, has_p2c = p2c != nullptr;
+  const bool has_pos = has_c2p || has_p2c;
   const bool has_mask = p.mask != nullptr;
-  const bool has_dropout = p.philox != nullptr;
   const float fill = p.masked_zero ? -INFINITY : 0.f;  // score of every key in a fully padded query row
 
   // Per-row state: rows mf * 16 + g + 8 * hh of this warp.
@@ -75,23 +85,58 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
     next.fetch(p, b, p2c, jt * BN + threadIdx.x, jt < n_tiles && threadIdx.x < BN,
                tile_mode(p, has_pos, i0, BM, jt * BN, BN));
   };
+  // kStaged: a band tile's window (its pairs' position rows) is read from the table into registers two tiles
+  // ahead, stored to shared memory at the end of the iteration before the one that stages the tile's slabs (three
+  // window buffers: the tile being computed, the tile being staged, the tile being stored).
+  auto is_band = [&](int jt) { return jt < n_tiles && tile_mode(p, has_pos, i0, BM, jt * BN, BN) == kBand; };
+  auto window = [&](int jt) { return sWin + (jt % 3) * (BM + BN); };
+  int win_next = 0;
+  auto fetch_window = [&](int jt) {
+    if (is_band(jt) && threadIdx.x < kWin) win_next = staged_window_row(p, i0, jt * BN, BN, threadIdx.x);
+  };
+  auto store_window = [&](int jt) {
+    if (is_band(jt) && threadIdx.x < kWin) window(jt)[threadIdx.x] = win_next;
+  };
+  auto stage_slabs = [&](int jt) {  // cp.async of a band tile's C2P / P2C slabs (score_terms.h: staged_chunk)
+    const int buf = jt & 1;
+    const int* win = window(jt);
+    T* dst_c2p = sSlabC + buf * BM * (BN + kChunk);
+    T* dst_p2c = sSlabP + buf * BN * (BM + kChunk);
+    const int total = staged_c2p_chunks(BM, BN, kChunk) + staged_p2c_chunks(BM, BN, kChunk);
+    for (int idx = threadIdx.x; idx < total; idx += kThreads) {
+      StagedChunk chunk;
+      if (!staged_chunk(p, win, i0, jt * BN, BM, BN, kChunk, has_c2p, has_p2c, idx, chunk)) continue;
+      cp_async_16((chunk.p2c ? dst_p2c : dst_c2p) + chunk.dst, (chunk.p2c ? p2c : c2p) + chunk.src, chunk.valid);
+    }
+  };
   auto load_tile = [&](int jt) {
     const int buf = jt & 1;
     const int j0 = jt * BN;
     load_tile_async<T, BN, D, kThreads>(sK + buf * BN * D, k, p.k_stride_n, j0, N);
     load_tile_async<T, BN, D, kThreads>(sV + buf * BN * D, v, p.v_stride_n, j0, N);
+    if constexpr (kStaged) {
+      if (is_band(jt)) stage_slabs(jt);
+    }
     if (threadIdx.x < BN) sCol[buf * BN + threadIdx.x] = next.key_term();
     fetch_keys(jt + 1);
   };
 
   load_tile_async<T, BM, D, kThreads>(sQ, q, p.q_stride_n, i0, N);
   fetch_keys(0);
+  if constexpr (kStaged) {
+    fetch_window(0);
+    store_window(0);
+    fetch_window(1);
+    store_window(1);
+    __syncthreads();
+    fetch_window(2);
+  }
   load_tile(0);
   cp_async_commit();
 
   uint32_t q_frag[Kt::kQInRegs ? MF : 1][Kt::kQInRegs ? D / 16 : 1][4];
   const DropoutKey dkey = load_dropout_key(p);
-  const float rescale = has_dropout ? 1.f / (1.f - p.dropout_p) : 1.f;
+  const float rescale = kDropout ? 1.f / (1.f - p.dropout_p) : 1.f;
   const uint32_t bh_global = static_cast<uint32_t>(bh + p.bh0);
 
   for (int jt = 0; jt < n_tiles; ++jt) {
@@ -117,7 +162,13 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
 
     // Scores in base 2 with position terms and masks.
     const int mode = tile_mode(p, has_pos, i0, BM, j0, BN);
-    add_position_terms_any<false>(mode, s, p, c2p, p2c, i0 + warp_row0, j0, lane, sColb, c2p_hi, c2p_lo);
+    if (kStaged && mode == kBand) {
+      add_staged_band_terms<MF, NF>(s, p, i0, j0, BM, BN, kChunk, warp_row0, lane, sColb, window(jt),
+                                    sSlabC + buf * BM * (BN + kChunk), sSlabP + buf * BN * (BM + kChunk), has_c2p,
+                                    has_p2c);
+    } else {
+      add_position_terms_any<false, !kStaged>(mode, s, p, c2p, p2c, i0 + warp_row0, j0, lane, sColb, c2p_hi, c2p_lo);
+    }
 #pragma unroll
     for (int mf = 0; mf < MF; ++mf) {
 #pragma unroll
@@ -166,12 +217,16 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
       }
     }
 
-    if (has_dropout) {
+    if constexpr (kDropout) {
       for_each_keep<false, MF, NF>(dkey, bh_global, i0 + warp_row0, j0, [&](int mf, int nf, int e, bool keep) {
         s[mf][nf][e] = keep ? s[mf][nf][e] * rescale : 0.f;
       });
     }
     Gemm::template rn<MF, NF>(acc_o, s, sVb, 0);
+    if constexpr (kStaged) {
+      store_window(jt + 2);  // the buffer of tile jt - 1, computed before the previous barrier
+      fetch_window(jt + 3);
+    }
     __syncthreads();  // the buffer is refilled by the next iteration's prefetch
   }
 
@@ -197,10 +252,25 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
   }
 }
 
+// The current device's opt-in shared memory per block (read once per device).
+inline int max_smem_optin() {
+  static int cache[64] = {};  // 0: not read yet
+  int device = 0;
+  DF_CUDA_CHECK(cudaGetDevice(&device));
+  int local = 0;
+  int& bytes = device >= 0 && device < 64 ? cache[device] : local;
+  if (bytes == 0) DF_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return bytes;
+}
+
 template <typename Kt>
 void launch_fwd_kernel(const FwdParams& p, cudaStream_t stream) {
-  auto kernel = attention_fwd_kernel<Kt>;
-  constexpr int smem = Kt::kSmemBytes;
+  // Staged slabs where the device's shared memory holds them (bf16 / fp16 at D 128 need 168 KB: sm_90, not sm_80)
+  const bool staged = p.staged && Kt::kStagedSmemBytes <= max_smem_optin();
+  auto kernel = p.philox != nullptr
+                    ? (staged ? attention_fwd_kernel<Kt, true, true> : attention_fwd_kernel<Kt, true, false>)
+                    : (staged ? attention_fwd_kernel<Kt, false, true> : attention_fwd_kernel<Kt, false, false>);
+  const int smem = staged ? Kt::kStagedSmemBytes : Kt::kSmemBytes;
   if (smem > 48 * 1024) {
     DF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }

@@ -46,6 +46,9 @@ struct FwdParams : AttnParams {
   void* out = nullptr;  // [B, H, N, D] in the input dtype
   int64_t o_stride_b = 0, o_stride_h = 0, o_stride_n = 0;
   float* lse = nullptr;  // [B, H, N] contiguous, natural log; +inf on fully padded rows under masked_zero
+  // Band tiles read C2P / P2C from slabs staged in shared memory (score_terms.h, DEBERTA_FAST_CUDA_BAND=staged)
+  // instead of gathering them from global memory; set only where the slabs apply (attention.cpp).
+  bool staged = false;
 };
 
 struct BwdParams : AttnParams {

@@ -125,14 +125,17 @@ DF_TERMS_FN void add_position_terms(float (&s)[MF][NF][4], const AttnParams& p, 
   }
 }
 
-// add_position_terms for the tile kind ``mode`` known at run time: one switch per tile.
-template <bool kTrans, int MF, int NF, typename T>
+// add_position_terms for the tile kind ``mode`` known at run time: one switch per tile. kBandCase false: a caller
+// that handles band tiles itself (the forward's staged slabs) never passes kBand, and the gathers are not compiled.
+template <bool kTrans, bool kBandCase = true, int MF, int NF, typename T>
 DF_TERMS_FN void add_position_terms_any(int mode, float (&s)[MF][NF][4], const AttnParams& p, const T* c2p,
                                         const T* p2c, int row0, int col0, int lane, const float* col_term,
                                         const float (&row_hi)[MF][2], const float (&row_lo)[MF][2]) {
   switch (mode) {
     case kBand:
-      add_position_terms<kBand, kTrans>(s, p, c2p, p2c, row0, col0, lane, col_term, row_hi, row_lo);
+      if constexpr (kBandCase) {
+        add_position_terms<kBand, kTrans>(s, p, c2p, p2c, row0, col0, lane, col_term, row_hi, row_lo);
+      }
       break;
     case kSatHi:
       add_position_terms<kSatHi, kTrans>(s, p, c2p, p2c, row0, col0, lane, col_term, row_hi, row_lo);
@@ -143,6 +146,90 @@ DF_TERMS_FN void add_position_terms_any(int mode, float (&s)[MF][NF][4], const A
     default:
       add_position_terms<kPlain, kTrans>(s, p, c2p, p2c, row0, col0, lane, col_term, row_hi, row_lo);
   }
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Staged band terms (the forward's band tiles under DEBERTA_FAST_CUDA_BAND=staged): instead of gathering
+// C2P[i, d] and P2C[j, d] from global memory pair by pair, a band tile's slabs of both are copied into shared
+// memory a tile ahead (16-byte cp.async chunks, coalesced, their latency behind the previous tile's compute) and
+// the pairs read them there.
+//
+// For the CTA tile of queries [q0, q0 + qc) and keys [k0, k0 + kc) the pairs' distances x = i - j span qc + kc - 1
+// values; the window holds their rows, win[w] = d(x0 + w) with x0 = q0 - (k0 + kc - 1) (table index clamped into
+// [0, 2N - 2]: only pairs beyond N reach past it). d is nondecreasing in x with steps of at most 1, so query row
+// q0 + r needs the <= kc consecutive C2P columns from win[r] (its pair with the tile's last key) on, and key k0 + c
+// the <= qc consecutive P2C columns from win[kc - 1 - c] (its pair with the first query) on. Each slab row starts
+// at that column rounded down to a chunk (kChunk elements, 16 bytes): the C2P slab is [qc][kc + kChunk], the P2C
+// slab [kc][qc + kChunk]; chunks past the row's 2S columns or outside the sequence are zero-filled (never read for
+// a pair inside it).
+
+// Row counts of the staged slabs and the chunks that fill them.
+DF_TERMS_FN int staged_c2p_chunks(int qc, int kc, int chunk) { return qc * (kc / chunk + 1); }
+DF_TERMS_FN int staged_p2c_chunks(int qc, int kc, int chunk) { return kc * (qc / chunk + 1); }
+
+// win[w] of the tile (q0, k0, kc), w in [0, qc + kc - 1).
+DF_TERMS_FN int staged_window_row(const AttnParams& p, int q0, int k0, int kc, int w) {
+  int idx = q0 - (k0 + kc - 1) + w + p.N - 1;
+  idx = idx < 0 ? 0 : (idx > 2 * p.N - 2 ? 2 * p.N - 2 : idx);
+  return load_ro(p.table + idx);
+}
+
+// Chunk ``idx`` of a band tile's staging: the C2P chunks first (row-major over [qc][kc / chunk + 1]), then the P2C
+// chunks ([kc][qc / chunk + 1]). Sets the destination (element offset into the C2P slab or the P2C slab), the
+// source (element offset into this (batch, head)'s [N, 2S] C2P or P2C) and whether the source exists (else the
+// chunk is zero-filled). Returns false for an absent term's chunk (nothing to copy).
+struct StagedChunk {
+  bool p2c;          // which slab
+  int64_t dst, src;  // element offsets
+  bool valid;        // the source chunk lies in the row's 2S columns and the row in the sequence
+};
+DF_TERMS_FN bool staged_chunk(const AttnParams& p, const int* win, int q0, int k0, int qc, int kc, int chunk,
+                              bool has_c2p, bool has_p2c, int idx, StagedChunk& out) {
+  const int c2p_chunks = staged_c2p_chunks(qc, kc, chunk);
+  out.p2c = idx >= c2p_chunks;
+  if (!out.p2c) {
+    if (!has_c2p) return false;
+    const int per_row = kc / chunk + 1, r = idx / per_row, ch = idx % per_row;
+    const int col = (win[r] / chunk) * chunk + ch * chunk;
+    out.dst = static_cast<int64_t>(r) * (kc + chunk) + ch * chunk;
+    out.valid = q0 + r < p.N && col < p.two_s;
+    out.src = out.valid ? static_cast<int64_t>(q0 + r) * p.two_s + col : 0;
+    return true;
+  }
+  if (!has_p2c) return false;
+  idx -= c2p_chunks;
+  const int per_row = qc / chunk + 1, c = idx / per_row, ch = idx % per_row;
+  const int col = (win[kc - 1 - c] / chunk) * chunk + ch * chunk;
+  out.dst = static_cast<int64_t>(c) * (qc + chunk) + ch * chunk;
+  out.valid = k0 + c < p.N && col < p.two_s;
+  out.src = out.valid ? static_cast<int64_t>(k0 + c) * p.two_s + col : 0;
+  return true;
+}
+
+// add_position_terms<kBand, false> from the staged slabs: s[mf][nf][e] = (s + col_term[c]) + (C2P[i, d] + P2C[j, d])
+// with the same additions in the same order (0 for pairs beyond N). The warp's rows start at query q0 + wr0 of the
+// CTA tile (q0, k0, qc, kc); win, sc2p, sp2c: the tile's window and slabs (an absent term's slab is not read).
+template <int MF, int NF, typename T>
+DF_TERMS_FN void add_staged_band_terms(float (&s)[MF][NF][4], const AttnParams& p, int q0, int k0, int qc, int kc,
+                                       int chunk, int wr0, int lane, const float* col_term, const int* win,
+                                       const T* sc2p, const T* sp2c, bool has_c2p, bool has_p2c) {
+  for_each_element<MF, NF>([&](int mf, int nf, int e) {
+    const TilePlace at = tile_place(lane, mf, nf, e);
+    const int r = wr0 + at.row, c = at.col;
+    const bool in = q0 + r < p.N && k0 + c < p.N;
+    const int d = win[r - c + kc - 1];
+    float b = 0.f;
+    if (has_c2p) {
+      const int off = in ? d - (win[r] / chunk) * chunk : 0;
+      b += term_to_float(sc2p[r * (kc + chunk) + off]);
+    }
+    if (has_p2c) {
+      const int off = in ? d - (win[kc - 1 - c] / chunk) * chunk : 0;
+      b += term_to_float(sp2c[c * (qc + chunk) + off]);
+    }
+    if (!in) b = 0.f;
+    s[mf][nf][e] = (s[mf][nf][e] + col_term[c]) + b;
+  });
 }
 
 // The position-slot bookkeeping of a dS tile for the term whose content side is the tile's rows (the backward's

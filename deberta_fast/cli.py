@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import itertools
+import os
 import platform
 import sys
 from collections.abc import Iterator
@@ -61,7 +62,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             line = f"built but not loadable: {status['error']}"
         else:
             line = "not built"
-        print(f"cuda extension {line}; just-in-time build {status['jit']}")
+        band = os.environ.get("DEBERTA_FAST_CUDA_BAND") or "gather"
+        print(f"cuda extension {line}; just-in-time build {status['jit']}; forward band tiles {band} "
+              "(DEBERTA_FAST_CUDA_BAND: gather or staged)")
     print(f"triton configs {_triton_settings()}")
     return 0
 

@@ -15,6 +15,15 @@ def test_info_lists_every_backend(capsys):
         assert f"  {name}" in out  # available, or unavailable with its reasons
 
 
+def test_info_reports_the_cuda_band_switch(capsys, monkeypatch):
+    lines = {}
+    for value in ("", "staged"):
+        monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", value)
+        assert main(["info"]) == 0
+        lines[value] = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("cuda extension"))
+    assert "forward band tiles gather" in lines[""] and "forward band tiles staged" in lines["staged"]
+
+
 def test_info_reports_the_triton_settings(capsys, monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.delenv("DEBERTA_FAST_TRITON_AUTOTUNE", raising=False)

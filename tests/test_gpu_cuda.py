@@ -231,6 +231,44 @@ def test_tile_kinds(case, dtype):
     check(case, dtype)
 
 
+STAGED = TILE_KINDS + [  # position rows that step by 2 (buckets 256, max 257): the gathers instead of the slabs
+    (Case(B=1, H=2, N=300, D=64, buckets=256, max_rel=257, mask="right"), torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("case,dtype", STAGED, ids=str)
+def test_staged_band(case, dtype, monkeypatch):
+    """DEBERTA_FAST_CUDA_BAND=staged (the forward's band tiles read C2P / P2C from slabs in shared memory): within
+    the rule, and its forward bit for bit the gathering forward's (the same additions in the same order)."""
+    tensors, mask = make_inputs(case, device=DEVICE, dtype=dtype, strided=True)
+    kwargs = call_kwargs(case)
+    gathered = disentangled_attention(*tensors, mask, backend="cuda", **kwargs)
+    monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", "staged")
+    staged = disentangled_attention(*tensors, mask, backend="cuda", **kwargs)
+    assert torch.equal(staged, gathered)
+    check(case, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_staged_band_with_dropout(dtype, monkeypatch):
+    case = Case(B=2, H=2, N=700, D=64, mask="mixed", **V3)
+    tensors, mask = make_inputs(case, device=DEVICE, dtype=dtype, strided=True)
+    outs = []
+    for band in ("gather", "staged"):
+        monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", band)
+        torch.manual_seed(5)
+        outs.append(disentangled_attention(*tensors, mask, dropout_p=0.2, backend="cuda", **call_kwargs(case)))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_staged_band_switch_rejects_unknown_values(monkeypatch):
+    case = Case(N=17, D=32)
+    tensors, mask = make_inputs(case, device=DEVICE, dtype=torch.float16)
+    monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", "smem")
+    with pytest.raises(RuntimeError, match="DEBERTA_FAST_CUDA_BAND must be 'gather' or 'staged'"):
+        disentangled_attention(*tensors, mask, backend="cuda", **call_kwargs(case))
+
+
 @pytest.mark.parametrize("case", [Case(B=2, H=2, N=1024, D=64, mask="right", **V3), Case(N=97, D=128, mask="left")],
                          ids=str)
 def test_fp32_exact(case):
@@ -442,16 +480,18 @@ print("sanitizer case done")
 """
 
 
+@pytest.mark.parametrize("band", ["gather", "staged"])
 @pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
-def test_compute_sanitizer_is_clean(tool):
+def test_compute_sanitizer_is_clean(tool, band):
     sanitizer = shutil.which("compute-sanitizer")
     if sanitizer is None:
         pytest.skip("compute-sanitizer is not on PATH")
     cmd = [sanitizer, f"--tool={tool}", "--error-exitcode=1", "--target-processes=all"]
     if tool == "memcheck":
         cmd.append("--leak-check=no")
+    env = dict(os.environ, DEBERTA_FAST_CUDA_BAND=band)
     result = subprocess.run(cmd + [sys.executable, "-c", SANITIZER_CASE], cwd=REPO.parent, capture_output=True,
-                            text=True, timeout=540)
+                            text=True, timeout=540, env=env)
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "sanitizer case done" in output, output[-6000:]
     assert "ERROR SUMMARY: 0 errors" in output or "RACECHECK SUMMARY: 0 hazards" in output, output[-6000:]
