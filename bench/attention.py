@@ -13,8 +13,8 @@ bench/report.py):
   ``df-triton-bias`` (bias, split), ``df-triton-fused`` (gather, fused), ``df-triton-bias-fused`` (bias,
   fused), ``df-triton-oriented`` (oriented, split) and ``df-triton-oriented-fused`` (oriented, fused);
   bench/make_selection.py makes the backend's per-shape choice (with the switches unset) of them.
-  ``df-cuda-staged``: the cuda backend with DEBERTA_FAST_CUDA_BAND=staged (the forward's band tiles read C2P / P2C
-  from slabs staged in shared memory; not part of ``auto``'s choice).
+  ``df-cuda-staged``: the cuda backend with DEBERTA_FAST_CUDA_BAND=staged (the band tiles of its three kernels read
+  C2P / P2C from slabs staged in shared memory; not part of ``auto``'s choice).
   ``df-triton-plain`` / ``df-cuda-plain`` (and ``df-torch-plain``): the fused kernel on the floor's own problem,
   no position terms and no mask, compared with the torch backend's plain attention: how far the kernels' base
   loop is from SDPA flash, apart from the position terms.

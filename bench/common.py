@@ -91,7 +91,7 @@ TRITON_VARIANTS = {
 
 # The cuda backend's opt-in variants: provider -> the environment it is measured under (not part of `auto`'s choice).
 CUDA_VARIANTS = {
-    "df-cuda-staged": {"DEBERTA_FAST_CUDA_BAND": "staged"},  # the forward's band slabs staged in shared memory
+    "df-cuda-staged": {"DEBERTA_FAST_CUDA_BAND": "staged"},  # the band tiles' C2P / P2C staged in shared memory
 }
 
 

@@ -117,9 +117,9 @@ run_ncu_cuda() {  # the same for the cuda kernels at N 2048 (as in the sixth run
   return 0
 }
 
-run_cuda_staged() {  # the cuda forward with its band tiles' C2P / P2C gathered (default) and staged in shared
-  # memory (DEBERTA_FAST_CUDA_BAND=staged, df-cuda-staged; csrc/score_terms.h), against Triton and the floor, D 64
-  # and 128; then ncu on the staged forward at N 2048. Not part of `auto`'s choice.
+run_cuda_staged() {  # the cuda backend with its band tiles' C2P / P2C gathered (default) and staged in shared
+  # memory (DEBERTA_FAST_CUDA_BAND=staged, df-cuda-staged; csrc/README.md), against Triton and the floor, D 64 and
+  # 128; then ncu on the staged kernels at N 2048. Not part of `auto`'s choice.
   bench "$out/cuda_staged.log" 200 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
     --seqlens 512,1024,2048,4096,8192 --modes fwd,fwd_bwd --rep 20 \
     --op-providers df-cuda,df-cuda-staged,df-triton,sdpa-floor --out "$out/attention_cuda_bfloat16_staged.json"
@@ -128,9 +128,12 @@ run_cuda_staged() {  # the cuda forward with its band tiles' C2P / P2C gathered 
     --head-dim 128 --seqlens 512,2048,8192 --modes fwd --rep 20 \
     --op-providers df-cuda,df-cuda-staged,df-triton,sdpa-floor --out "$out/attention_cuda_bfloat16_d128_staged.json"
   rc=$(( rc || $? ))
-  logged "$out/ncu_staged_fwd.log" 90 30 env DEBERTA_FAST_CUDA_BAND=staged ncu --kernel-name \
-    regex:attention_fwd_kernel --launch-skip 2 --launch-count 1 --set full $PY bench/profile_attention.py \
-    --backend cuda --seqlens 2048 --no-profiler
+  local kernel
+  for kernel in attention_fwd_kernel attention_dkdv_kernel attention_dq_kernel; do
+    logged "$out/ncu_staged_$kernel.log" 90 30 env DEBERTA_FAST_CUDA_BAND=staged ncu --kernel-name "regex:$kernel" \
+      --launch-skip 2 --launch-count 1 --set full $PY bench/profile_attention.py --backend cuda --seqlens 2048 \
+      --no-profiler
+  done
   return $rc
 }
 

@@ -250,6 +250,13 @@ void fill_positions(AttnParams& p, const SeqGeometry& geo, const Tensor& c2p, co
   if (p2c.defined()) p.p2c = p2c.data_ptr();
 }
 
+// Whether the kernels' band tiles read staged slabs (DEBERTA_FAST_CUDA_BAND=staged) for this call: slab rows start
+// at 16-byte chunks of C2P / P2C rows (2S a multiple of a chunk) and span at most a tile's keys / queries (position
+// rows that step by at most 1 per distance). Elsewhere the gathers. (The launchers also check the shared memory.)
+bool staged_slabs(const SeqGeometry& geo, const Inputs& in) {
+  return geo.table.defined() && geo.unit_steps && in.two_s % (16 / in.q.element_size()) == 0 && staged_band();
+}
+
 void fill_common(AttnParams& p, const Inputs& in, int64_t b0, int64_t nb, double scale, double dropout_p,
                  bool masked_zero) {
   auto at_b = [&](const Tensor& t) { return static_cast<const char*>(t.data_ptr()) + b0 * t.stride(0) * t.element_size(); };
@@ -325,10 +332,7 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key,
   SeqGeometry geo;
   if (in.has_c2p || in.has_p2c) geo = seq_geometry(in.N, position_buckets, max_relative_positions, query.device());
 
-  // Staged band slabs: their rows start at 16-byte chunks of C2P / P2C rows (2S a multiple of a chunk) and span at
-  // most a tile's keys / queries (position rows that step by at most 1 per distance). Elsewhere the gathers.
-  const bool staged = geo.table.defined() && geo.unit_steps && in.two_s % (16 / query.element_size()) == 0 &&
-                      staged_band();
+  const bool staged = staged_slabs(geo, in);
   const int64_t per_sequence = (in.has_c2p + in.has_p2c) * in.H * in.N * in.two_s * query.element_size();
   const int64_t step = slice_step(in.B, per_sequence);
   for (int64_t b0 = 0; b0 < in.B; b0 += step) {
@@ -426,6 +430,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
   SeqGeometry geo;
   if (in.has_c2p || in.has_p2c) geo = seq_geometry(in.N, position_buckets, max_relative_positions, query.device());
   const int64_t width = geo.table.defined() ? geo.width() : 0;
+  const bool staged = staged_slabs(geo, in);
   const bool band_c2p = in.has_c2p && width > 0;
   const bool band_p2c = in.has_p2c && width > 0;
   Tensor dq = grad_like(in, band_c2p ? at::kFloat : query.scalar_type());
@@ -458,6 +463,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
     BwdParams p;
     fill_common(p, in, b0, nb, scale, dropout_p, masked_zero);
     fill_positions(p, geo, c2p, p2c);
+    p.staged = staged;
     p.dout = static_cast<const char*>(dout.data_ptr()) + b0 * dout.stride(0) * dout.element_size();
     p.do_stride_b = dout.stride(0), p.do_stride_h = dout.stride(1), p.do_stride_n = dout.stride(2);
     p.lse = lse_c.data_ptr<float>() + b0 * in.H * in.N;
@@ -609,14 +615,15 @@ Tensor score_terms_cpu(const Tensor& scores, const std::optional<Tensor>& c2p, c
   return out;
 }
 
-// The forward's staged band terms (score_terms.h: staged_window_row, staged_chunk, add_staged_band_terms) on the
-// CPU: one CTA tile of 2 * kHookRows queries from q0 and kHookCols keys from k0 is staged as the kernel stages it
-// (chunks of ``chunk`` elements; slab slots no chunk fills hold NaN), then the warp whose rows start at warp_row0
-// (0 or kHookRows) of it adds its terms, lane by lane.
+// The kernels' staged band terms (score_terms.h: staged_window_row, staged_chunk, add_staged_band_terms) on the
+// CPU: one CTA tile of 64 queries from q0 and 64 keys from k0 is staged as the kernels stage it (chunks of ``chunk``
+// elements; slab slots no chunk fills hold NaN), then the warp whose rows start at warp_row0 (0 or kHookRows) of it
+// adds its terms, lane by lane: rows are queries, or keys with ``trans`` (the dK/dV kernel).
 Tensor staged_terms_cpu(const Tensor& scores, const std::optional<Tensor>& c2p, const std::optional<Tensor>& p2c,
                         const Tensor& table, const Tensor& col_term, int64_t q0, int64_t k0, int64_t warp_row0,
-                        int64_t chunk) {
+                        int64_t chunk, bool trans) {
   constexpr int qc = 2 * kHookRows, kc = kHookCols;
+  static_assert(qc == kc, "the CTA tile is square: two warps of rows either way round");
   const int64_t n = (table.numel() + 1) / 2;
   check_hook_tensor(table, "table", at::kInt, {2 * n - 1});
   check_hook_tensor(scores, "scores", at::kFloat, {kHookRows, kHookCols});
@@ -656,9 +663,16 @@ Tensor staged_terms_cpu(const Tensor& scores, const std::optional<Tensor>& c2p, 
   for (int lane = 0; lane < 32; ++lane) {
     float s[kHookMF][kHookNF][4];
     for_each_fragment(lane, [&](int mf, int nf, int e, int r, int c) { s[mf][nf][e] = s_in[r][c]; });
-    add_staged_band_terms<kHookMF, kHookNF>(s, p, tq0, tk0, qc, kc, ch, static_cast<int>(warp_row0), lane,
-                                            cols.data_ptr<float>(), win.data(), slab_c2p.data(), slab_p2c.data(),
-                                            c2p.has_value(), p2c.has_value());
+    const int wr0 = static_cast<int>(warp_row0);
+    if (trans) {
+      add_staged_band_terms<true, kHookMF, kHookNF>(s, p, tq0, tk0, qc, kc, ch, wr0, lane, cols.data_ptr<float>(),
+                                                    win.data(), slab_c2p.data(), slab_p2c.data(), c2p.has_value(),
+                                                    p2c.has_value());
+    } else {
+      add_staged_band_terms<false, kHookMF, kHookNF>(s, p, tq0, tk0, qc, kc, ch, wr0, lane, cols.data_ptr<float>(),
+                                                     win.data(), slab_c2p.data(), slab_p2c.data(), c2p.has_value(),
+                                                     p2c.has_value());
+    }
     for_each_fragment(lane, [&](int mf, int nf, int e, int r, int c) { s_out[r][c] = s[mf][nf][e]; });
   }
   return out;
@@ -731,7 +745,7 @@ TORCH_LIBRARY_FRAGMENT(deberta_fast, m) {
   m.def("cuda_score_terms(Tensor scores, Tensor? c2p, Tensor? p2c, Tensor table, Tensor col_term, Tensor row_hi, "
         "Tensor row_lo, int r_hi, int r_lo, int row0, int col0, bool trans, int mode) -> Tensor");
   m.def("cuda_staged_terms(Tensor scores, Tensor? c2p, Tensor? p2c, Tensor table, Tensor col_term, int q0, int k0, "
-        "int warp_row0, int chunk) -> Tensor");
+        "int warp_row0, int chunk, bool trans) -> Tensor");
   m.def("cuda_slot_sums(Tensor ds, int seq_len, int r_hi, int r_lo, int band_w, int row0, int col0, bool trans, "
         "int mode) -> (Tensor, Tensor, Tensor)");
   m.def("cuda_position_geometry(Tensor like, int seq_len, int position_buckets, int max_relative_positions) "

@@ -89,7 +89,8 @@ __device__ __forceinline__ void store_grad_row(Out* dst, const float (&acc)[DF][
 // ------------------------------------------------------------------------------------------------------
 // dK, dV over key tiles (accumulator rows are keys, columns queries).
 
-template <typename Kt>
+// kStaged: p.staged, band tiles read C2P / P2C from slabs staged in shared memory (StagedSlabs, as the forward's).
+template <typename Kt, bool kStaged>
 __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdParams p) {
   using T = typename Kt::T;
   using Gemm = WarpGemm<T, Kt::D>;
@@ -105,6 +106,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
   float* sDelta = sLse + 2 * BC;                             // [2][BC]
   float* sCol = sDelta + 2 * BC;                             // [2][BC]: c2p term of the tile's kind
   float* sPad = sCol + 2 * BC;                               // [2][BC]: 1 on padded queries
+  StagedSlabs<T, BC, BR, kThreads> slabs(sPad + 2 * BC);     // kStaged: tiles of BC queries and the BR keys
 
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
@@ -125,7 +127,8 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
   const int64_t pos_offset = (static_cast<int64_t>(h) * p.B + b) * N * p.two_s;  // C2P / P2C are [H, B, N, 2S]
   const T* c2p = p.c2p != nullptr ? static_cast<const T*>(p.c2p) + pos_offset : nullptr;
   const T* p2c = p.p2c != nullptr ? static_cast<const T*>(p.p2c) + pos_offset : nullptr;
-  const bool has_pos = c2p != nullptr || p2c != nullptr;
+  const bool has_c2p = c2p != nullptr, has_p2c = p2c != nullptr;
+  const bool has_pos = has_c2p || has_p2c;
   const bool has_mask = p.mask != nullptr;
   const bool has_dropout = p.philox != nullptr;
   const float fill = p.masked_zero ? -INFINITY : 0.f;
@@ -160,11 +163,22 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
     next.fetch(p, b, c2p, qi, it < n_tiles && threadIdx.x < BC, tile_mode(p, has_pos, it * BC, BC, j0, BR));
     next.fetch_rows(lse, delta, qi);
   };
+  // kStaged: band tile it's window fetched two tiles ahead, its slabs staged with its Q / dO (StagedSlabs).
+  auto is_band = [&](int it) { return it < n_tiles && tile_mode(p, has_pos, it * BC, BC, j0, BR) == kBand; };
+  auto fetch_window = [&](int it) {
+    if (is_band(it)) slabs.fetch(p, it * BC, j0);
+  };
+  auto store_window = [&](int it) {
+    if (is_band(it)) slabs.store(it);
+  };
   auto load_tile = [&](int it) {
     const int buf = it & 1;
     const int i0 = it * BC;
     load_tile_async<T, BC, D, kThreads>(sQ + buf * BC * D, q, p.q_stride_n, i0, N);
     load_tile_async<T, BC, D, kThreads>(sdO + buf * BC * D, dout, p.do_stride_n, i0, N);
+    if constexpr (kStaged) {
+      if (is_band(it)) slabs.stage(p, it, i0, j0, c2p, p2c);
+    }
     if (threadIdx.x < BC) {
       const int c = buf * BC + threadIdx.x;
       sLse[c] = next.in ? next.lse * kLog2e : INFINITY;
@@ -178,6 +192,14 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
   load_tile_async<T, BR, D, kThreads>(sK, k, p.k_stride_n, j0, N);
   load_tile_async<T, BR, D, kThreads>(sV, v, p.v_stride_n, j0, N);
   fetch_queries(0);
+  if constexpr (kStaged) {
+    fetch_window(0);
+    store_window(0);
+    fetch_window(1);
+    store_window(1);
+    __syncthreads();
+    fetch_window(2);
+  }
   load_tile(0);
   cp_async_commit();
 
@@ -205,7 +227,11 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
     float s[MF][NF][4];
     zero(s);
     Gemm::template nt<MF, NF>(s, sK, warp_row0, sQb, 0);
-    add_position_terms_any<true>(mode, s, p, c2p, p2c, j0 + warp_row0, i0, lane, sColb, p2c_hi, p2c_lo);
+    if (kStaged && mode == kBand) {
+      slabs.template add_terms<true>(s, p, it, i0, j0, warp_row0, lane, sColb, has_c2p, has_p2c);
+    } else {
+      add_position_terms_any<true, !kStaged>(mode, s, p, c2p, p2c, j0 + warp_row0, i0, lane, sColb, p2c_hi, p2c_lo);
+    }
 #pragma unroll
     for (int mf = 0; mf < MF; ++mf) {
 #pragma unroll
@@ -251,6 +277,10 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
     if (p2c != nullptr && mode != kPlain) {
       add_slot_sums_any<true>(mode, slots.hi, slots.lo, p, dp, j0 + warp_row0, i0, lane, band, p.band_w);
     }
+    if constexpr (kStaged) {
+      store_window(it + 2);  // the buffer of tile it - 1, computed before the previous barrier
+      fetch_window(it + 3);
+    }
     __syncthreads();
   }
 
@@ -286,7 +316,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
 // ------------------------------------------------------------------------------------------------------
 // dQ over query tiles (accumulator rows are queries, columns keys).
 
-template <typename Kt>
+template <typename Kt, bool kStaged>  // kStaged: as attention_dkdv_kernel's
 __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdParams p) {
   using T = typename Kt::T;
   using Gemm = WarpGemm<T, Kt::D>;
@@ -299,6 +329,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
   T* sK = sdO + BR * D;                    // [2][BC][D]
   T* sV = sK + 2 * BC * D;                 // [2][BC][D]
   float* sCol = reinterpret_cast<float*>(sV + 2 * BC * D);  // [2][BC]: p2c term of the tile's kind, -inf off keys
+  StagedSlabs<T, BR, BC, kThreads> slabs(sCol + 2 * BC);     // kStaged: tiles of the BR queries and BC keys
 
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
@@ -317,7 +348,8 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
   const int64_t pos_offset = (static_cast<int64_t>(h) * p.B + b) * N * p.two_s;  // C2P / P2C are [H, B, N, 2S]
   const T* c2p = p.c2p != nullptr ? static_cast<const T*>(p.c2p) + pos_offset : nullptr;
   const T* p2c = p.p2c != nullptr ? static_cast<const T*>(p.p2c) + pos_offset : nullptr;
-  const bool has_pos = c2p != nullptr || p2c != nullptr;
+  const bool has_c2p = c2p != nullptr, has_p2c = p2c != nullptr;
+  const bool has_pos = has_c2p || has_p2c;
   const bool has_mask = p.mask != nullptr;
   const bool has_dropout = p.philox != nullptr;
   const float fill = p.masked_zero ? -INFINITY : 0.f;
@@ -352,11 +384,22 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
     next.fetch(p, b, p2c, jt * BC + threadIdx.x, jt < n_tiles && threadIdx.x < BC,
                tile_mode(p, has_pos, i0, BR, jt * BC, BC));
   };
+  // kStaged: band tile jt's window fetched two tiles ahead, its slabs staged with its K / V (StagedSlabs).
+  auto is_band = [&](int jt) { return jt < n_tiles && tile_mode(p, has_pos, i0, BR, jt * BC, BC) == kBand; };
+  auto fetch_window = [&](int jt) {
+    if (is_band(jt)) slabs.fetch(p, i0, jt * BC);
+  };
+  auto store_window = [&](int jt) {
+    if (is_band(jt)) slabs.store(jt);
+  };
   auto load_tile = [&](int jt) {
     const int buf = jt & 1;
     const int j0 = jt * BC;
     load_tile_async<T, BC, D, kThreads>(sK + buf * BC * D, k, p.k_stride_n, j0, N);
     load_tile_async<T, BC, D, kThreads>(sV + buf * BC * D, v, p.v_stride_n, j0, N);
+    if constexpr (kStaged) {
+      if (is_band(jt)) slabs.stage(p, jt, i0, j0, c2p, p2c);
+    }
     if (threadIdx.x < BC) sCol[buf * BC + threadIdx.x] = next.key_term();
     fetch_keys(jt + 1);
   };
@@ -364,6 +407,14 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
   load_tile_async<T, BR, D, kThreads>(sQ, q, p.q_stride_n, i0, N);
   load_tile_async<T, BR, D, kThreads>(sdO, dout, p.do_stride_n, i0, N);
   fetch_keys(0);
+  if constexpr (kStaged) {
+    fetch_window(0);
+    store_window(0);
+    fetch_window(1);
+    store_window(1);
+    __syncthreads();
+    fetch_window(2);
+  }
   load_tile(0);
   cp_async_commit();
 
@@ -387,7 +438,11 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
     float s[MF][NF][4];
     zero(s);
     Gemm::template nt<MF, NF>(s, sQ, warp_row0, sKb, 0);
-    add_position_terms_any<false>(mode, s, p, c2p, p2c, i0 + warp_row0, j0, lane, sColb, c2p_hi, c2p_lo);
+    if (kStaged && mode == kBand) {
+      slabs.template add_terms<false>(s, p, jt, i0, j0, warp_row0, lane, sColb, has_c2p, has_p2c);
+    } else {
+      add_position_terms_any<false, !kStaged>(mode, s, p, c2p, p2c, i0 + warp_row0, j0, lane, sColb, c2p_hi, c2p_lo);
+    }
 #pragma unroll
     for (int mf = 0; mf < MF; ++mf) {
 #pragma unroll
@@ -430,6 +485,10 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
     if (c2p != nullptr && mode != kPlain) {
       add_slot_sums_any<false>(mode, slots.hi, slots.lo, p, dp, i0 + warp_row0, j0, lane, band, p.band_w);
     }
+    if constexpr (kStaged) {
+      store_window(jt + 2);  // the buffer of tile jt - 1, computed before the previous barrier
+      fetch_window(jt + 3);
+    }
     __syncthreads();
   }
 
@@ -468,16 +527,30 @@ void launch_bwd(Kernel kernel, int smem, dim3 grid, int threads, const BwdParams
   DF_CUDA_CHECK(cudaGetLastError());
 }
 
+// Both backward kernels stage band slabs of tiles of BR x BC pairs (StagedSlabs' bytes the same either way round).
+template <typename Kt>
+constexpr int bwd_staged_smem() {
+  return Kt::kSmemBytes + StagedSlabs<typename Kt::T, Kt::BR, Kt::BC, Kt::kThreads>::kBytes;
+}
+
 template <typename Kt>
 void launch_dkdv_kernel(const BwdParams& p, cudaStream_t stream) {
   const dim3 grid((p.N + Kt::BR - 1) / Kt::BR, p.H, p.B);
-  launch_bwd(attention_dkdv_kernel<Kt>, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
+  if (p.staged && bwd_staged_smem<Kt>() <= max_smem_optin()) {
+    launch_bwd(attention_dkdv_kernel<Kt, true>, bwd_staged_smem<Kt>(), grid, Kt::kThreads, p, stream);
+  } else {
+    launch_bwd(attention_dkdv_kernel<Kt, false>, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
+  }
 }
 
 template <typename Kt>
 void launch_dq_kernel(const BwdParams& p, cudaStream_t stream) {
   const dim3 grid((p.N + Kt::BR - 1) / Kt::BR, p.H, p.B);
-  launch_bwd(attention_dq_kernel<Kt>, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
+  if (p.staged && bwd_staged_smem<Kt>() <= max_smem_optin()) {
+    launch_bwd(attention_dq_kernel<Kt, true>, bwd_staged_smem<Kt>(), grid, Kt::kThreads, p, stream);
+  } else {
+    launch_bwd(attention_dq_kernel<Kt, false>, Kt::kSmemBytes, grid, Kt::kThreads, p, stream);
+  }
 }
 
 }  // namespace deberta_fast

@@ -71,6 +71,73 @@ struct ColumnFetch {
   __device__ __forceinline__ float key_term() const { return is_token() ? pos_value() : -INFINITY; }
 };
 
+// The current device's opt-in shared memory per block (read once per device).
+inline int max_smem_optin() {
+  static int cache[64] = {};  // 0: not read yet
+  int device = 0;
+  DF_CUDA_CHECK(cudaGetDevice(&device));
+  int local = 0;
+  int& bytes = device >= 0 && device < 64 ? cache[device] : local;
+  if (bytes == 0) DF_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return bytes;
+}
+
+// The staged band slabs of a CTA (DEBERTA_FAST_CUDA_BAND=staged; score_terms.h) whose tiles have kQ queries and kK
+// keys: windows [3][kQ + kK] (int32), C2P slabs [2][kQ][kK + kChunk], P2C slabs [2][kK][kQ + kChunk] in shared memory.
+// A band tile t's window is read from the table into a register (fetch) two tiles ahead, stored to shared memory
+// (store) by the end of the iteration before the one that stages its slabs (stage: cp.async, in the commit group of
+// the tile's other loads), read with the slabs while the tile is computed. Three window buffers: the tile being
+// computed, the one being staged, the one being stored; two slab buffers, as the K / V tiles.
+template <typename T, int kQ, int kK, int kThreads>
+struct StagedSlabs {
+  static constexpr int kChunk = 16 / sizeof(T), kWin = kQ + kK - 1;
+  static constexpr int kBytes = 3 * (kQ + kK) * 4 + 2 * (kQ * (kK + kChunk) + kK * (kQ + kChunk)) * sizeof(T);
+  static_assert(kWin <= kThreads, "one window slot per thread");
+  static_assert((kQ + kK) % 4 == 0, "the slabs start 16-byte aligned");
+
+  int* win;
+  T* c2p_slabs;
+  T* p2c_slabs;
+  int next = 0;  // this thread's window slot of the tile fetched last
+
+  __device__ explicit StagedSlabs(void* smem)
+      : win(static_cast<int*>(smem)),
+        c2p_slabs(reinterpret_cast<T*>(win + 3 * (kQ + kK))),
+        p2c_slabs(c2p_slabs + 2 * kQ * (kK + kChunk)) {}
+
+  __device__ __forceinline__ const int* window(int t) const { return win + (t % 3) * (kQ + kK); }
+  __device__ __forceinline__ const T* c2p_slab(int t) const { return c2p_slabs + (t & 1) * kQ * (kK + kChunk); }
+  __device__ __forceinline__ const T* p2c_slab(int t) const { return p2c_slabs + (t & 1) * kK * (kQ + kChunk); }
+
+  __device__ __forceinline__ void fetch(const AttnParams& p, int q0, int k0) {
+    if (threadIdx.x < kWin) next = staged_window_row(p, q0, k0, kK, threadIdx.x);
+  }
+  __device__ __forceinline__ void store(int t) {
+    if (threadIdx.x < kWin) win[(t % 3) * (kQ + kK) + threadIdx.x] = next;
+  }
+  // cp.async of tile t's slabs (its window stored and published by a barrier); c2p / p2c: this (batch, head)'s
+  // [N, 2S] rows or null.
+  __device__ __forceinline__ void stage(const AttnParams& p, int t, int q0, int k0, const T* c2p, const T* p2c) {
+    const int* w = window(t);
+    T* dst_c2p = c2p_slabs + (t & 1) * kQ * (kK + kChunk);
+    T* dst_p2c = p2c_slabs + (t & 1) * kK * (kQ + kChunk);
+    constexpr int kTotal = kQ * (kK / kChunk + 1) + kK * (kQ / kChunk + 1);  // staged_c2p_chunks + staged_p2c_chunks
+    for (int idx = threadIdx.x; idx < kTotal; idx += kThreads) {
+      StagedChunk chunk;
+      if (!staged_chunk(p, w, q0, k0, kQ, kK, kChunk, c2p != nullptr, p2c != nullptr, idx, chunk)) continue;
+      cp_async_16((chunk.p2c ? dst_p2c : dst_c2p) + chunk.dst, (chunk.p2c ? p2c : c2p) + chunk.src, chunk.valid);
+    }
+  }
+  // add_staged_band_terms of tile t for a warp whose rows start at row wr0 of the CTA tile (q0, k0).
+  template <bool kTrans, int MF, int NF>
+  __device__ __forceinline__ void add_terms(float (&s)[MF][NF][4], const AttnParams& p, int t, int q0, int k0,
+                                            int wr0, int lane, const float* col_term, bool has_c2p,
+                                            bool has_p2c) const {
+    add_staged_band_terms<kTrans, MF, NF>(s, p, q0, k0, kQ, kK, kChunk, wr0, lane, col_term, window(t), c2p_slab(t),
+                                          p2c_slab(t), has_c2p, has_p2c);
+  }
+};
+
 // Calls f(mf, nf, e, keep) for every element of an accumulator tile [16 MF x 8 NF] whose row 0 is the
 // absolute index row0 and column 0 col0 (both multiples of 16). kTrans: rows are keys, columns queries.
 template <bool kTrans, int MF, int NF, typename F>

@@ -31,12 +31,8 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
   T* sK = sQ + BM * D;                     // [2][BN][D]
   T* sV = sK + 2 * BN * D;                 // [2][BN][D]
   float* sCol = reinterpret_cast<float*>(sV + 2 * BN * D);  // [2][BN]: p2c term of the tile's kind, -inf off keys
-  // kStaged: band tiles' windows [3][BM + BN] (int32), C2P slabs [2][BM][BN + kChunk], P2C slabs [2][BN][BM + kChunk]
-  constexpr int kChunk = Kt::kChunk, kWin = BM + BN - 1;
-  static_assert(!kStaged || kWin <= kThreads, "one window slot per thread");
-  int* sWin = reinterpret_cast<int*>(sCol + 2 * BN);
-  T* sSlabC = reinterpret_cast<T*>(sWin + 3 * (BM + BN));
-  T* sSlabP = sSlabC + 2 * BM * (BN + kChunk);
+  using Slabs = StagedSlabs<T, BM, BN, kThreads>;
+  Slabs slabs(sCol + 2 * BN);  // kStaged: the band tiles' staged C2P / P2C
 
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
@@ -85,29 +81,13 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
     next.fetch(p, b, p2c, jt * BN + threadIdx.x, jt < n_tiles && threadIdx.x < BN,
                tile_mode(p, has_pos, i0, BM, jt * BN, BN));
   };
-  // kStaged: a band tile's window (its pairs' position rows) is read from the table into registers two tiles
-  // ahead, stored to shared memory at the end of the iteration before the one that stages the tile's slabs (three
-  // window buffers: the tile being computed, the tile being staged, the tile being stored).
+  // kStaged: band tile jt's window fetched two tiles ahead, its slabs staged with its K / V (StagedSlabs).
   auto is_band = [&](int jt) { return jt < n_tiles && tile_mode(p, has_pos, i0, BM, jt * BN, BN) == kBand; };
-  auto window = [&](int jt) { return sWin + (jt % 3) * (BM + BN); };
-  int win_next = 0;
   auto fetch_window = [&](int jt) {
-    if (is_band(jt) && threadIdx.x < kWin) win_next = staged_window_row(p, i0, jt * BN, BN, threadIdx.x);
+    if (is_band(jt)) slabs.fetch(p, i0, jt * BN);
   };
   auto store_window = [&](int jt) {
-    if (is_band(jt) && threadIdx.x < kWin) window(jt)[threadIdx.x] = win_next;
-  };
-  auto stage_slabs = [&](int jt) {  // cp.async of a band tile's C2P / P2C slabs (score_terms.h: staged_chunk)
-    const int buf = jt & 1;
-    const int* win = window(jt);
-    T* dst_c2p = sSlabC + buf * BM * (BN + kChunk);
-    T* dst_p2c = sSlabP + buf * BN * (BM + kChunk);
-    const int total = staged_c2p_chunks(BM, BN, kChunk) + staged_p2c_chunks(BM, BN, kChunk);
-    for (int idx = threadIdx.x; idx < total; idx += kThreads) {
-      StagedChunk chunk;
-      if (!staged_chunk(p, win, i0, jt * BN, BM, BN, kChunk, has_c2p, has_p2c, idx, chunk)) continue;
-      cp_async_16((chunk.p2c ? dst_p2c : dst_c2p) + chunk.dst, (chunk.p2c ? p2c : c2p) + chunk.src, chunk.valid);
-    }
+    if (is_band(jt)) slabs.store(jt);
   };
   auto load_tile = [&](int jt) {
     const int buf = jt & 1;
@@ -115,7 +95,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
     load_tile_async<T, BN, D, kThreads>(sK + buf * BN * D, k, p.k_stride_n, j0, N);
     load_tile_async<T, BN, D, kThreads>(sV + buf * BN * D, v, p.v_stride_n, j0, N);
     if constexpr (kStaged) {
-      if (is_band(jt)) stage_slabs(jt);
+      if (is_band(jt)) slabs.stage(p, jt, i0, j0, c2p, p2c);
     }
     if (threadIdx.x < BN) sCol[buf * BN + threadIdx.x] = next.key_term();
     fetch_keys(jt + 1);
@@ -163,9 +143,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
     // Scores in base 2 with position terms and masks.
     const int mode = tile_mode(p, has_pos, i0, BM, j0, BN);
     if (kStaged && mode == kBand) {
-      add_staged_band_terms<MF, NF>(s, p, i0, j0, BM, BN, kChunk, warp_row0, lane, sColb, window(jt),
-                                    sSlabC + buf * BM * (BN + kChunk), sSlabP + buf * BN * (BM + kChunk), has_c2p,
-                                    has_p2c);
+      slabs.template add_terms<false>(s, p, jt, i0, j0, warp_row0, lane, sColb, has_c2p, has_p2c);
     } else {
       add_position_terms_any<false, !kStaged>(mode, s, p, c2p, p2c, i0 + warp_row0, j0, lane, sColb, c2p_hi, c2p_lo);
     }
@@ -252,25 +230,15 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
   }
 }
 
-// The current device's opt-in shared memory per block (read once per device).
-inline int max_smem_optin() {
-  static int cache[64] = {};  // 0: not read yet
-  int device = 0;
-  DF_CUDA_CHECK(cudaGetDevice(&device));
-  int local = 0;
-  int& bytes = device >= 0 && device < 64 ? cache[device] : local;
-  if (bytes == 0) DF_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return bytes;
-}
-
 template <typename Kt>
 void launch_fwd_kernel(const FwdParams& p, cudaStream_t stream) {
   // Staged slabs where the device's shared memory holds them (bf16 / fp16 at D 128 need 168 KB: sm_90, not sm_80)
-  const bool staged = p.staged && Kt::kStagedSmemBytes <= max_smem_optin();
+  const bool staged =
+      p.staged && Kt::kSmemBytes + StagedSlabs<typename Kt::T, Kt::BM, Kt::BN, Kt::kThreads>::kBytes <= max_smem_optin();
   auto kernel = p.philox != nullptr
                     ? (staged ? attention_fwd_kernel<Kt, true, true> : attention_fwd_kernel<Kt, true, false>)
                     : (staged ? attention_fwd_kernel<Kt, false, true> : attention_fwd_kernel<Kt, false, false>);
-  const int smem = staged ? Kt::kStagedSmemBytes : Kt::kSmemBytes;
+  const int smem = Kt::kSmemBytes + (staged ? StagedSlabs<typename Kt::T, Kt::BM, Kt::BN, Kt::kThreads>::kBytes : 0);
   if (smem > 48 * 1024) {
     DF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }

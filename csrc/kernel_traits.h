@@ -23,11 +23,7 @@ struct FwdTraits {
   static_assert(BN % 16 == 0 && D % 16 == 0, "tiles are built from 16 x 16 blocks");
   // sQ [BM][D], sK / sV [2][BN][D] (double-buffered), key column terms [2][BN] (float).
   static constexpr int kSmemBytes = (BM * D + 4 * BN * D) * sizeof(T) + 2 * BN * sizeof(float);
-  // With staged band slabs (attention_fwd.cuh, kStaged): windows [3][BM + BN] int32, C2P slabs [2][BM][BN + chunk],
-  // P2C slabs [2][BN][BM + chunk] (chunk: 16 bytes of T).
-  static constexpr int kChunk = 16 / sizeof(T);
-  static constexpr int kStagedSmemBytes =
-      kSmemBytes + 3 * (BM + BN) * 4 + 2 * (BM * (BN + kChunk) + BN * (BM + kChunk)) * sizeof(T);
+  // With staged band slabs, StagedSlabs<T, BM, BN>::kBytes more (attention_common.cuh).
 };
 
 template <typename T_, int D_, int BR_, int BC_, int kWarps_>

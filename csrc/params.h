@@ -40,15 +40,15 @@ struct AttnParams {
   int bh0 = 0;  // batch * H + head of this slice's first sequence (dropout counts over the whole batch)
   float scale = 1.f;       // score scale
   float scale_log2 = 1.f;  // scale * log2(e): the kernels work in base 2
+  // Band tiles read C2P / P2C from slabs staged in shared memory (score_terms.h, DEBERTA_FAST_CUDA_BAND=staged)
+  // instead of gathering them from global memory; set only where the slabs apply (attention.cpp).
+  bool staged = false;
 };
 
 struct FwdParams : AttnParams {
   void* out = nullptr;  // [B, H, N, D] in the input dtype
   int64_t o_stride_b = 0, o_stride_h = 0, o_stride_n = 0;
   float* lse = nullptr;  // [B, H, N] contiguous, natural log; +inf on fully padded rows under masked_zero
-  // Band tiles read C2P / P2C from slabs staged in shared memory (score_terms.h, DEBERTA_FAST_CUDA_BAND=staged)
-  // instead of gathering them from global memory; set only where the slabs apply (attention.cpp).
-  bool staged = false;
 };
 
 struct BwdParams : AttnParams {

@@ -149,7 +149,7 @@ DF_TERMS_FN void add_position_terms_any(int mode, float (&s)[MF][NF][4], const A
 }
 
 // ------------------------------------------------------------------------------------------------------
-// Staged band terms (the forward's band tiles under DEBERTA_FAST_CUDA_BAND=staged): instead of gathering
+// Staged band terms (the band tiles of the three kernels under DEBERTA_FAST_CUDA_BAND=staged): instead of gathering
 // C2P[i, d] and P2C[j, d] from global memory pair by pair, a band tile's slabs of both are copied into shared
 // memory a tile ahead (16-byte cp.async chunks, coalesced, their latency behind the previous tile's compute) and
 // the pairs read them there.
@@ -206,16 +206,18 @@ DF_TERMS_FN bool staged_chunk(const AttnParams& p, const int* win, int q0, int k
   return true;
 }
 
-// add_position_terms<kBand, false> from the staged slabs: s[mf][nf][e] = (s + col_term[c]) + (C2P[i, d] + P2C[j, d])
-// with the same additions in the same order (0 for pairs beyond N). The warp's rows start at query q0 + wr0 of the
-// CTA tile (q0, k0, qc, kc); win, sc2p, sp2c: the tile's window and slabs (an absent term's slab is not read).
-template <int MF, int NF, typename T>
+// add_position_terms<kBand, kTrans> from the staged slabs: s[mf][nf][e] = (s + col_term[col]) + (C2P[i, d] +
+// P2C[j, d]) with the same additions in the same order (0 for pairs beyond N). The warp's rows start at row wr0 of the
+// CTA tile (q0, k0, qc, kc): at query q0 + wr0, or with kTrans (rows are keys) at key k0 + wr0; win, sc2p, sp2c: the
+// tile's window and slabs (an absent term's slab is not read).
+template <bool kTrans, int MF, int NF, typename T>
 DF_TERMS_FN void add_staged_band_terms(float (&s)[MF][NF][4], const AttnParams& p, int q0, int k0, int qc, int kc,
                                        int chunk, int wr0, int lane, const float* col_term, const int* win,
                                        const T* sc2p, const T* sp2c, bool has_c2p, bool has_p2c) {
   for_each_element<MF, NF>([&](int mf, int nf, int e) {
     const TilePlace at = tile_place(lane, mf, nf, e);
-    const int r = wr0 + at.row, c = at.col;
+    const int r = kTrans ? at.col : wr0 + at.row;  // the pair's query and key, relative to the CTA tile
+    const int c = kTrans ? wr0 + at.row : at.col;
     const bool in = q0 + r < p.N && k0 + c < p.N;
     const int d = win[r - c + kc - 1];
     float b = 0.f;
@@ -228,7 +230,7 @@ DF_TERMS_FN void add_staged_band_terms(float (&s)[MF][NF][4], const AttnParams& 
       b += term_to_float(sp2c[c * (qc + chunk) + off]);
     }
     if (!in) b = 0.f;
-    s[mf][nf][e] = (s[mf][nf][e] + col_term[c]) + b;
+    s[mf][nf][e] = (s[mf][nf][e] + col_term[at.col]) + b;
   });
 }
 

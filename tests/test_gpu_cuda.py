@@ -236,16 +236,24 @@ STAGED = TILE_KINDS + [  # position rows that step by 2 (buckets 256, max 257): 
 ]
 
 
+def _output_and_grads(case, tensors, mask, dropout_p=0.0):
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in tensors]
+    torch.manual_seed(5)
+    out = disentangled_attention(*leaves, mask, dropout_p=dropout_p, backend="cuda", **call_kwargs(case))
+    out.backward(torch.ones_like(out))
+    return [out.detach()] + [t.grad for t in leaves if t is not None]
+
+
 @pytest.mark.parametrize("case,dtype", STAGED, ids=str)
 def test_staged_band(case, dtype, monkeypatch):
-    """DEBERTA_FAST_CUDA_BAND=staged (the forward's band tiles read C2P / P2C from slabs in shared memory): within
-    the rule, and its forward bit for bit the gathering forward's (the same additions in the same order)."""
+    """DEBERTA_FAST_CUDA_BAND=staged (the band tiles of the three kernels read C2P / P2C from slabs in shared
+    memory): within the rule, and its output and gradients bit for bit the gathering kernels' (the same additions
+    in the same order; the backward has no atomics)."""
     tensors, mask = make_inputs(case, device=DEVICE, dtype=dtype, strided=True)
-    kwargs = call_kwargs(case)
-    gathered = disentangled_attention(*tensors, mask, backend="cuda", **kwargs)
+    gathered = _output_and_grads(case, tensors, mask)
     monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", "staged")
-    staged = disentangled_attention(*tensors, mask, backend="cuda", **kwargs)
-    assert torch.equal(staged, gathered)
+    staged = _output_and_grads(case, tensors, mask)
+    assert all(torch.equal(a, b) for a, b in zip(staged, gathered))
     check(case, dtype)
 
 
@@ -253,12 +261,11 @@ def test_staged_band(case, dtype, monkeypatch):
 def test_staged_band_with_dropout(dtype, monkeypatch):
     case = Case(B=2, H=2, N=700, D=64, mask="mixed", **V3)
     tensors, mask = make_inputs(case, device=DEVICE, dtype=dtype, strided=True)
-    outs = []
+    runs = []
     for band in ("gather", "staged"):
         monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", band)
-        torch.manual_seed(5)
-        outs.append(disentangled_attention(*tensors, mask, dropout_p=0.2, backend="cuda", **call_kwargs(case)))
-    assert torch.equal(outs[0], outs[1])
+        runs.append(_output_and_grads(case, tensors, mask, dropout_p=0.2))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
 def test_staged_band_switch_rejects_unknown_values(monkeypatch):

@@ -167,7 +167,7 @@ SCHEMAS = {
     ),
     "cuda_staged_terms": (
         "deberta_fast::cuda_staged_terms(Tensor scores, Tensor? c2p, Tensor? p2c, Tensor table, Tensor col_term, "
-        "int q0, int k0, int warp_row0, int chunk) -> Tensor"
+        "int q0, int k0, int warp_row0, int chunk, bool trans) -> Tensor"
     ),
 }
 
@@ -439,24 +439,27 @@ def test_per_tile_band_terms_match_their_definition(n, row0, col0, terms, trans)
     assert bool(valid.any()) and torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("trans", [False, True], ids=["rows_are_queries", "rows_are_keys"])
 @pytest.mark.parametrize("chunk", [4, 8])
 @pytest.mark.parametrize("terms", ["both", "c2p", "p2c"])
 @pytest.mark.parametrize("warp_row0", [0, TILE_ROWS])
 @pytest.mark.parametrize("n,q0,k0", [(200, 40, 30), (70, 0, 20), (17, 0, 0), (200, 128, 0), (200, 0, 100),
                                      (200, 64, 64), (130, 100, 90)])
-def test_staged_band_terms_match_their_definition(n, q0, k0, warp_row0, terms, chunk):
-    """The forward's staged band tiles (DEBERTA_FAST_CUDA_BAND=staged): a CTA tile's window and C2P / P2C slabs
-    staged chunk by chunk as the kernel stages them (slab slots no chunk fills are NaN here), then one warp's terms
+def test_staged_band_terms_match_their_definition(n, q0, k0, warp_row0, terms, chunk, trans):
+    """The kernels' staged band tiles (DEBERTA_FAST_CUDA_BAND=staged): a CTA tile's window and C2P / P2C slabs
+    staged chunk by chunk as the kernels stage them (slab slots no chunk fills are NaN here), then one warp's terms
     read from the slabs: (score + column term) + c2p[i, d] + p2c[j, d] with d from the bucket formula, 0 beyond N;
     bit for bit. Tiles inside the band, across it, across N on both axes, shorter than the tile and saturated;
-    both warps of the CTA tile; chunks of 16 bytes of float32 (4) and of half precision (8)."""
+    both warps of the CTA tile; rows of queries (forward, dQ) and of keys (dK/dV); chunks of 16 bytes of float32 (4)
+    and of half precision (8)."""
     _extension_or_skip()
     table, _, _ = cuda_backend.position_geometry(torch.empty(0), n, BUCKETS, MAX_REL)
     c2p, p2c, scores, col_term, _, _ = _score_inputs(n, seed=q0 * 1000 + k0 + n + warp_row0)
     c2p = c2p if terms in ("both", "c2p") else None
     p2c = p2c if terms in ("both", "p2c") else None
-    out = torch.ops.deberta_fast.cuda_staged_terms(scores, c2p, p2c, table, col_term, q0, k0, warp_row0, chunk)
-    qi, kj = _pairs(q0 + warp_row0, k0, False)
+    out = torch.ops.deberta_fast.cuda_staged_terms(scores, c2p, p2c, table, col_term, q0, k0, warp_row0, chunk,
+                                                   trans)
+    qi, kj = _pairs(k0 + warp_row0, q0, True) if trans else _pairs(q0 + warp_row0, k0, False)
     valid = (qi < n) & (kj < n)
     qs, ks = qi.clamp(max=n - 1), kj.clamp(max=n - 1)
     d = _bucket(qi, kj)
@@ -475,11 +478,11 @@ def test_staged_hook_rejects_bad_arguments():
     c2p, _, scores, col_term, _, _ = _score_inputs(40, seed=1)
     hook = torch.ops.deberta_fast.cuda_staged_terms
     with pytest.raises(RuntimeError, match="chunk must be 4 or 8"):
-        hook(scores, c2p, None, table, col_term, 0, 0, 0, 3)
+        hook(scores, c2p, None, table, col_term, 0, 0, 0, 3, False)
     with pytest.raises(RuntimeError, match="c2p or p2c is needed"):
-        hook(scores, None, None, table, col_term, 0, 0, 0, 4)
+        hook(scores, None, None, table, col_term, 0, 0, 0, 4, False)
     with pytest.raises(RuntimeError, match="warp_row0 must be 0 or"):
-        hook(scores, c2p, None, table, col_term, 0, 0, 5, 4)
+        hook(scores, c2p, None, table, col_term, 0, 0, 5, 4, True)
 
 
 @pytest.mark.parametrize("trans", [False, True], ids=["rows_are_queries", "rows_are_keys"])
