@@ -49,7 +49,7 @@ int64_t chunk_bytes() {
   return int64_t(1) << 30;
 }
 
-// DEBERTA_FAST_CUDA_BAND=staged: the forward's band tiles read C2P / P2C from slabs staged in shared memory a tile
+// DEBERTA_FAST_CUDA_BAND=staged: the kernels' band tiles read C2P / P2C from slabs staged in shared memory a tile
 // ahead (score_terms.h); unset or "gather": each pair gathers them from global memory. Read per call, as the Triton
 // backend's switches.
 bool staged_band() {
@@ -636,6 +636,10 @@ Tensor staged_terms_cpu(const Tensor& scores, const std::optional<Tensor>& c2p, 
   TORCH_CHECK((chunk == 4 || chunk == 8) && two_s % chunk == 0,
               "cuda_staged_terms: chunk must be 4 or 8 and divide 2S");
   TORCH_CHECK(warp_row0 == 0 || warp_row0 == kHookRows, "cuda_staged_terms: warp_row0 must be 0 or ", kHookRows);
+  const Tensor steps = n > 1 ? table.slice(0, 1) - table.slice(0, 0, -1) : at::zeros({1}, table.options());
+  TORCH_CHECK(table.min().item<int>() >= 0 && table.max().item<int>() < two_s && steps.min().item<int>() >= 0 &&
+                  steps.max().item<int>() <= 1,
+              "cuda_staged_terms: the table's rows must lie in [0, 2S) and step by 0 or 1 (what the slabs rely on)");
   TORCH_CHECK(q0 >= 0 && k0 >= 0 && q0 < (1 << 30) && k0 < (1 << 30), "cuda_staged_terms: q0 and k0 must be >= 0");
   AttnParams p;
   p.N = static_cast<int>(n);

@@ -126,7 +126,7 @@ DF_TERMS_FN void add_position_terms(float (&s)[MF][NF][4], const AttnParams& p, 
 }
 
 // add_position_terms for the tile kind ``mode`` known at run time: one switch per tile. kBandCase false: a caller
-// that handles band tiles itself (the forward's staged slabs) never passes kBand, and the gathers are not compiled.
+// that handles band tiles itself (the staged slabs) never passes kBand, and the gathers are not compiled.
 template <bool kTrans, bool kBandCase = true, int MF, int NF, typename T>
 DF_TERMS_FN void add_position_terms_any(int mode, float (&s)[MF][NF][4], const AttnParams& p, const T* c2p,
                                         const T* p2c, int row0, int col0, int lane, const float* col_term,

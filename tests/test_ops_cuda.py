@@ -483,6 +483,11 @@ def test_staged_hook_rejects_bad_arguments():
         hook(scores, None, None, table, col_term, 0, 0, 0, 4, False)
     with pytest.raises(RuntimeError, match="warp_row0 must be 0 or"):
         hook(scores, c2p, None, table, col_term, 0, 0, 5, 4, True)
+    jumpy = table.clone()
+    jumpy[40:] = (jumpy[40:] + 1).clamp(max=2 * BUCKETS - 1)  # a step of 2 (when jumpy[39] < jumpy[40] already)
+    assert int((jumpy[1:] - jumpy[:-1]).max()) == 2
+    with pytest.raises(RuntimeError, match="step by 0 or 1"):
+        hook(scores, c2p, None, jumpy, col_term, 0, 0, 0, 4, False)
 
 
 @pytest.mark.parametrize("trans", [False, True], ids=["rows_are_queries", "rows_are_keys"])
