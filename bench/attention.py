@@ -14,7 +14,9 @@ bench/report.py):
   fused), ``df-triton-oriented`` (oriented, split) and ``df-triton-oriented-fused`` (oriented, fused);
   bench/make_selection.py makes the backend's per-shape choice (with the switches unset) of them.
   ``df-cuda-staged``: the cuda backend with DEBERTA_FAST_CUDA_BAND=staged (the band tiles of its three kernels read
-  C2P / P2C from slabs staged in shared memory; not part of ``auto``'s choice).
+  C2P / P2C from slabs staged in shared memory); ``df-cuda-staged-128x32`` / ``df-cuda-staged-64x64`` with the
+  forward's opt-in tiles too (DEBERTA_FAST_CUDA_FWD_TILES), ``df-cuda-64x64`` those tiles gathering (none of these is
+  part of ``auto``'s choice; bench/common.py CUDA_VARIANTS).
   ``df-triton-plain`` / ``df-cuda-plain`` (and ``df-torch-plain``): the fused kernel on the floor's own problem,
   no position terms and no mask, compared with the torch backend's plain attention: how far the kernels' base
   loop is from SDPA flash, apart from the position terms.

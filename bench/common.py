@@ -92,6 +92,10 @@ TRITON_VARIANTS = {
 # The cuda backend's opt-in variants: provider -> the environment it is measured under (not part of `auto`'s choice).
 CUDA_VARIANTS = {
     "df-cuda-staged": {"DEBERTA_FAST_CUDA_BAND": "staged"},  # the band tiles' C2P / P2C staged in shared memory
+    # ... and the fp16 / bf16 forward's opt-in tiles (csrc/kernel_traits.h)
+    "df-cuda-staged-128x32": {"DEBERTA_FAST_CUDA_BAND": "staged", "DEBERTA_FAST_CUDA_FWD_TILES": "128x32"},
+    "df-cuda-staged-64x64": {"DEBERTA_FAST_CUDA_BAND": "staged", "DEBERTA_FAST_CUDA_FWD_TILES": "64x64"},
+    "df-cuda-64x64": {"DEBERTA_FAST_CUDA_FWD_TILES": "64x64"},
 }
 
 

@@ -108,7 +108,8 @@ run_ncu() {  # Nsight Compute on the Triton kernels (N 512: every tile a band ti
   return 0
 }
 
-run_ncu_cuda() {  # the same for the cuda kernels at N 2048 (as in the sixth run, bench/results/h100_2026-11-23/)
+run_ncu_cuda() {  # the same for the cuda kernels at N 2048 (as in the sixth run, bench/results/h100_2026-11-23/);
+  # DEBERTA_FAST_CUDA_BAND / DEBERTA_FAST_CUDA_FWD_TILES in the environment select the kernels profiled
   local kernel
   for kernel in attention_fwd_kernel attention_dkdv_kernel attention_dq_kernel; do
     logged "$out/ncu_$kernel.log" 90 30 ncu --kernel-name "regex:$kernel" --launch-skip 2 --launch-count 1 \
@@ -118,23 +119,19 @@ run_ncu_cuda() {  # the same for the cuda kernels at N 2048 (as in the sixth run
 }
 
 run_cuda_staged() {  # the cuda backend with its band tiles' C2P / P2C gathered (default) and staged in shared
-  # memory (DEBERTA_FAST_CUDA_BAND=staged, df-cuda-staged; csrc/README.md), against Triton and the floor, D 64 and
-  # 128; then ncu on the staged kernels at N 2048. Not part of `auto`'s choice.
-  bench "$out/cuda_staged.log" 200 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
-    --seqlens 512,1024,2048,4096,8192 --modes fwd,fwd_bwd --rep 20 \
-    --op-providers df-cuda,df-cuda-staged,df-triton,sdpa-floor --out "$out/attention_cuda_bfloat16_staged.json"
+  # memory (DEBERTA_FAST_CUDA_BAND=staged, df-cuda-staged; csrc/README.md), and the forward's opt-in tiles
+  # (DEBERTA_FAST_CUDA_FWD_TILES; the -128x32 / -64x64 providers), against Triton and the floor, D 64 and 128. Not
+  # part of `auto`'s choice. (ncu of the staged kernels: DEBERTA_FAST_CUDA_BAND=staged bash bench/gpu_suite.sh ncu-cuda)
+  local providers=df-cuda,df-cuda-staged,df-cuda-staged-128x32,df-cuda-staged-64x64,df-cuda-64x64,df-triton,sdpa-floor
+  bench "$out/cuda_staged.log" 240 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
+    --seqlens 512,1024,2048,4096,8192 --modes fwd,fwd_bwd --rep 20 --op-providers "$providers" \
+    --out "$out/attention_cuda_bfloat16_staged.json"
   local rc=$?
   bench "$out/cuda_staged_d128.log" 120 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
     --head-dim 128 --seqlens 512,2048,8192 --modes fwd --rep 20 \
-    --op-providers df-cuda,df-cuda-staged,df-triton,sdpa-floor --out "$out/attention_cuda_bfloat16_d128_staged.json"
-  rc=$(( rc || $? ))
-  local kernel
-  for kernel in attention_fwd_kernel attention_dkdv_kernel attention_dq_kernel; do
-    logged "$out/ncu_staged_$kernel.log" 90 30 env DEBERTA_FAST_CUDA_BAND=staged ncu --kernel-name "regex:$kernel" \
-      --launch-skip 2 --launch-count 1 --set full $PY bench/profile_attention.py --backend cuda --seqlens 2048 \
-      --no-profiler
-  done
-  return $rc
+    --op-providers df-cuda,df-cuda-staged,df-cuda-staged-64x64,df-triton,sdpa-floor \
+    --out "$out/attention_cuda_bfloat16_d128_staged.json"
+  return $(( rc || $? ))
 }
 
 run_tune() {  # $1: head dim, $2: band mode. Every Triton block config timed, one kernel at a time

@@ -60,6 +60,18 @@ bool staged_band() {
   return true;
 }
 
+// DEBERTA_FAST_CUDA_FWD_TILES: the float16 / bfloat16 forward's tiles, "128x64" (unset: FwdConfig, 8 warps),
+// "128x32" or "64x64" (4 warps; kernel_traits.h). Read per call; float32 keeps its own.
+enum class FwdTiles { k128x64, k128x32, k64x64 };
+FwdTiles fwd_tiles() {
+  const char* env = std::getenv("DEBERTA_FAST_CUDA_FWD_TILES");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "128x64") == 0) return FwdTiles::k128x64;
+  if (std::strcmp(env, "128x32") == 0) return FwdTiles::k128x32;
+  TORCH_CHECK(std::strcmp(env, "64x64") == 0,
+              "DEBERTA_FAST_CUDA_FWD_TILES must be '128x64', '128x32' or '64x64', got '", env, "'");
+  return FwdTiles::k64x64;
+}
+
 ElemType elem_type(const Tensor& t) {
   switch (t.scalar_type()) {
     case at::kHalf:
@@ -333,6 +345,7 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key,
   if (in.has_c2p || in.has_p2c) geo = seq_geometry(in.N, position_buckets, max_relative_positions, query.device());
 
   const bool staged = staged_slabs(geo, in);
+  const FwdTiles tiles = fwd_tiles();
   const int64_t per_sequence = (in.has_c2p + in.has_p2c) * in.H * in.N * in.two_s * query.element_size();
   const int64_t step = slice_step(in.B, per_sequence);
   for (int64_t b0 = 0; b0 < in.B; b0 += step) {
@@ -346,7 +359,13 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key,
     p.o_stride_b = out.stride(0), p.o_stride_h = out.stride(1), p.o_stride_n = out.stride(2);
     p.lse = lse.data_ptr<float>() + b0 * in.H * in.N;
     DF_ELEM_SWITCH(in.elem, ELEM, [&] {
-      DF_HEADDIM_SWITCH(in.D, HEAD_DIM, [&] { run_fwd<ELEM, HEAD_DIM>(p, stream); });
+      DF_HEADDIM_SWITCH(in.D, HEAD_DIM, [&] {
+        if constexpr (ELEM != ElemType::kFloat32) {
+          if (tiles == FwdTiles::k128x32) return run_fwd_128x32<ELEM, HEAD_DIM>(p, stream);
+          if (tiles == FwdTiles::k64x64) return run_fwd_64x64<ELEM, HEAD_DIM>(p, stream);
+        }
+        run_fwd<ELEM, HEAD_DIM>(p, stream);
+      });
     });
   }
   return {out, lse};

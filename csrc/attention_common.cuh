@@ -92,13 +92,13 @@ template <typename T, int kQ, int kK, int kThreads>
 struct StagedSlabs {
   static constexpr int kChunk = 16 / sizeof(T), kWin = kQ + kK - 1;
   static constexpr int kBytes = 3 * (kQ + kK) * 4 + 2 * (kQ * (kK + kChunk) + kK * (kQ + kChunk)) * sizeof(T);
-  static_assert(kWin <= kThreads, "one window slot per thread");
+  static constexpr int kSlots = (kWin + kThreads - 1) / kThreads;
   static_assert((kQ + kK) % 4 == 0, "the slabs start 16-byte aligned");
 
   int* win;
   T* c2p_slabs;
   T* p2c_slabs;
-  int next = 0;  // this thread's window slot of the tile fetched last
+  int next[kSlots] = {};  // this thread's window slots (w = threadIdx.x + i * kThreads) of the tile fetched last
 
   __device__ explicit StagedSlabs(void* smem)
       : win(static_cast<int*>(smem)),
@@ -110,10 +110,18 @@ struct StagedSlabs {
   __device__ __forceinline__ const T* p2c_slab(int t) const { return p2c_slabs + (t & 1) * kK * (kQ + kChunk); }
 
   __device__ __forceinline__ void fetch(const AttnParams& p, int q0, int k0) {
-    if (threadIdx.x < kWin) next = staged_window_row(p, q0, k0, kK, threadIdx.x);
+#pragma unroll
+    for (int i = 0; i < kSlots; ++i) {
+      const int w = threadIdx.x + i * kThreads;
+      if (w < kWin) next[i] = staged_window_row(p, q0, k0, kK, w);
+    }
   }
   __device__ __forceinline__ void store(int t) {
-    if (threadIdx.x < kWin) win[(t % 3) * (kQ + kK) + threadIdx.x] = next;
+#pragma unroll
+    for (int i = 0; i < kSlots; ++i) {
+      const int w = threadIdx.x + i * kThreads;
+      if (w < kWin) win[(t % 3) * (kQ + kK) + w] = next[i];
+    }
   }
   // cp.async of tile t's slabs (its window stored and published by a barrier); c2p / p2c: this (batch, head)'s
   // [N, 2S] rows or null.

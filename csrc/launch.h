@@ -31,6 +31,10 @@ constexpr int kHeadDims[] = {32, 64, 128};
 template <ElemType E, int D>
 void run_fwd(const FwdParams& params, cudaStream_t stream);
 template <ElemType E, int D>
+void run_fwd_128x32(const FwdParams& params, cudaStream_t stream);  // opt-in tiles, float16 / bfloat16 only
+template <ElemType E, int D>
+void run_fwd_64x64(const FwdParams& params, cudaStream_t stream);  // opt-in tiles, float16 / bfloat16 only
+template <ElemType E, int D>
 void run_dkdv(const BwdParams& params, cudaStream_t stream);
 template <ElemType E, int D>
 void run_dq(const BwdParams& params, cudaStream_t stream);

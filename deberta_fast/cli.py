@@ -63,8 +63,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         else:
             line = "not built"
         band = os.environ.get("DEBERTA_FAST_CUDA_BAND") or "gather"
-        print(f"cuda extension {line}; just-in-time build {status['jit']}; forward band tiles {band} "
-              "(DEBERTA_FAST_CUDA_BAND: gather or staged)")
+        tiles = os.environ.get("DEBERTA_FAST_CUDA_FWD_TILES") or "128x64"
+        print(f"cuda extension {line}; just-in-time build {status['jit']}; band tiles {band} "
+              f"(DEBERTA_FAST_CUDA_BAND: gather or staged); fp16 / bf16 forward tiles {tiles} "
+              "(DEBERTA_FAST_CUDA_FWD_TILES: 128x64, 128x32 or 64x64)")
     print(f"triton configs {_triton_settings()}")
     return 0
 

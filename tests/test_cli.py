@@ -15,13 +15,15 @@ def test_info_lists_every_backend(capsys):
         assert f"  {name}" in out  # available, or unavailable with its reasons
 
 
-def test_info_reports_the_cuda_band_switch(capsys, monkeypatch):
+def test_info_reports_the_cuda_switches(capsys, monkeypatch):
     lines = {}
-    for value in ("", "staged"):
-        monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", value)
+    for band, tiles in (("", ""), ("staged", "64x64")):
+        monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", band)
+        monkeypatch.setenv("DEBERTA_FAST_CUDA_FWD_TILES", tiles)
         assert main(["info"]) == 0
-        lines[value] = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("cuda extension"))
-    assert "forward band tiles gather" in lines[""] and "forward band tiles staged" in lines["staged"]
+        lines[band] = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("cuda extension"))
+    assert "band tiles gather" in lines[""] and "forward tiles 128x64" in lines[""]
+    assert "band tiles staged" in lines["staged"] and "forward tiles 64x64" in lines["staged"]
 
 
 def test_info_reports_the_triton_settings(capsys, monkeypatch):

@@ -268,11 +268,43 @@ def test_staged_band_with_dropout(dtype, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
+FORWARD_TILES = [  # the opt-in fp16 / bf16 forward tiles: band, saturated and plain tiles, masks, each head dim
+    (Case(N=17, D=64, mask="left", masked_rows="zero"), torch.float16),
+    (Case(N=97, D=128, p2c=False, mask="left"), torch.bfloat16),
+    (Case(N=97, D=32, buckets=-1, max_rel=24, mask="mixed"), torch.float16),
+    (Case(B=2, H=2, N=1025, D=64, buckets=8, max_rel=32, mask="mixed"), torch.bfloat16),
+    (Case(B=2, H=2, N=2048, D=64, mask="right", **V3), torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("band", ["gather", "staged"])
+@pytest.mark.parametrize("tiles", ["128x32", "64x64"])
+@pytest.mark.parametrize("case,dtype", FORWARD_TILES, ids=str)
+def test_forward_tiles(case, dtype, tiles, band, monkeypatch):
+    """DEBERTA_FAST_CUDA_FWD_TILES (csrc/kernel_traits.h): within the rule with either band mode, and with dropout
+    the default tiles' output to rounding (the mask is a function of (row, column) in 16 x 16 blocks, not of the
+    tiling; a different mask at p = 0.3 would change the output by far more)."""
+    monkeypatch.setenv("DEBERTA_FAST_CUDA_FWD_TILES", tiles)
+    monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", band)
+    check(case, dtype)
+    tensors, mask = make_inputs(case, device=DEVICE, dtype=dtype, strided=True)
+    torch.manual_seed(3)
+    out = disentangled_attention(*tensors, mask, dropout_p=0.3, backend="cuda", **call_kwargs(case))
+    monkeypatch.delenv("DEBERTA_FAST_CUDA_FWD_TILES")
+    torch.manual_seed(3)
+    ref = disentangled_attention(*tensors, mask, dropout_p=0.3, backend="cuda", **call_kwargs(case))
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)  # bf16: a few ulps
+
+
 def test_staged_band_switch_rejects_unknown_values(monkeypatch):
     case = Case(N=17, D=32)
     tensors, mask = make_inputs(case, device=DEVICE, dtype=torch.float16)
     monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", "smem")
     with pytest.raises(RuntimeError, match="DEBERTA_FAST_CUDA_BAND must be 'gather' or 'staged'"):
+        disentangled_attention(*tensors, mask, backend="cuda", **call_kwargs(case))
+    monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", "gather")
+    monkeypatch.setenv("DEBERTA_FAST_CUDA_FWD_TILES", "256x64")
+    with pytest.raises(RuntimeError, match="DEBERTA_FAST_CUDA_FWD_TILES must be"):
         disentangled_attention(*tensors, mask, backend="cuda", **call_kwargs(case))
 
 
