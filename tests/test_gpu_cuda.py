@@ -519,16 +519,17 @@ print("sanitizer case done")
 """
 
 
-@pytest.mark.parametrize("band", ["gather", "staged"])
+@pytest.mark.parametrize("band,tiles", [("gather", "128x64"), ("staged", "128x64"), ("staged", "128x32"),
+                                        ("staged", "64x64")])
 @pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
-def test_compute_sanitizer_is_clean(tool, band):
+def test_compute_sanitizer_is_clean(tool, band, tiles):
     sanitizer = shutil.which("compute-sanitizer")
     if sanitizer is None:
         pytest.skip("compute-sanitizer is not on PATH")
     cmd = [sanitizer, f"--tool={tool}", "--error-exitcode=1", "--target-processes=all"]
     if tool == "memcheck":
         cmd.append("--leak-check=no")
-    env = dict(os.environ, DEBERTA_FAST_CUDA_BAND=band)
+    env = dict(os.environ, DEBERTA_FAST_CUDA_BAND=band, DEBERTA_FAST_CUDA_FWD_TILES=tiles)
     result = subprocess.run(cmd + [sys.executable, "-c", SANITIZER_CASE], cwd=REPO.parent, capture_output=True,
                             text=True, timeout=540, env=env)
     output = result.stdout + result.stderr
