@@ -163,22 +163,15 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
     next.fetch(p, b, c2p, qi, it < n_tiles && threadIdx.x < BC, tile_mode(p, has_pos, it * BC, BC, j0, BR));
     next.fetch_rows(lse, delta, qi);
   };
-  // kStaged: band tile it's window fetched two tiles ahead, its slabs staged with its Q / dO (StagedSlabs).
-  auto is_band = [&](int it) { return it < n_tiles && tile_mode(p, has_pos, it * BC, BC, j0, BR) == kBand; };
-  auto fetch_window = [&](int it) {
-    if (is_band(it)) slabs.fetch(p, it * BC, j0);
-  };
-  auto store_window = [&](int it) {
-    if (is_band(it)) slabs.store(it);
+  auto staged_tile = [&](int it) {  // kStaged: query tile it as StagedSlabs sees it
+    return StagedTile{it < n_tiles && tile_mode(p, has_pos, it * BC, BC, j0, BR) == kBand, it * BC, j0};
   };
   auto load_tile = [&](int it) {
     const int buf = it & 1;
     const int i0 = it * BC;
     load_tile_async<T, BC, D, kThreads>(sQ + buf * BC * D, q, p.q_stride_n, i0, N);
     load_tile_async<T, BC, D, kThreads>(sdO + buf * BC * D, dout, p.do_stride_n, i0, N);
-    if constexpr (kStaged) {
-      if (is_band(it)) slabs.stage(p, it, i0, j0, c2p, p2c);
-    }
+    if constexpr (kStaged) slabs.stage(p, staged_tile, it, c2p, p2c);
     if (threadIdx.x < BC) {
       const int c = buf * BC + threadIdx.x;
       sLse[c] = next.in ? next.lse * kLog2e : INFINITY;
@@ -192,14 +185,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
   load_tile_async<T, BR, D, kThreads>(sK, k, p.k_stride_n, j0, N);
   load_tile_async<T, BR, D, kThreads>(sV, v, p.v_stride_n, j0, N);
   fetch_queries(0);
-  if constexpr (kStaged) {
-    fetch_window(0);
-    store_window(0);
-    fetch_window(1);
-    store_window(1);
-    __syncthreads();
-    fetch_window(2);
-  }
+  if constexpr (kStaged) slabs.prime(p, staged_tile);
   load_tile(0);
   cp_async_commit();
 
@@ -277,10 +263,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
     if (p2c != nullptr && mode != kPlain) {
       add_slot_sums_any<true>(mode, slots.hi, slots.lo, p, dp, j0 + warp_row0, i0, lane, band, p.band_w);
     }
-    if constexpr (kStaged) {
-      store_window(it + 2);  // the buffer of tile it - 1, computed before the previous barrier
-      fetch_window(it + 3);
-    }
+    if constexpr (kStaged) slabs.advance(p, staged_tile, it);
     __syncthreads();
   }
 
@@ -384,22 +367,15 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
     next.fetch(p, b, p2c, jt * BC + threadIdx.x, jt < n_tiles && threadIdx.x < BC,
                tile_mode(p, has_pos, i0, BR, jt * BC, BC));
   };
-  // kStaged: band tile jt's window fetched two tiles ahead, its slabs staged with its K / V (StagedSlabs).
-  auto is_band = [&](int jt) { return jt < n_tiles && tile_mode(p, has_pos, i0, BR, jt * BC, BC) == kBand; };
-  auto fetch_window = [&](int jt) {
-    if (is_band(jt)) slabs.fetch(p, i0, jt * BC);
-  };
-  auto store_window = [&](int jt) {
-    if (is_band(jt)) slabs.store(jt);
+  auto staged_tile = [&](int jt) {  // kStaged: key tile jt as StagedSlabs sees it
+    return StagedTile{jt < n_tiles && tile_mode(p, has_pos, i0, BR, jt * BC, BC) == kBand, i0, jt * BC};
   };
   auto load_tile = [&](int jt) {
     const int buf = jt & 1;
     const int j0 = jt * BC;
     load_tile_async<T, BC, D, kThreads>(sK + buf * BC * D, k, p.k_stride_n, j0, N);
     load_tile_async<T, BC, D, kThreads>(sV + buf * BC * D, v, p.v_stride_n, j0, N);
-    if constexpr (kStaged) {
-      if (is_band(jt)) slabs.stage(p, jt, i0, j0, c2p, p2c);
-    }
+    if constexpr (kStaged) slabs.stage(p, staged_tile, jt, c2p, p2c);
     if (threadIdx.x < BC) sCol[buf * BC + threadIdx.x] = next.key_term();
     fetch_keys(jt + 1);
   };
@@ -407,14 +383,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
   load_tile_async<T, BR, D, kThreads>(sQ, q, p.q_stride_n, i0, N);
   load_tile_async<T, BR, D, kThreads>(sdO, dout, p.do_stride_n, i0, N);
   fetch_keys(0);
-  if constexpr (kStaged) {
-    fetch_window(0);
-    store_window(0);
-    fetch_window(1);
-    store_window(1);
-    __syncthreads();
-    fetch_window(2);
-  }
+  if constexpr (kStaged) slabs.prime(p, staged_tile);
   load_tile(0);
   cp_async_commit();
 
@@ -485,10 +454,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
     if (c2p != nullptr && mode != kPlain) {
       add_slot_sums_any<false>(mode, slots.hi, slots.lo, p, dp, i0 + warp_row0, j0, lane, band, p.band_w);
     }
-    if constexpr (kStaged) {
-      store_window(jt + 2);  // the buffer of tile jt - 1, computed before the previous barrier
-      fetch_window(jt + 3);
-    }
+    if constexpr (kStaged) slabs.advance(p, staged_tile, jt);
     __syncthreads();
   }
 

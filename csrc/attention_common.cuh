@@ -82,12 +82,21 @@ inline int max_smem_optin() {
   return bytes;
 }
 
+// A streamed tile as the staged slabs see it: whether it is a band tile (false past the last tile), and its first
+// query and key.
+struct StagedTile {
+  bool band;
+  int q0, k0;
+};
+
 // The staged band slabs of a CTA (DEBERTA_FAST_CUDA_BAND=staged; score_terms.h) whose tiles have kQ queries and kK
 // keys: windows [3][kQ + kK] (int32), C2P slabs [2][kQ][kK + kChunk], P2C slabs [2][kK][kQ + kChunk] in shared memory.
-// A band tile t's window is read from the table into a register (fetch) two tiles ahead, stored to shared memory
-// (store) by the end of the iteration before the one that stages its slabs (stage: cp.async, in the commit group of
-// the tile's other loads), read with the slabs while the tile is computed. Three window buffers: the tile being
-// computed, the one being staged, the one being stored; two slab buffers, as the K / V tiles.
+// A band tile t's window is read from the table into registers two tiles ahead, stored to shared memory by the end
+// of the iteration before the one that stages its slabs (stage: cp.async, in the commit group of the tile's other
+// loads), read with the slabs while the tile is computed. Three window buffers: the tile being computed, the one
+// being staged, the one being stored; two slab buffers, as the K / V tiles. The kernels call prime before their
+// tile loop, stage with each tile's other loads, advance at the end of each iteration (before its barrier) and
+// add_terms on band tiles; ``at(t)`` gives tile t's StagedTile.
 template <typename T, int kQ, int kK, int kThreads>
 struct StagedSlabs {
   static constexpr int kChunk = 16 / sizeof(T), kWin = kQ + kK - 1;
@@ -105,44 +114,71 @@ struct StagedSlabs {
         c2p_slabs(reinterpret_cast<T*>(win + 3 * (kQ + kK))),
         p2c_slabs(c2p_slabs + 2 * kQ * (kK + kChunk)) {}
 
-  __device__ __forceinline__ const int* window(int t) const { return win + (t % 3) * (kQ + kK); }
-  __device__ __forceinline__ const T* c2p_slab(int t) const { return c2p_slabs + (t & 1) * kQ * (kK + kChunk); }
-  __device__ __forceinline__ const T* p2c_slab(int t) const { return p2c_slabs + (t & 1) * kK * (kQ + kChunk); }
+  __device__ __forceinline__ int* window(int t) const { return win + (t % 3) * (kQ + kK); }
+  __device__ __forceinline__ T* c2p_slab(int t) const { return c2p_slabs + (t & 1) * kQ * (kK + kChunk); }
+  __device__ __forceinline__ T* p2c_slab(int t) const { return p2c_slabs + (t & 1) * kK * (kQ + kChunk); }
 
-  __device__ __forceinline__ void fetch(const AttnParams& p, int q0, int k0) {
-#pragma unroll
-    for (int i = 0; i < kSlots; ++i) {
-      const int w = threadIdx.x + i * kThreads;
-      if (w < kWin) next[i] = staged_window_row(p, q0, k0, kK, w);
-    }
+  // Before the tile loop: the windows of tiles 0 and 1 stored and published by a barrier, tile 2's fetched.
+  template <typename At>
+  __device__ __forceinline__ void prime(const AttnParams& p, At&& at) {
+    fetch(p, at, 0);
+    store(at, 0);
+    fetch(p, at, 1);
+    store(at, 1);
+    __syncthreads();
+    fetch(p, at, 2);
   }
-  __device__ __forceinline__ void store(int t) {
-#pragma unroll
-    for (int i = 0; i < kSlots; ++i) {
-      const int w = threadIdx.x + i * kThreads;
-      if (w < kWin) win[(t % 3) * (kQ + kK) + w] = next[i];
-    }
+  // At the end of iteration t, before its barrier: tile t + 2's window stored (into the buffer of tile t - 1,
+  // computed before the previous barrier), tile t + 3's fetched.
+  template <typename At>
+  __device__ __forceinline__ void advance(const AttnParams& p, At&& at, int t) {
+    store(at, t + 2);
+    fetch(p, at, t + 3);
   }
-  // cp.async of tile t's slabs (its window stored and published by a barrier); c2p / p2c: this (batch, head)'s
-  // [N, 2S] rows or null.
-  __device__ __forceinline__ void stage(const AttnParams& p, int t, int q0, int k0, const T* c2p, const T* p2c) {
-    const int* w = window(t);
-    T* dst_c2p = c2p_slabs + (t & 1) * kQ * (kK + kChunk);
-    T* dst_p2c = p2c_slabs + (t & 1) * kK * (kQ + kChunk);
-    constexpr int kTotal = kQ * (kK / kChunk + 1) + kK * (kQ / kChunk + 1);  // staged_c2p_chunks + staged_p2c_chunks
+  // cp.async of tile t's slabs if it is a band tile (its window stored and published by a barrier); c2p / p2c: this
+  // (batch, head)'s [N, 2S] rows or null.
+  template <typename At>
+  __device__ __forceinline__ void stage(const AttnParams& p, At&& at, int t, const T* c2p, const T* p2c) {
+    const StagedTile tile = at(t);
+    if (!tile.band) return;
+    constexpr int kTotal = staged_c2p_chunks(kQ, kK, kChunk) + staged_p2c_chunks(kQ, kK, kChunk);
     for (int idx = threadIdx.x; idx < kTotal; idx += kThreads) {
       StagedChunk chunk;
-      if (!staged_chunk(p, w, q0, k0, kQ, kK, kChunk, c2p != nullptr, p2c != nullptr, idx, chunk)) continue;
-      cp_async_16((chunk.p2c ? dst_p2c : dst_c2p) + chunk.dst, (chunk.p2c ? p2c : c2p) + chunk.src, chunk.valid);
+      if (!staged_chunk(p, window(t), tile.q0, tile.k0, kQ, kK, kChunk, c2p != nullptr, p2c != nullptr, idx, chunk)) {
+        continue;
+      }
+      cp_async_16((chunk.p2c ? p2c_slab(t) : c2p_slab(t)) + chunk.dst, (chunk.p2c ? p2c : c2p) + chunk.src,
+                  chunk.valid);
     }
   }
-  // add_staged_band_terms of tile t for a warp whose rows start at row wr0 of the CTA tile (q0, k0).
+  // add_staged_band_terms of band tile t for a warp whose rows start at row wr0 of the CTA tile (q0, k0).
   template <bool kTrans, int MF, int NF>
   __device__ __forceinline__ void add_terms(float (&s)[MF][NF][4], const AttnParams& p, int t, int q0, int k0,
                                             int wr0, int lane, const float* col_term, bool has_c2p,
                                             bool has_p2c) const {
     add_staged_band_terms<kTrans, MF, NF>(s, p, q0, k0, kQ, kK, kChunk, wr0, lane, col_term, window(t), c2p_slab(t),
                                           p2c_slab(t), has_c2p, has_p2c);
+  }
+
+ private:
+  template <typename At>
+  __device__ __forceinline__ void fetch(const AttnParams& p, At&& at, int t) {
+    const StagedTile tile = at(t);
+    if (!tile.band) return;
+#pragma unroll
+    for (int i = 0; i < kSlots; ++i) {
+      const int w = threadIdx.x + i * kThreads;
+      if (w < kWin) next[i] = staged_window_row(p, tile.q0, tile.k0, kK, w);
+    }
+  }
+  template <typename At>
+  __device__ __forceinline__ void store(At&& at, int t) {
+    if (!at(t).band) return;
+#pragma unroll
+    for (int i = 0; i < kSlots; ++i) {
+      const int w = threadIdx.x + i * kThreads;
+      if (w < kWin) window(t)[w] = next[i];
+    }
   }
 };
 

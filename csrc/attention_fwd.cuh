@@ -81,36 +81,22 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
     next.fetch(p, b, p2c, jt * BN + threadIdx.x, jt < n_tiles && threadIdx.x < BN,
                tile_mode(p, has_pos, i0, BM, jt * BN, BN));
   };
-  // kStaged: band tile jt's window fetched two tiles ahead, its slabs staged with its K / V (StagedSlabs).
-  auto is_band = [&](int jt) { return jt < n_tiles && tile_mode(p, has_pos, i0, BM, jt * BN, BN) == kBand; };
-  auto fetch_window = [&](int jt) {
-    if (is_band(jt)) slabs.fetch(p, i0, jt * BN);
-  };
-  auto store_window = [&](int jt) {
-    if (is_band(jt)) slabs.store(jt);
+  auto staged_tile = [&](int jt) {  // kStaged: key tile jt as StagedSlabs sees it
+    return StagedTile{jt < n_tiles && tile_mode(p, has_pos, i0, BM, jt * BN, BN) == kBand, i0, jt * BN};
   };
   auto load_tile = [&](int jt) {
     const int buf = jt & 1;
     const int j0 = jt * BN;
     load_tile_async<T, BN, D, kThreads>(sK + buf * BN * D, k, p.k_stride_n, j0, N);
     load_tile_async<T, BN, D, kThreads>(sV + buf * BN * D, v, p.v_stride_n, j0, N);
-    if constexpr (kStaged) {
-      if (is_band(jt)) slabs.stage(p, jt, i0, j0, c2p, p2c);
-    }
+    if constexpr (kStaged) slabs.stage(p, staged_tile, jt, c2p, p2c);
     if (threadIdx.x < BN) sCol[buf * BN + threadIdx.x] = next.key_term();
     fetch_keys(jt + 1);
   };
 
   load_tile_async<T, BM, D, kThreads>(sQ, q, p.q_stride_n, i0, N);
   fetch_keys(0);
-  if constexpr (kStaged) {
-    fetch_window(0);
-    store_window(0);
-    fetch_window(1);
-    store_window(1);
-    __syncthreads();
-    fetch_window(2);
-  }
+  if constexpr (kStaged) slabs.prime(p, staged_tile);
   load_tile(0);
   cp_async_commit();
 
@@ -201,10 +187,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
       });
     }
     Gemm::template rn<MF, NF>(acc_o, s, sVb, 0);
-    if constexpr (kStaged) {
-      store_window(jt + 2);  // the buffer of tile jt - 1, computed before the previous barrier
-      fetch_window(jt + 3);
-    }
+    if constexpr (kStaged) slabs.advance(p, staged_tile, jt);
     __syncthreads();  // the buffer is refilled by the next iteration's prefetch
   }
 
@@ -233,12 +216,12 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
 template <typename Kt>
 void launch_fwd_kernel(const FwdParams& p, cudaStream_t stream) {
   // Staged slabs where the device's shared memory holds them (bf16 / fp16 at D 128 need 168 KB: sm_90, not sm_80)
-  const bool staged =
-      p.staged && Kt::kSmemBytes + StagedSlabs<typename Kt::T, Kt::BM, Kt::BN, Kt::kThreads>::kBytes <= max_smem_optin();
+  constexpr int staged_smem = Kt::kSmemBytes + StagedSlabs<typename Kt::T, Kt::BM, Kt::BN, Kt::kThreads>::kBytes;
+  const bool staged = p.staged && staged_smem <= max_smem_optin();
   auto kernel = p.philox != nullptr
                     ? (staged ? attention_fwd_kernel<Kt, true, true> : attention_fwd_kernel<Kt, true, false>)
                     : (staged ? attention_fwd_kernel<Kt, false, true> : attention_fwd_kernel<Kt, false, false>);
-  const int smem = Kt::kSmemBytes + (staged ? StagedSlabs<typename Kt::T, Kt::BM, Kt::BN, Kt::kThreads>::kBytes : 0);
+  const int smem = staged ? staged_smem : Kt::kSmemBytes;
   if (smem > 48 * 1024) {
     DF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }

@@ -164,8 +164,8 @@ DF_TERMS_FN void add_position_terms_any(int mode, float (&s)[MF][NF][4], const A
 // a pair inside it).
 
 // Row counts of the staged slabs and the chunks that fill them.
-DF_TERMS_FN int staged_c2p_chunks(int qc, int kc, int chunk) { return qc * (kc / chunk + 1); }
-DF_TERMS_FN int staged_p2c_chunks(int qc, int kc, int chunk) { return kc * (qc / chunk + 1); }
+constexpr DF_TERMS_FN int staged_c2p_chunks(int qc, int kc, int chunk) { return qc * (kc / chunk + 1); }
+constexpr DF_TERMS_FN int staged_p2c_chunks(int qc, int kc, int chunk) { return kc * (qc / chunk + 1); }
 
 // win[w] of the tile (q0, k0, kc), w in [0, qc + kc - 1).
 DF_TERMS_FN int staged_window_row(const AttnParams& p, int q0, int k0, int kc, int w) {
