@@ -404,6 +404,20 @@ def _bucket(qi, kj):
     return (log_bucket_position(qi - kj, BUCKETS, MAX_REL) + span).clamp(0, 2 * span - 1)
 
 
+def _band_terms_expected(scores, col_term, c2p, p2c, qi, kj, n):
+    """(score + column term) + c2p[i, d] + p2c[j, d] per tile element, d from the bucket formula, 0 for pairs beyond
+    N (the additions in the kernels' order), and which pairs lie inside N."""
+    valid = (qi < n) & (kj < n)
+    qs, ks = qi.clamp(max=n - 1), kj.clamp(max=n - 1)  # (safe addresses for the reference's own gathers)
+    d = _bucket(qi, kj)
+    term = torch.zeros(TILE_ROWS, TILE_COLS)
+    if c2p is not None:
+        term = term + c2p[qs, d]
+    if p2c is not None:
+        term = term + p2c[ks, d]
+    return (scores + col_term) + torch.where(valid, term, torch.zeros(())), valid
+
+
 def _score_inputs(n, seed):
     gen = torch.Generator().manual_seed(seed)
     c2p, p2c = (torch.randn(n, 2 * BUCKETS, generator=gen) for _ in range(2))
@@ -428,15 +442,7 @@ def test_per_tile_band_terms_match_their_definition(n, row0, col0, terms, trans)
     out = torch.ops.deberta_fast.cuda_score_terms(scores, c2p, p2c, table, col_term, row_hi, row_lo, r_hi, r_lo,
                                                   row0, col0, trans, BAND)
     qi, kj = _pairs(row0, col0, trans)
-    valid = (qi < n) & (kj < n)
-    qs, ks = qi.clamp(max=n - 1), kj.clamp(max=n - 1)  # (safe addresses for the reference's own gathers)
-    d = _bucket(qi, kj)
-    term = torch.zeros(TILE_ROWS, TILE_COLS)
-    if c2p is not None:
-        term = term + c2p[qs, d]
-    if p2c is not None:
-        term = term + p2c[ks, d]
-    expected = (scores + col_term) + torch.where(valid, term, torch.zeros(()))
+    expected, valid = _band_terms_expected(scores, col_term, c2p, p2c, qi, kj, n)
     assert bool(valid.any()) and torch.equal(out, expected)
 
 
@@ -461,15 +467,7 @@ def test_staged_band_terms_match_their_definition(n, q0, k0, warp_row0, terms, c
     out = torch.ops.deberta_fast.cuda_staged_terms(scores, c2p, p2c, table, col_term, q0, k0, warp_row0, chunk,
                                                    trans)
     qi, kj = _pairs(k0 + warp_row0, q0, True) if trans else _pairs(q0 + warp_row0, k0, False)
-    valid = (qi < n) & (kj < n)
-    qs, ks = qi.clamp(max=n - 1), kj.clamp(max=n - 1)
-    d = _bucket(qi, kj)
-    term = torch.zeros(TILE_ROWS, TILE_COLS)
-    if c2p is not None:
-        term = term + c2p[qs, d]
-    if p2c is not None:
-        term = term + p2c[ks, d]
-    expected = (scores + col_term) + torch.where(valid, term, torch.zeros(()))
+    expected, _ = _band_terms_expected(scores, col_term, c2p, p2c, qi, kj, n)
     assert torch.equal(out, expected)
 
 
