@@ -22,8 +22,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -49,27 +51,31 @@ int64_t chunk_bytes() {
   return int64_t(1) << 30;
 }
 
-// DEBERTA_FAST_CUDA_BAND=staged: the kernels' band tiles read C2P / P2C from slabs staged in shared memory a tile
-// ahead (score_terms.h); unset or "gather": each pair gathers them from global memory. Read per call, as the Triton
-// backend's switches.
-bool staged_band() {
-  const char* env = std::getenv("DEBERTA_FAST_CUDA_BAND");
-  if (env == nullptr || *env == '\0' || std::strcmp(env, "gather") == 0) return false;
-  TORCH_CHECK(std::strcmp(env, "staged") == 0, "DEBERTA_FAST_CUDA_BAND must be 'gather' or 'staged', got '", env,
-              "'");
-  return true;
+// A switch from the environment, read per call as the Triton backend's switches are: the index of its value in
+// ``values`` (0 when unset or empty), else an error that names the switch and every value.
+int env_choice(const char* name, std::initializer_list<const char*> values) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') return 0;
+  std::string allowed;
+  int index = 0;
+  for (const char* value : values) {
+    if (std::strcmp(env, value) == 0) return index;
+    const bool last = ++index == static_cast<int>(values.size());
+    allowed += (index == 1 ? "'" : (last ? " or '" : ", '")) + std::string(value) + "'";
+  }
+  TORCH_CHECK(false, name, " must be ", allowed, ", got '", env, "'");
+  return 0;  // not reached
 }
 
+// DEBERTA_FAST_CUDA_BAND=staged: the kernels' band tiles read C2P / P2C from slabs staged in shared memory a tile
+// ahead (score_terms.h); unset or "gather": each pair gathers them from global memory.
+bool staged_band() { return env_choice("DEBERTA_FAST_CUDA_BAND", {"gather", "staged"}) == 1; }
+
 // DEBERTA_FAST_CUDA_FWD_TILES: the float16 / bfloat16 forward's tiles, "128x64" (unset: FwdConfig, 8 warps),
-// "128x32" or "64x64" (4 warps; kernel_traits.h). Read per call; float32 keeps its own.
+// "128x32" or "64x64" (4 warps; kernel_traits.h), in FwdTiles' order. Float32 keeps its own.
 enum class FwdTiles { k128x64, k128x32, k64x64 };
 FwdTiles fwd_tiles() {
-  const char* env = std::getenv("DEBERTA_FAST_CUDA_FWD_TILES");
-  if (env == nullptr || *env == '\0' || std::strcmp(env, "128x64") == 0) return FwdTiles::k128x64;
-  if (std::strcmp(env, "128x32") == 0) return FwdTiles::k128x32;
-  TORCH_CHECK(std::strcmp(env, "64x64") == 0,
-              "DEBERTA_FAST_CUDA_FWD_TILES must be '128x64', '128x32' or '64x64', got '", env, "'");
-  return FwdTiles::k64x64;
+  return static_cast<FwdTiles>(env_choice("DEBERTA_FAST_CUDA_FWD_TILES", {"128x64", "128x32", "64x64"}));
 }
 
 ElemType elem_type(const Tensor& t) {
@@ -578,6 +584,11 @@ void check_hook_tensor(const Tensor& t, const char* name, at::ScalarType dtype, 
               t.sizes(), " on ", t.device());
 }
 
+// The hooks' table: every row of it a position row in [0, 2S).
+bool table_rows_within(const Tensor& table, int64_t two_s) {
+  return table.min().item<int>() >= 0 && table.max().item<int>() < two_s;
+}
+
 AttnParams hook_params(int64_t seq_len, int64_t r_hi, int64_t r_lo, int64_t row0, int64_t col0, int64_t mode) {
   TORCH_CHECK(mode >= kPlain && mode <= kSatLo, "score hooks: mode must be 0 (plain), 1 (band), 2 (sat hi) or 3 (sat lo)");
   TORCH_CHECK(seq_len >= 1 && r_hi >= 1 && r_lo >= 1, "score hooks: seq_len, r_hi and r_lo must be >= 1");
@@ -605,7 +616,7 @@ Tensor score_terms_cpu(const Tensor& scores, const std::optional<Tensor>& c2p, c
   for (const auto* term : {&c2p, &p2c}) {
     if (term->has_value()) check_hook_tensor(**term, "c2p / p2c", at::kFloat, {n, p.two_s});
   }
-  TORCH_CHECK(!pos.defined() || (table.min().item<int>() >= 0 && table.max().item<int>() < p.two_s),
+  TORCH_CHECK(!pos.defined() || table_rows_within(table, p.two_s),
               "score hooks: the table's rows must lie in [0, 2S)");
   const Tensor tab = table.contiguous();
   p.table = tab.data_ptr<int32_t>();
@@ -656,8 +667,7 @@ Tensor staged_terms_cpu(const Tensor& scores, const std::optional<Tensor>& c2p, 
               "cuda_staged_terms: chunk must be 4 or 8 and divide 2S");
   TORCH_CHECK(warp_row0 == 0 || warp_row0 == kHookRows, "cuda_staged_terms: warp_row0 must be 0 or ", kHookRows);
   const Tensor steps = n > 1 ? table.slice(0, 1) - table.slice(0, 0, -1) : at::zeros({1}, table.options());
-  TORCH_CHECK(table.min().item<int>() >= 0 && table.max().item<int>() < two_s && steps.min().item<int>() >= 0 &&
-                  steps.max().item<int>() <= 1,
+  TORCH_CHECK(table_rows_within(table, two_s) && steps.min().item<int>() >= 0 && steps.max().item<int>() <= 1,
               "cuda_staged_terms: the table's rows must lie in [0, 2S) and step by 0 or 1 (what the slabs rely on)");
   TORCH_CHECK(q0 >= 0 && k0 >= 0 && q0 < (1 << 30) && k0 < (1 << 30), "cuda_staged_terms: q0 and k0 must be >= 0");
   AttnParams p;
