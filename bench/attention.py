@@ -15,8 +15,10 @@ bench/report.py):
   bench/make_selection.py makes the backend's per-shape choice (with the switches unset) of them.
   ``df-cuda-staged``: the cuda backend with DEBERTA_FAST_CUDA_BAND=staged (the band tiles of its three kernels read
   C2P / P2C from slabs staged in shared memory); ``df-cuda-staged-128x32`` / ``df-cuda-staged-64x64`` with the
-  forward's opt-in tiles too (DEBERTA_FAST_CUDA_FWD_TILES), ``df-cuda-64x64`` those tiles gathering (none of these is
-  part of ``auto``'s choice; bench/common.py CUDA_VARIANTS).
+  forward's opt-in tiles too (DEBERTA_FAST_CUDA_FWD_TILES), ``df-cuda-64x64`` those tiles gathering;
+  ``df-cuda-wgmma`` / ``df-cuda-wgmma-staged`` / ``df-cuda-wgmma-plain`` the forward's products by warpgroup MMA
+  (DEBERTA_FAST_CUDA_FWD_MMA=wgmma; head dim 64, an sm_90a build) gathering / staged / on plain attention (none of
+  these is part of ``auto``'s choice; bench/common.py CUDA_VARIANTS).
   ``df-triton-plain`` / ``df-cuda-plain`` (and ``df-torch-plain``): the fused kernel on the floor's own problem,
   no position terms and no mask, compared with the torch backend's plain attention: how far the kernels' base
   loop is from SDPA flash, apart from the position terms.
@@ -387,7 +389,7 @@ def op_rows(shape: Shape, providers: list[str], args) -> list[dict]:
     table = {"df-torch": df_op("torch"), "df-triton": df_op("triton"), "df-cuda": df_op("cuda"),
              "sdpa-bias": sdpa_bias, "sdpa-floor": sdpa_floor}
     table.update({name: df_op("triton") for name in TRITON_VARIANTS})
-    table.update({name: df_op("cuda") for name in CUDA_VARIANTS})
+    table.update({name: (df_plain if name.endswith(PLAIN_SUFFIX) else df_op)("cuda") for name in CUDA_VARIANTS})
     table.update({f"df-{backend}{PLAIN_SUFFIX}": df_plain(backend) for backend in ("torch", "triton", "cuda")})
     rows = []
     for mode in args.modes:

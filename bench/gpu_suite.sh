@@ -17,7 +17,7 @@
 # parallel, and `check` runs both modules and the CLI parity check (in the background) in one call. Not yet
 # timed that way on a GPU.
 #
-# Every step starts with `setup` (idempotent): the CUDA extension built in place for sm_90 and the repository put
+# Every step starts with `setup` (idempotent): the CUDA extension built in place for sm_90a and the repository put
 # on PYTHONPATH (the GPU machines have torch, triton and transformers, and no network), plus any wheels carried in .whl/ (the peer kernels flashdeberta and
 # disentangled-flash and einops, for the benchmarks). Logs and JSON go to OUTDIR; copy the JSON into bench/results/
 # afterwards and regenerate the tables with bench/report.py.
@@ -34,7 +34,8 @@ setup() {
     $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || return 1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
-  export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+  # sm_90a, not sm_90: the forward's opt-in wgmma products (DEBERTA_FAST_CUDA_FWD_MMA=wgmma) exist only there
+  export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} MAX_JOBS=${MAX_JOBS:-16}
   # Built in place (no pip: without network pip's editable install would fetch build dependencies); the
   # Triton kernels (kernels/, shipped as deberta_fast.kernels) are linked where the package expects them.
   # A call may carry the extension an earlier call built (PREBUILT: a folder holding its _C*.so, built by the same
@@ -119,11 +120,13 @@ run_ncu_cuda() {  # the same for the cuda kernels at N 2048 (as in the sixth run
 }
 
 run_cuda_staged() {  # the cuda backend with its band tiles' C2P / P2C gathered (default) and staged in shared
-  # memory (DEBERTA_FAST_CUDA_BAND=staged, df-cuda-staged; csrc/README.md), and the forward's opt-in tiles
-  # (DEBERTA_FAST_CUDA_FWD_TILES; the -128x32 / -64x64 providers), against Triton and the floor, D 64 and 128. Not
-  # part of `auto`'s choice. (ncu of the staged kernels: DEBERTA_FAST_CUDA_BAND=staged bash bench/gpu_suite.sh ncu-cuda)
-  local providers=df-cuda,df-cuda-staged,df-cuda-staged-128x32,df-cuda-staged-64x64,df-cuda-64x64,df-triton,sdpa-floor
-  bench "$out/cuda_staged.log" 240 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
+  # memory (DEBERTA_FAST_CUDA_BAND=staged, df-cuda-staged; csrc/README.md), the forward's opt-in tiles
+  # (DEBERTA_FAST_CUDA_FWD_TILES; the -128x32 / -64x64 providers) and its wgmma products (DEBERTA_FAST_CUDA_FWD_MMA;
+  # the -wgmma providers, plain attention too), against Triton and the floor, D 64 and 128. Not part of `auto`'s
+  # choice. (ncu of the staged kernels: DEBERTA_FAST_CUDA_BAND=staged bash bench/gpu_suite.sh ncu-cuda)
+  local providers=df-cuda,df-cuda-staged,df-cuda-staged-128x32,df-cuda-staged-64x64,df-cuda-64x64,df-cuda-wgmma
+  providers+=,df-cuda-wgmma-staged,df-cuda-plain,df-cuda-wgmma-plain,df-triton,df-triton-plain,sdpa-floor
+  bench "$out/cuda_staged.log" 300 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
     --seqlens 512,1024,2048,4096,8192 --modes fwd,fwd_bwd --rep 20 --op-providers "$providers" \
     --out "$out/attention_cuda_bfloat16_staged.json"
   local rc=$?

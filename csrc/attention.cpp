@@ -78,6 +78,21 @@ FwdTiles fwd_tiles() {
   return static_cast<FwdTiles>(env_choice("DEBERTA_FAST_CUDA_FWD_TILES", {"128x64", "128x32", "64x64"}));
 }
 
+// DEBERTA_FAST_CUDA_FWD_MMA=wgmma: the float16 / bfloat16 forward at head dim 64 computes S = Q K^T and O += P V
+// by warpgroup MMA (csrc/wgmma.cuh) on the default 128x64 tiles; unset or "mma.sync": by mma.sync. Other dtypes and
+// head dims keep their kernels. wgmma needs an extension built for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a) on an sm_90
+// GPU: checked on the device (once) before the first wgmma launch, an error otherwise. ``applies``: the call is
+// float16 / bfloat16 at head dim 64.
+bool fwd_wgmma(const Tensor& query, FwdTiles tiles, bool applies) {
+  if (env_choice("DEBERTA_FAST_CUDA_FWD_MMA", {"mma.sync", "wgmma"}) == 0 || !applies) return false;
+  TORCH_CHECK(tiles == FwdTiles::k128x64, "DEBERTA_FAST_CUDA_FWD_MMA=wgmma runs the forward's 128x64 tiles only: "
+              "unset DEBERTA_FAST_CUDA_FWD_TILES");
+  TORCH_CHECK(wgmma_kernels_loaded(query.get_device()), "DEBERTA_FAST_CUDA_FWD_MMA=wgmma needs the extension built "
+              "for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a) and an sm_90 GPU (H100, H200): the kernels running on ",
+              query.device(), " have no wgmma");
+  return true;
+}
+
 ElemType elem_type(const Tensor& t) {
   switch (t.scalar_type()) {
     case at::kHalf:
@@ -352,6 +367,7 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key,
 
   const bool staged = staged_slabs(geo, in);
   const FwdTiles tiles = fwd_tiles();
+  const bool wgmma = fwd_wgmma(query, tiles, in.elem != ElemType::kFloat32 && in.D == 64);
   const int64_t per_sequence = (in.has_c2p + in.has_p2c) * in.H * in.N * in.two_s * query.element_size();
   const int64_t step = slice_step(in.B, per_sequence);
   for (int64_t b0 = 0; b0 < in.B; b0 += step) {
@@ -367,6 +383,9 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key,
     DF_ELEM_SWITCH(in.elem, ELEM, [&] {
       DF_HEADDIM_SWITCH(in.D, HEAD_DIM, [&] {
         if constexpr (ELEM != ElemType::kFloat32) {
+          if constexpr (HEAD_DIM == 64) {
+            if (wgmma) return run_fwd_wgmma<ELEM, HEAD_DIM>(p, stream);
+          }
           if (tiles == FwdTiles::k128x32) return run_fwd_128x32<ELEM, HEAD_DIM>(p, stream);
           if (tiles == FwdTiles::k64x64) return run_fwd_64x64<ELEM, HEAD_DIM>(p, stream);
         }

@@ -2,16 +2,18 @@
 //
 // A CTA owns BM queries of one (batch, head); each warp 16 * MF of them. It streams the key tiles
 // (cp.async double buffering) and keeps an online softmax in fp32 base 2. Per tile:
-//   S = Q K^T (tensor cores), + position terms, scaled, masked;
+//   S = Q K^T (tensor cores: mma.sync, or with Kt::kWgmma in an sm_90a build warpgroup MMA, wgmma.cuh), + position
+//   terms, scaled, masked;
 //   saturated tiles (every pair clamped to row 2S - 1 or 0) add a per-query c2p value (registers) and a
 //   per-key p2c value (shared memory, its global loads issued a tile ahead: ColumnFetch): no gathers;
 //   band tiles gather C2P[i, d(i, j)] and P2C[j, d(i, j)] through the index table;
-//   O += dropout(P) V. Stores O and the row log-sum-exp (natural log).
+//   O += dropout(P) V (the same instruction as S). Stores O and the row log-sum-exp (natural log).
 // The position terms by score_terms.h: the tile kind dispatched once per tile, a band tile's loads issued together.
 #pragma once
 
 #include "attention_common.cuh"
 #include "kernel_traits.h"
+#include "wgmma.cuh"
 
 namespace deberta_fast {
 
@@ -25,6 +27,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
   using Gemm = WarpGemm<T, Kt::D>;
   constexpr int D = Kt::D, BM = Kt::BM, BN = Kt::BN, MF = Kt::MF, NF = Kt::NF, DF = Kt::DF;
   constexpr int kThreads = Kt::kThreads;
+  constexpr bool kWgmma = Kt::kWgmma && kWgmmaCompiled;  // else this instantiation runs mma.sync
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);  // [BM][D]
@@ -94,6 +97,10 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
     fetch_keys(jt + 1);
   };
 
+  if constexpr (kWgmma) {
+    // the descriptors' 128-byte swizzle needs 1024-byte aligned tiles (every tile size is a multiple of 1024)
+    if ((smem_u32(smem_raw) & 1023u) != 0) __trap();
+  }
   load_tile_async<T, BM, D, kThreads>(sQ, q, p.q_stride_n, i0, N);
   fetch_keys(0);
   if constexpr (kStaged) slabs.prime(p, staged_tile);
@@ -109,6 +116,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
     if (jt + 1 < n_tiles) load_tile(jt + 1);
     cp_async_commit();
     cp_async_wait<1>();
+    if constexpr (kWgmma) fence_proxy_async();  // this thread's copies, before the tensor cores read them
     __syncthreads();
 
     const int buf = jt & 1;
@@ -119,7 +127,9 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
 
     float s[MF][NF][4];
     zero(s);
-    if constexpr (Kt::kQInRegs) {
+    if constexpr (kWgmma) {
+      WarpgroupGemm64<T>::qk(s[0], sQ + (warp / 4) * 64 * D, sKb);
+    } else if constexpr (Kt::kQInRegs) {
       if (jt == 0) Gemm::template load_a<MF>(q_frag, sQ, warp_row0);
       Gemm::template nt_areg<MF, NF>(s, q_frag, sKb, 0);
     } else {
@@ -186,7 +196,11 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
         s[mf][nf][e] = keep ? s[mf][nf][e] * rescale : 0.f;
       });
     }
-    Gemm::template rn<MF, NF>(acc_o, s, sVb, 0);
+    if constexpr (kWgmma) {
+      WarpgroupGemm64<T>::pv(acc_o[0], s[0], sVb);
+    } else {
+      Gemm::template rn<MF, NF>(acc_o, s, sVb, 0);
+    }
     if constexpr (kStaged) slabs.advance(p, staged_tile, jt);
     __syncthreads();  // the buffer is refilled by the next iteration's prefetch
   }

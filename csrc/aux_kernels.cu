@@ -1,8 +1,11 @@
-// The small kernels: Delta = rowsum(dO * O) per dtype, and the dropout keep mask (a test hook).
+// The small kernels: Delta = rowsum(dO * O) per dtype, the dropout keep mask (a test hook), and the probe of
+// whether the kernels a device runs were compiled with wgmma.
 #include <algorithm>
+#include <mutex>
 
 #include "attention_bwd.cuh"
 #include "launch.h"
+#include "wgmma.cuh"
 
 namespace deberta_fast {
 
@@ -61,6 +64,33 @@ void run_dropout_mask(const int64_t* philox, float p, int bh_count, int n, uint8
   const dim3 grid((n + 127) / 128, n, bh_count);
   dropout_mask_kernel<<<grid, 128, 0, stream>>>(philox, p, n, keep);
   DF_CUDA_CHECK(cudaGetLastError());
+}
+
+__global__ void wgmma_compiled_kernel(int* out) { *out = kWgmmaCompiled ? 1 : 0; }
+
+bool wgmma_kernels_loaded(int device) {
+  static std::mutex lock;
+  static int cache[64] = {};  // 0: not probed, 1: no, 2: yes
+  const std::lock_guard<std::mutex> guard(lock);
+  int local = 0;
+  int& known = device >= 0 && device < 64 ? cache[device] : local;
+  if (known == 0) {
+    int previous = 0;
+    DF_CUDA_CHECK(cudaGetDevice(&previous));
+    DF_CUDA_CHECK(cudaSetDevice(device));
+    int* flag = nullptr;
+    int value = 0;
+    DF_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
+    wgmma_compiled_kernel<<<1, 1>>>(flag);
+    const cudaError_t launched = cudaGetLastError();
+    const cudaError_t copied = cudaMemcpy(&value, flag, sizeof(int), cudaMemcpyDeviceToHost);
+    DF_CUDA_CHECK(cudaFree(flag));
+    DF_CUDA_CHECK(cudaSetDevice(previous));
+    DF_CUDA_CHECK(launched);
+    DF_CUDA_CHECK(copied);
+    known = value == 1 ? 2 : 1;
+  }
+  return known == 2;
 }
 
 }  // namespace deberta_fast

@@ -10,7 +10,8 @@
 
 namespace deberta_fast {
 
-template <typename T_, int D_, int BM_, int BN_, int kWarps_, bool kQInRegs_>
+// kWgmma: S = Q K^T and O += P V by warpgroup MMA (csrc/wgmma.cuh) where the build targets sm_90a, else mma.sync.
+template <typename T_, int D_, int BM_, int BN_, int kWarps_, bool kQInRegs_, bool kWgmma_ = false>
 struct FwdTraits {
   using T = T_;
   static constexpr int D = D_, BM = BM_, BN = BN_, kWarps = kWarps_;
@@ -19,8 +20,12 @@ struct FwdTraits {
   static constexpr int NF = BN / 8;
   static constexpr int DF = D / 8;
   static constexpr bool kQInRegs = kQInRegs_;
+  static constexpr bool kWgmma = kWgmma_;
   static_assert(MF >= 1 && BM == MF * 16 * kWarps, "BM must be a multiple of 16 * warps");
   static_assert(BN % 16 == 0 && D % 16 == 0, "tiles are built from 16 x 16 blocks");
+  static_assert(!kWgmma || (MF == 1 && BN == 64 && D == 64 && kWarps % 4 == 0 && !kQInRegs && sizeof(T) == 2),
+                "the wgmma forward: 16-bit types, head dim 64, 64-key tiles, warpgroups of 16-row warps, Q in shared "
+                "memory");
   // sQ [BM][D], sK / sV [2][BN][D] (double-buffered), key column terms [2][BN] (float).
   static constexpr int kSmemBytes = (BM * D + 4 * BN * D) * sizeof(T) + 2 * BN * sizeof(float);
   // With staged band slabs, StagedSlabs<T, BM, BN>::kBytes more (attention_common.cuh).
@@ -62,6 +67,13 @@ struct Fwd128x32Config {
 template <typename T, int D>
 struct Fwd64x64Config {
   using Traits = FwdTraits<T, D, 64, 64, 4, (D <= 64)>;
+};
+
+// Opt-in (DEBERTA_FAST_CUDA_FWD_MMA=wgmma), float16 / bfloat16 at head dim 64: FwdConfig's tiles with both products
+// by wgmma (sm_90a builds); Q stays in shared memory, the A operand of S = Q K^T.
+template <typename T, int D>
+struct FwdWgmmaConfig {
+  using Traits = FwdTraits<T, D, 128, 64, 8, false, true>;
 };
 
 template <typename T, int D>

@@ -35,6 +35,8 @@ void run_fwd_128x32(const FwdParams& params, cudaStream_t stream);  // opt-in ti
 template <ElemType E, int D>
 void run_fwd_64x64(const FwdParams& params, cudaStream_t stream);  // opt-in tiles, float16 / bfloat16 only
 template <ElemType E, int D>
+void run_fwd_wgmma(const FwdParams& params, cudaStream_t stream);  // opt-in wgmma, float16 / bfloat16, D 64 only
+template <ElemType E, int D>
 void run_dkdv(const BwdParams& params, cudaStream_t stream);
 template <ElemType E, int D>
 void run_dq(const BwdParams& params, cudaStream_t stream);
@@ -46,6 +48,9 @@ void run_band_edges(void* band, int elem_bytes, int64_t seqs, int n, int width, 
                     bool rows_are_queries, cudaStream_t stream);
 // keep[bh, i, j] (uint8 [B * H, N, N]) of the dropout mask for philox = [seed, offset] on the device.
 void run_dropout_mask(const int64_t* philox, float p, int bh_count, int n, uint8_t* keep, cudaStream_t stream);
+// Whether the kernels that run on ``device`` were compiled with wgmma (an sm_90a build on an sm_90 GPU): one tiny
+// kernel's answer, probed once per device (it synchronizes, that once).
+bool wgmma_kernels_loaded(int device);
 
 }  // namespace deberta_fast
 

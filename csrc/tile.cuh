@@ -77,9 +77,9 @@ struct SmemLayout {
   static_assert(D % kChunkElems == 0, "head dim must be a multiple of 16 bytes");
   static_assert(kChunks >= 4, "rows must span at least 64 bytes");
 
-  __device__ static __forceinline__ int swizzle(int row) { return kChunks >= 8 ? (row & 7) : ((row >> 1) & 3); }
+  __host__ __device__ static constexpr int swizzle(int row) { return kChunks >= 8 ? (row & 7) : ((row >> 1) & 3); }
   // Offset (in elements) of element (row, col).
-  __device__ static __forceinline__ int offset(int row, int col) {
+  __host__ __device__ static constexpr int offset(int row, int col) {
     const int chunk = col / kChunkElems;
     return row * D + ((chunk ^ swizzle(row)) * kChunkElems) + (col % kChunkElems);
   }

@@ -17,13 +17,16 @@ def test_info_lists_every_backend(capsys):
 
 def test_info_reports_the_cuda_switches(capsys, monkeypatch):
     lines = {}
-    for band, tiles in (("", ""), ("staged", "64x64")):
+    for band, tiles, mma in (("", "", ""), ("staged", "64x64", "wgmma")):
         monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", band)
         monkeypatch.setenv("DEBERTA_FAST_CUDA_FWD_TILES", tiles)
+        monkeypatch.setenv("DEBERTA_FAST_CUDA_FWD_MMA", mma)
         assert main(["info"]) == 0
         lines[band] = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("cuda extension"))
     assert "band tiles gather" in lines[""] and "forward tiles 128x64" in lines[""]
+    assert "products by mma.sync" in lines[""]
     assert "band tiles staged" in lines["staged"] and "forward tiles 64x64" in lines["staged"]
+    assert "products by wgmma" in lines["staged"]
 
 
 def test_info_reports_the_triton_settings(capsys, monkeypatch):

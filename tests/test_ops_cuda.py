@@ -53,8 +53,10 @@ def test_generated_instantiations_are_current():
     generate = _csrc("generate_instantiations")
     names = {p.name for p in (CSRC / "generated").glob("*.cu")}
     assert names == set(generate.files())
-    # fwd / dkdv / dq x fp16 / bf16 / fp32 x head dims 32 / 64 / 128, and the two opt-in forward tiles in fp16 / bf16
-    assert len(names) == 3 * 3 * 3 + 2 * 2 * 3
+    # fwd / dkdv / dq x fp16 / bf16 / fp32 x head dims 32 / 64 / 128, the two opt-in forward tiles in fp16 / bf16,
+    # and the wgmma forward in fp16 / bf16 at head dim 64
+    assert len(names) == 3 * 3 * 3 + 2 * 2 * 3 + 2
+    assert {"fwd_wgmma_fp16_hdim64.cu", "fwd_wgmma_bf16_hdim64.cu"} <= names
     sources = generate.sources(CSRC)
     assert CSRC / "attention.cpp" in sources and all(p.exists() for p in sources)
 
