@@ -16,8 +16,8 @@ bench/report.py):
   ``df-cuda-staged``: the cuda backend with DEBERTA_FAST_CUDA_BAND=staged (the band tiles of its three kernels read
   C2P / P2C from slabs staged in shared memory); ``df-cuda-staged-128x32`` / ``df-cuda-staged-64x64`` with the
   forward's opt-in tiles too (DEBERTA_FAST_CUDA_FWD_TILES), ``df-cuda-64x64`` those tiles gathering;
-  ``df-cuda-wgmma`` / ``df-cuda-wgmma-staged`` / ``df-cuda-wgmma-plain`` the forward's products by warpgroup MMA
-  (DEBERTA_FAST_CUDA_FWD_MMA=wgmma; head dim 64, an sm_90a build) gathering / staged / on plain attention (none of
+  ``df-cuda-wgmma`` / ``df-cuda-wgmma-staged`` / ``df-cuda-wgmma-plain`` the kernels' products by warpgroup MMA
+  (DEBERTA_FAST_CUDA_MMA=wgmma; head dim 64, an sm_90a build) gathering / staged / on plain attention (none of
   these is part of ``auto``'s choice; bench/common.py CUDA_VARIANTS).
   ``df-triton-plain`` / ``df-cuda-plain`` (and ``df-torch-plain``): the fused kernel on the floor's own problem,
   no position terms and no mask, compared with the torch backend's plain attention: how far the kernels' base

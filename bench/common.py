@@ -96,11 +96,11 @@ CUDA_VARIANTS = {
     "df-cuda-staged-128x32": {"DEBERTA_FAST_CUDA_BAND": "staged", "DEBERTA_FAST_CUDA_FWD_TILES": "128x32"},
     "df-cuda-staged-64x64": {"DEBERTA_FAST_CUDA_BAND": "staged", "DEBERTA_FAST_CUDA_FWD_TILES": "64x64"},
     "df-cuda-64x64": {"DEBERTA_FAST_CUDA_FWD_TILES": "64x64"},
-    # the fp16 / bf16 forward's products by warpgroup MMA at head dim 64 (csrc/wgmma.cuh; an sm_90a build), also
+    # the fp16 / bf16 kernels' products by warpgroup MMA at head dim 64 (csrc/wgmma.cuh; an sm_90a build), also
     # on plain attention (a -plain provider: no position terms, no mask, the floor's problem)
-    "df-cuda-wgmma": {"DEBERTA_FAST_CUDA_FWD_MMA": "wgmma"},
-    "df-cuda-wgmma-staged": {"DEBERTA_FAST_CUDA_FWD_MMA": "wgmma", "DEBERTA_FAST_CUDA_BAND": "staged"},
-    "df-cuda-wgmma-plain": {"DEBERTA_FAST_CUDA_FWD_MMA": "wgmma"},
+    "df-cuda-wgmma": {"DEBERTA_FAST_CUDA_MMA": "wgmma"},
+    "df-cuda-wgmma-staged": {"DEBERTA_FAST_CUDA_MMA": "wgmma", "DEBERTA_FAST_CUDA_BAND": "staged"},
+    "df-cuda-wgmma-plain": {"DEBERTA_FAST_CUDA_MMA": "wgmma"},
 }
 
 

@@ -34,7 +34,7 @@ setup() {
     $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || return 1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
-  # sm_90a, not sm_90: the forward's opt-in wgmma products (DEBERTA_FAST_CUDA_FWD_MMA=wgmma) exist only there
+  # sm_90a, not sm_90: the kernels' opt-in wgmma products (DEBERTA_FAST_CUDA_MMA=wgmma) exist only there
   export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} MAX_JOBS=${MAX_JOBS:-16}
   # Built in place (no pip: without network pip's editable install would fetch build dependencies); the
   # Triton kernels (kernels/, shipped as deberta_fast.kernels) are linked where the package expects them.
@@ -121,7 +121,7 @@ run_ncu_cuda() {  # the same for the cuda kernels at N 2048 (as in the sixth run
 
 run_cuda_staged() {  # the cuda backend with its band tiles' C2P / P2C gathered (default) and staged in shared
   # memory (DEBERTA_FAST_CUDA_BAND=staged, df-cuda-staged; csrc/README.md), the forward's opt-in tiles
-  # (DEBERTA_FAST_CUDA_FWD_TILES; the -128x32 / -64x64 providers) and its wgmma products (DEBERTA_FAST_CUDA_FWD_MMA;
+  # (DEBERTA_FAST_CUDA_FWD_TILES; the -128x32 / -64x64 providers) and the wgmma products (DEBERTA_FAST_CUDA_MMA;
   # the -wgmma providers, plain attention too), against Triton and the floor, D 64 and 128. Not part of `auto`'s
   # choice. (ncu of the staged kernels: DEBERTA_FAST_CUDA_BAND=staged bash bench/gpu_suite.sh ncu-cuda)
   local providers=df-cuda,df-cuda-staged,df-cuda-staged-128x32,df-cuda-staged-64x64,df-cuda-64x64,df-cuda-wgmma

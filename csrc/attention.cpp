@@ -78,16 +78,14 @@ FwdTiles fwd_tiles() {
   return static_cast<FwdTiles>(env_choice("DEBERTA_FAST_CUDA_FWD_TILES", {"128x64", "128x32", "64x64"}));
 }
 
-// DEBERTA_FAST_CUDA_FWD_MMA=wgmma: the float16 / bfloat16 forward at head dim 64 computes S = Q K^T and O += P V
-// by warpgroup MMA (csrc/wgmma.cuh) on the default 128x64 tiles; unset or "mma.sync": by mma.sync. Other dtypes and
-// head dims keep their kernels. wgmma needs an extension built for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a) on an sm_90
-// GPU: checked on the device (once) before the first wgmma launch, an error otherwise. ``applies``: the call is
-// float16 / bfloat16 at head dim 64.
-bool fwd_wgmma(const Tensor& query, FwdTiles tiles, bool applies) {
-  if (env_choice("DEBERTA_FAST_CUDA_FWD_MMA", {"mma.sync", "wgmma"}) == 0 || !applies) return false;
-  TORCH_CHECK(tiles == FwdTiles::k128x64, "DEBERTA_FAST_CUDA_FWD_MMA=wgmma runs the forward's 128x64 tiles only: "
-              "unset DEBERTA_FAST_CUDA_FWD_TILES");
-  TORCH_CHECK(wgmma_kernels_loaded(query.get_device()), "DEBERTA_FAST_CUDA_FWD_MMA=wgmma needs the extension built "
+// DEBERTA_FAST_CUDA_MMA=wgmma: the float16 / bfloat16 kernels at head dim 64 (the forward on its default 128x64
+// tiles, dK/dV, dQ) compute their products by warpgroup MMA (csrc/wgmma.cuh); unset or "mma.sync": by mma.sync.
+// Other dtypes and head dims keep their kernels. wgmma needs an extension built for sm_90a
+// (TORCH_CUDA_ARCH_LIST=9.0a) on an sm_90 GPU: checked on the device (once) before the first wgmma launch, an error
+// otherwise. ``applies``: the call is float16 / bfloat16 at head dim 64.
+bool use_wgmma(const Tensor& query, bool applies) {
+  if (env_choice("DEBERTA_FAST_CUDA_MMA", {"mma.sync", "wgmma"}) == 0 || !applies) return false;
+  TORCH_CHECK(wgmma_kernels_loaded(query.get_device()), "DEBERTA_FAST_CUDA_MMA=wgmma needs the extension built "
               "for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a) and an sm_90 GPU (H100, H200): the kernels running on ",
               query.device(), " have no wgmma");
   return true;
@@ -367,7 +365,9 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key,
 
   const bool staged = staged_slabs(geo, in);
   const FwdTiles tiles = fwd_tiles();
-  const bool wgmma = fwd_wgmma(query, tiles, in.elem != ElemType::kFloat32 && in.D == 64);
+  const bool wgmma = use_wgmma(query, in.elem != ElemType::kFloat32 && in.D == 64);
+  TORCH_CHECK(!wgmma || tiles == FwdTiles::k128x64, "DEBERTA_FAST_CUDA_MMA=wgmma runs the forward's 128x64 tiles "
+              "only: unset DEBERTA_FAST_CUDA_FWD_TILES");
   const int64_t per_sequence = (in.has_c2p + in.has_p2c) * in.H * in.N * in.two_s * query.element_size();
   const int64_t step = slice_step(in.B, per_sequence);
   for (int64_t b0 = 0; b0 < in.B; b0 += step) {
@@ -473,6 +473,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
 
   SeqGeometry geo;
   if (in.has_c2p || in.has_p2c) geo = seq_geometry(in.N, position_buckets, max_relative_positions, query.device());
+  const bool wgmma = use_wgmma(query, in.elem != ElemType::kFloat32 && in.D == 64);
   const int64_t width = geo.table.defined() ? geo.width() : 0;
   const bool staged = staged_slabs(geo, in);
   const bool band_c2p = in.has_c2p && width > 0;
@@ -533,6 +534,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
     p.band_w = static_cast<int>(stride);  // row stride of the band buffers
     DF_ELEM_SWITCH(in.elem, ELEM, [&] {
       DF_HEADDIM_SWITCH(in.D, HEAD_DIM, [&] {
+        if constexpr (ELEM != ElemType::kFloat32 && HEAD_DIM == 64) {
+          if (wgmma) {
+            run_dkdv_wgmma<ELEM, HEAD_DIM>(p, stream);
+            run_dq_wgmma<ELEM, HEAD_DIM>(p, stream);
+            return;
+          }
+        }
         run_dkdv<ELEM, HEAD_DIM>(p, stream);
         run_dq<ELEM, HEAD_DIM>(p, stream);
       });

@@ -15,6 +15,7 @@
 
 #include "attention_common.cuh"
 #include "kernel_traits.h"
+#include "wgmma.cuh"
 
 namespace deberta_fast {
 
@@ -96,6 +97,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
   using Gemm = WarpGemm<T, Kt::D>;
   constexpr int D = Kt::D, BR = Kt::BR, BC = Kt::BC, MF = Kt::MF, NF = Kt::NF, DF = Kt::DF;
   constexpr int kThreads = Kt::kThreads;
+  constexpr bool kWgmma = Kt::kWgmma && kWgmmaCompiled;  // else this instantiation runs mma.sync
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);  // [BR][D]
@@ -117,6 +119,9 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
   const int N = p.N;
   const int j0 = blockIdx.x * BR;
   const int warp_row0 = warp * 16 * MF;
+  if constexpr (kWgmma) {
+    if ((smem_u32(smem_raw) & 1023u) != 0) __trap();  // the descriptors' swizzle needs 1024-byte aligned tiles
+  }
 
   const T* q = static_cast<const T*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
   const T* k = static_cast<const T*>(p.k) + b * p.k_stride_b + h * p.k_stride_h;
@@ -197,6 +202,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
     if (it + 1 < n_tiles) load_tile(it + 1);
     cp_async_commit();
     cp_async_wait<1>();
+    if constexpr (kWgmma) fence_proxy_async();  // this thread's copies, before the tensor cores read them
     __syncthreads();
 
     const int buf = it & 1;
@@ -212,7 +218,11 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
     // P^T = exp2(S^T - LSE) with S^T = K Q^T + position terms, masked.
     float s[MF][NF][4];
     zero(s);
-    Gemm::template nt<MF, NF>(s, sK, warp_row0, sQb, 0);
+    if constexpr (kWgmma) {
+      WarpgroupGemm64<T>::nt(s[0], sK, sQb);
+    } else {
+      Gemm::template nt<MF, NF>(s, sK, warp_row0, sQb, 0);
+    }
     if (kStaged && mode == kBand) {
       slabs.template add_terms<true>(s, p, it, i0, j0, warp_row0, lane, sColb, has_c2p, has_p2c);
     } else {
@@ -236,7 +246,11 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
     // dP^T = V dO^T; dS^T = P^T (dP~^T - Delta), zero on masked pairs; P~ = dropout(P) for dV.
     float dp[MF][NF][4];
     zero(dp);
-    Gemm::template nt<MF, NF>(dp, sV, warp_row0, sdOb, 0);
+    if constexpr (kWgmma) {
+      WarpgroupGemm64<T>::nt(dp[0], sV, sdOb);
+    } else {
+      Gemm::template nt<MF, NF>(dp, sV, warp_row0, sdOb, 0);
+    }
     auto finish = [&](int mf, int nf, int e, bool keep) {
       const int hh = e >> 1;
       const int c = nf * 8 + 2 * t + (e & 1);
@@ -258,8 +272,13 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
           for (int e = 0; e < 4; ++e) finish(mf, nf, e, true);
     }
 
-    Gemm::template rn<MF, NF>(dv, s, sdOb, 0);
-    Gemm::template rn<MF, NF>(dk, dp, sQb, 0);
+    if constexpr (kWgmma) {
+      WarpgroupGemm64<T>::rn(dv[0], s[0], sdOb);
+      WarpgroupGemm64<T>::rn(dk[0], dp[0], sQb);
+    } else {
+      Gemm::template rn<MF, NF>(dv, s, sdOb, 0);
+      Gemm::template rn<MF, NF>(dk, dp, sQb, 0);
+    }
     if (p2c != nullptr && mode != kPlain) {
       add_slot_sums_any<true>(mode, slots.hi, slots.lo, p, dp, j0 + warp_row0, i0, lane, band, p.band_w);
     }
@@ -305,6 +324,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
   using Gemm = WarpGemm<T, Kt::D>;
   constexpr int D = Kt::D, BR = Kt::BR, BC = Kt::BC, MF = Kt::MF, NF = Kt::NF, DF = Kt::DF;
   constexpr int kThreads = Kt::kThreads;
+  constexpr bool kWgmma = Kt::kWgmma && kWgmmaCompiled;  // else this instantiation runs mma.sync
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);  // [BR][D]
@@ -323,6 +343,9 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
   const int N = p.N;
   const int i0 = blockIdx.x * BR;
   const int warp_row0 = warp * 16 * MF;
+  if constexpr (kWgmma) {
+    if ((smem_u32(smem_raw) & 1023u) != 0) __trap();  // the descriptors' swizzle needs 1024-byte aligned tiles
+  }
 
   const T* q = static_cast<const T*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
   const T* k = static_cast<const T*>(p.k) + b * p.k_stride_b + h * p.k_stride_h;
@@ -395,6 +418,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
     if (jt + 1 < n_tiles) load_tile(jt + 1);
     cp_async_commit();
     cp_async_wait<1>();
+    if constexpr (kWgmma) fence_proxy_async();  // this thread's copies, before the tensor cores read them
     __syncthreads();
 
     const int buf = jt & 1;
@@ -406,7 +430,11 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
 
     float s[MF][NF][4];
     zero(s);
-    Gemm::template nt<MF, NF>(s, sQ, warp_row0, sKb, 0);
+    if constexpr (kWgmma) {
+      WarpgroupGemm64<T>::nt(s[0], sQ, sKb);
+    } else {
+      Gemm::template nt<MF, NF>(s, sQ, warp_row0, sKb, 0);
+    }
     if (kStaged && mode == kBand) {
       slabs.template add_terms<false>(s, p, jt, i0, j0, warp_row0, lane, sColb, has_c2p, has_p2c);
     } else {
@@ -430,7 +458,11 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
 
     float dp[MF][NF][4];
     zero(dp);
-    Gemm::template nt<MF, NF>(dp, sdO, warp_row0, sVb, 0);
+    if constexpr (kWgmma) {
+      WarpgroupGemm64<T>::nt(dp[0], sdO, sVb);
+    } else {
+      Gemm::template nt<MF, NF>(dp, sdO, warp_row0, sVb, 0);
+    }
     auto finish = [&](int mf, int nf, int e, bool keep) {
       const int hh = e >> 1;
       const int c = nf * 8 + 2 * t + (e & 1);
@@ -450,7 +482,11 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
           for (int e = 0; e < 4; ++e) finish(mf, nf, e, true);
     }
 
-    Gemm::template rn<MF, NF>(dq, dp, sKb, 0);
+    if constexpr (kWgmma) {
+      WarpgroupGemm64<T>::rn(dq[0], dp[0], sKb);
+    } else {
+      Gemm::template rn<MF, NF>(dq, dp, sKb, 0);
+    }
     if (c2p != nullptr && mode != kPlain) {
       add_slot_sums_any<false>(mode, slots.hi, slots.lo, p, dp, i0 + warp_row0, j0, lane, band, p.band_w);
     }

@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
     float s[MF][NF][4];
     zero(s);
     if constexpr (kWgmma) {
-      WarpgroupGemm64<T>::qk(s[0], sQ + (warp / 4) * 64 * D, sKb);
+      WarpgroupGemm64<T>::nt(s[0], sQ + (warp / 4) * 64 * D, sKb);
     } else if constexpr (Kt::kQInRegs) {
       if (jt == 0) Gemm::template load_a<MF>(q_frag, sQ, warp_row0);
       Gemm::template nt_areg<MF, NF>(s, q_frag, sKb, 0);
@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
       });
     }
     if constexpr (kWgmma) {
-      WarpgroupGemm64<T>::pv(acc_o[0], s[0], sVb);
+      WarpgroupGemm64<T>::rn(acc_o[0], s[0], sVb);
     } else {
       Gemm::template rn<MF, NF>(acc_o, s, sVb, 0);
     }

@@ -31,7 +31,8 @@ struct FwdTraits {
   // With staged band slabs, StagedSlabs<T, BM, BN>::kBytes more (attention_common.cuh).
 };
 
-template <typename T_, int D_, int BR_, int BC_, int kWarps_>
+// kWgmma: the four (dK/dV) or three (dQ) products by warpgroup MMA where the build targets sm_90a, as FwdTraits'.
+template <typename T_, int D_, int BR_, int BC_, int kWarps_, bool kWgmma_ = false>
 struct BwdTraits {
   using T = T_;
   static constexpr int D = D_, BR = BR_, BC = BC_, kWarps = kWarps_;
@@ -39,8 +40,11 @@ struct BwdTraits {
   static constexpr int MF = BR / (16 * kWarps);
   static constexpr int NF = BC / 8;
   static constexpr int DF = D / 8;
+  static constexpr bool kWgmma = kWgmma_;
   static_assert(MF >= 1 && BR == MF * 16 * kWarps, "BR must be a multiple of 16 * warps");
   static_assert(BC % 16 == 0 && D % 16 == 0, "tiles are built from 16 x 16 blocks");
+  static_assert(!kWgmma || (MF == 1 && BR == 64 && BC == 64 && D == 64 && kWarps == 4 && sizeof(T) == 2),
+                "the wgmma backward: 16-bit types, head dim 64, 64 x 64 tiles, one warpgroup of 16-row warps");
   // Owned [BR][D] x 2, streamed [2][BC][D] x 2, per-column floats [2][BC] x 4.
   static constexpr int kSmemBytes = (2 * BR * D + 4 * BC * D) * sizeof(T) + 8 * BC * sizeof(float);
 };
@@ -69,8 +73,8 @@ struct Fwd64x64Config {
   using Traits = FwdTraits<T, D, 64, 64, 4, (D <= 64)>;
 };
 
-// Opt-in (DEBERTA_FAST_CUDA_FWD_MMA=wgmma), float16 / bfloat16 at head dim 64: FwdConfig's tiles with both products
-// by wgmma (sm_90a builds); Q stays in shared memory, the A operand of S = Q K^T.
+// Opt-in (DEBERTA_FAST_CUDA_MMA=wgmma), float16 / bfloat16 at head dim 64: FwdConfig's / BwdConfig's tiles with every
+// product by wgmma (sm_90a builds); the forward's Q stays in shared memory, the A operand of S = Q K^T.
 template <typename T, int D>
 struct FwdWgmmaConfig {
   using Traits = FwdTraits<T, D, 128, 64, 8, false, true>;
@@ -79,6 +83,10 @@ struct FwdWgmmaConfig {
 template <typename T, int D>
 struct BwdConfig {
   using Traits = BwdTraits<T, D, 64, (D <= 64 ? 64 : 32), 4>;
+};
+template <typename T, int D>
+struct BwdWgmmaConfig {
+  using Traits = BwdTraits<T, D, 64, 64, 4, true>;
 };
 template <int D>
 struct BwdConfig<float, D> {

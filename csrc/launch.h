@@ -40,6 +40,10 @@ template <ElemType E, int D>
 void run_dkdv(const BwdParams& params, cudaStream_t stream);
 template <ElemType E, int D>
 void run_dq(const BwdParams& params, cudaStream_t stream);
+template <ElemType E, int D>
+void run_dkdv_wgmma(const BwdParams& params, cudaStream_t stream);  // opt-in wgmma, float16 / bfloat16, D 64 only
+template <ElemType E, int D>
+void run_dq_wgmma(const BwdParams& params, cudaStream_t stream);  // opt-in wgmma, float16 / bfloat16, D 64 only
 
 void run_delta(ElemType elem, const DeltaParams& params, cudaStream_t stream);
 // Zero the slots of a band buffer [seqs, n, stride] (element size elem_bytes) that no (query, key) pair writes:

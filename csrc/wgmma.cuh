@@ -1,19 +1,21 @@
-// Warpgroup MMA (wgmma, sm_90a) for the forward's opt-in mainloop (DEBERTA_FAST_CUDA_FWD_MMA=wgmma), float16 /
-// bfloat16, head dim 64. Its instructions exist only where nvcc targets sm_90a (__CUDA_ARCH_FEAT_SM90_ALL:
+// Warpgroup MMA (wgmma, sm_90a) for the kernels' opt-in products (DEBERTA_FAST_CUDA_MMA=wgmma: forward, dK/dV, dQ),
+// float16 / bfloat16, head dim 64. Its instructions exist only where nvcc targets sm_90a (__CUDA_ARCH_FEAT_SM90_ALL:
 // TORCH_CUDA_ARCH_LIST naming 9.0a; kWgmmaCompiled); elsewhere the kernels keep mma.sync.
 //
 // The operands in shared memory are the kernels' own swizzled tiles (tile.cuh SmemLayout<T, 64>): rows of 64
 // elements (128 bytes), the 16-byte chunk c of row r stored at chunk c ^ (r & 7). From a 1024-byte aligned base
 // that is the 128-byte swizzle of the wgmma matrix descriptors (byte-address bits [4, 7) XOR bits [7, 10)), so the
 // tiles need no copy or re-layout:
-//   - Q [rows][64] as A and K [keys][64] as B of S = Q K^T are K-major (the reduction dim contiguous): a descriptor
-//     per 16-wide k-step starts 32 bytes further into the rows; 8-row groups 1024 bytes apart (stride offset);
-//   - V [keys][64] as B of O += P V is MN-major (the output dim contiguous, "transposed" B): a k-step is 16 keys,
-//     2048 bytes further; 8-key groups 1024 bytes apart. Its one 64-wide atom along the output dim leaves the
-//     leading offset unused; it is set to the same 1024 bytes.
+//   - the operands of S = Q K^T, dP = dO V^T (and, in dK/dV, S^T = K Q^T, dP^T = V dO^T) are K-major (the reduction
+//     dim contiguous): a descriptor per 16-wide k-step starts 32 bytes further into the rows; 8-row groups 1024
+//     bytes apart (stride offset);
+//   - the B of O += P V, dQ += dS K, dV += P^T dO, dK += dS^T Q (V, K, dO, Q [rows][64] with the rows the reduction
+//     dim) is MN-major (the output dim contiguous, "transposed" B): a k-step is 16 rows, 2048 bytes further; 8-row
+//     groups 1024 bytes apart. Its one 64-wide atom along the output dim leaves the leading offset unused; it is set
+//     to the same 1024 bytes.
 // Accumulators (m64nNk16, fp32): warp w of the warpgroup holds rows 16 w .. 16 w + 15, and within it the mma.sync
 // m16n8 layout per 8 columns (tile.cuh), so the score code sees a warp's tile exactly as with mma.sync (MF = 1).
-// A from registers (P of O += P V) has the mma.sync m16n8k16 A fragment layout per warp.
+// A from registers (P of O += P V, dS, P^T, dS^T) has the mma.sync m16n8k16 A fragment layout per warp.
 //
 // Ordering: tiles written by cp.async need fence_proxy_async() in the writing threads before the barrier that
 // publishes them (the tensor cores read through the async proxy); registers written by ordinary instructions
@@ -101,22 +103,21 @@ struct WgmmaType<__nv_bfloat16> {
       "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), \
       "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
 
-// d[64 x 64] (= or +=, accumulate) A[64 x 16] B[16 x 64]: A and B K-major in shared memory (descriptors).
+// d[64 x 64] += A[64 x 16] B[16 x 64]: A and B K-major in shared memory (descriptors).
 template <typename T>
-__device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b,
-                                                   bool accumulate) {
+__device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b) {
   if constexpr (WgmmaType<T>::kBf16) {
     DF_WGMMA_ASM(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " DF_WGMMA_D32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
         : DF_WGMMA_OUT(d)
-        : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+        : "l"(desc_a), "l"(desc_b), "r"(1));
   } else {
     DF_WGMMA_ASM(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " DF_WGMMA_D32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
         : DF_WGMMA_OUT(d)
-        : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+        : "l"(desc_a), "l"(desc_b), "r"(1));
   }
 }
 
@@ -145,26 +146,28 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs_tb(float (&d)[8][4], const ui
 #undef DF_WGMMA_OUT
 #undef DF_WGMMA_ASM
 
-// The forward's two products for one key tile, per warpgroup (a warp's part in the accumulator layout, MF = 1).
+// The kernels' two kinds of product on 64 x 64 tiles [rows][64] of shared memory, for the warpgroup holding the
+// 64 accumulator rows (each warp its 16, in the accumulator layout with MF = 1), as WarpGemm's nt and rn with
+// MF = 1, NF = 8 (tile.cuh), accumulating:
+//   nt: acc += A . B^T, A and B K-major (S = Q K^T, dP = dO V^T; S^T = K Q^T, dP^T = V dO^T), 4 k-steps of 16;
+//   rn: acc += P . B, P [64 x 64] from registers (this warp's 16 rows, packed to T here) and B [64 k][64 n]
+//       MN-major (O += P V, dQ += dS K; dV += P^T dO, dK += dS^T Q), 4 k-steps of 16 rows.
 template <typename T>
 struct WarpgroupGemm64 {
-  // s = Q[q_rows: 64 rows of this warpgroup] . K[64 keys]^T over D = 64 (4 k-steps).
-  __device__ static __forceinline__ void qk(float (&s)[8][4], const T* sQ_group, const T* sK) {
-    const uint64_t desc_q = wgmma_desc_sw128(sQ_group), desc_k = wgmma_desc_sw128(sK);
-    fence_operands(s);
+  __device__ static __forceinline__ void nt(float (&acc)[8][4], const T* sA, const T* sB) {
+    const uint64_t desc_a = wgmma_desc_sw128(sA), desc_b = wgmma_desc_sw128(sB);
+    fence_operands(acc);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {  // + 32 bytes a k-step: 2 in the descriptor's 16-byte units
-      wgmma_m64n64k16_ss<T>(s, desc_q + 2 * ks, desc_k + 2 * ks, ks > 0);
+      wgmma_m64n64k16_ss<T>(acc, desc_a + 2 * ks, desc_b + 2 * ks);
     }
     wgmma_commit();
     wgmma_wait_all();
-    fence_operands(s);
+    fence_operands(acc);
   }
-  // acc += P[this warp's 16 rows x 64 keys] . V[64 keys][64] (4 k-steps of 16 keys). p: probabilities in the
-  // accumulator layout, packed to T here.
-  __device__ static __forceinline__ void pv(float (&acc)[8][4], const float (&p)[8][4], const T* sV) {
-    const uint64_t desc_v = wgmma_desc_sw128(sV);
+  __device__ static __forceinline__ void rn(float (&acc)[8][4], const float (&p)[8][4], const T* sB) {
+    const uint64_t desc_b = wgmma_desc_sw128(sB);
     uint32_t a[4][4];
 #pragma unroll
     for (int kq = 0; kq < 4; ++kq) {
@@ -177,8 +180,8 @@ struct WarpgroupGemm64 {
     fence_operands(acc);
     wgmma_fence();
 #pragma unroll
-    for (int kq = 0; kq < 4; ++kq) {  // + 16 keys = 2048 bytes a k-step: 128 units
-      wgmma_m64n64k16_rs_tb<T>(acc, a[kq], desc_v + 128 * kq);
+    for (int kq = 0; kq < 4; ++kq) {  // + 16 rows = 2048 bytes a k-step: 128 units
+      wgmma_m64n64k16_rs_tb<T>(acc, a[kq], desc_b + 128 * kq);
     }
     wgmma_commit();
     wgmma_wait_all();

@@ -20,7 +20,7 @@ def test_info_reports_the_cuda_switches(capsys, monkeypatch):
     for band, tiles, mma in (("", "", ""), ("staged", "64x64", "wgmma")):
         monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", band)
         monkeypatch.setenv("DEBERTA_FAST_CUDA_FWD_TILES", tiles)
-        monkeypatch.setenv("DEBERTA_FAST_CUDA_FWD_MMA", mma)
+        monkeypatch.setenv("DEBERTA_FAST_CUDA_MMA", mma)
         assert main(["info"]) == 0
         lines[band] = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("cuda extension"))
     assert "band tiles gather" in lines[""] and "forward tiles 128x64" in lines[""]

@@ -54,9 +54,9 @@ def test_generated_instantiations_are_current():
     names = {p.name for p in (CSRC / "generated").glob("*.cu")}
     assert names == set(generate.files())
     # fwd / dkdv / dq x fp16 / bf16 / fp32 x head dims 32 / 64 / 128, the two opt-in forward tiles in fp16 / bf16,
-    # and the wgmma forward in fp16 / bf16 at head dim 64
-    assert len(names) == 3 * 3 * 3 + 2 * 2 * 3 + 2
-    assert {"fwd_wgmma_fp16_hdim64.cu", "fwd_wgmma_bf16_hdim64.cu"} <= names
+    # and the three wgmma kernels in fp16 / bf16 at head dim 64
+    assert len(names) == 3 * 3 * 3 + 2 * 2 * 3 + 3 * 2
+    assert {f"{k}_wgmma_{t}_hdim64.cu" for k in ("fwd", "dkdv", "dq") for t in ("fp16", "bf16")} <= names
     sources = generate.sources(CSRC)
     assert CSRC / "attention.cpp" in sources and all(p.exists() for p in sources)
 
