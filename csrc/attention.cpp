@@ -10,6 +10,7 @@
 //   cuda_position_geometry(like, seq_len, buckets, max_rel) -> (int32 table [2N - 1], r_hi, r_lo)  (any device)
 //   cuda_score_terms(...), cuda_slot_sums(...), cuda_staged_terms(...): score_terms.h's score code on one warp
 //                      tile   (test hooks; CPU)
+//   cuda_wgmma_probe(a, b, rn) -> a b^T or a b [64, 64] float32 by the kernels' wgmma products (test hook; CUDA)
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -576,6 +577,22 @@ Tensor dropout_mask_cuda(const Tensor& philox, int64_t batch, int64_t heads, int
   return keep.view(at::kBool);
 }
 
+Tensor wgmma_probe(const Tensor& a, const Tensor& b, bool rn) {
+  check_operand("b", b, a);
+  TORCH_CHECK(a.is_cuda() && (a.scalar_type() == at::kHalf || a.scalar_type() == at::kBFloat16),
+              "cuda_wgmma_probe: a must be a float16 / bfloat16 CUDA tensor");
+  CHECK_SHAPE(a, 64, 64);
+  CHECK_SHAPE(b, 64, 64);
+  const c10::cuda::CUDAGuard guard(a.device());
+  TORCH_CHECK(wgmma_kernels_loaded(a.get_device()), "cuda_wgmma_probe: the kernels running on ", a.device(),
+              " have no wgmma (an sm_90a build on an sm_90 GPU)");
+  const Tensor ac = a.contiguous(), bc = b.contiguous();
+  Tensor out = at::empty({64, 64}, a.options().dtype(at::kFloat));
+  run_wgmma_probe(elem_type(a), ac.data_ptr(), bc.data_ptr(), out.data_ptr<float>(), rn,
+                  c10::cuda::getCurrentCUDAStream().stream());
+  return out;
+}
+
 Tensor dropout_mask_cpu(const Tensor& philox, int64_t batch, int64_t heads, int64_t seq_len, double dropout_p) {
   check_mask_args(philox, batch, heads, seq_len, dropout_p);
   const Tensor ph = philox.contiguous();
@@ -802,6 +819,7 @@ TORCH_LIBRARY_FRAGMENT(deberta_fast, m) {
       "int max_relative_positions, float scale, float dropout_p, bool masked_zero) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("cuda_dropout_mask(Tensor philox, int batch, int heads, int seq_len, float dropout_p) -> Tensor");
+  m.def("cuda_wgmma_probe(Tensor a, Tensor b, bool rn) -> Tensor");
   m.def("cuda_score_terms(Tensor scores, Tensor? c2p, Tensor? p2c, Tensor table, Tensor col_term, Tensor row_hi, "
         "Tensor row_lo, int r_hi, int r_lo, int row0, int col0, bool trans, int mode) -> Tensor");
   m.def("cuda_staged_terms(Tensor scores, Tensor? c2p, Tensor? p2c, Tensor table, Tensor col_term, int q0, int k0, "
@@ -816,6 +834,7 @@ TORCH_LIBRARY_IMPL(deberta_fast, CUDA, m) {
   m.impl("cuda_attention_fwd", &deberta_fast::attention_fwd);
   m.impl("cuda_attention_bwd", &deberta_fast::attention_bwd);
   m.impl("cuda_dropout_mask", &deberta_fast::dropout_mask_cuda);
+  m.impl("cuda_wgmma_probe", &deberta_fast::wgmma_probe);
 }
 
 TORCH_LIBRARY_IMPL(deberta_fast, CPU, m) {

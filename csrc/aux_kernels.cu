@@ -68,6 +68,52 @@ void run_dropout_mask(const int64_t* philox, float p, int bh_count, int n, uint8
 
 __global__ void wgmma_compiled_kernel(int* out) { *out = kWgmmaCompiled ? 1 : 0; }
 
+// One warpgroup: A and B [64][64] (row-major, global) into the kernels' swizzled tiles; out [64][64] (float) =
+// A B^T by WarpgroupGemm64::nt (rn false) or A B by ::rn with A as register fragments (rn true).
+template <typename T>
+__global__ void __launch_bounds__(128) wgmma_probe_kernel(const T* a, const T* b, float* out, bool rn) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sA = reinterpret_cast<T*>(smem_raw);
+  T* sB = sA + 64 * 64;
+  if constexpr (kWgmmaCompiled) {
+    if ((smem_u32(smem_raw) & 1023u) != 0) __trap();
+    load_tile_async<T, 64, 64, 128>(sA, a, 64, 0, 64);
+    load_tile_async<T, 64, 64, 128>(sB, b, 64, 0, 64);
+    cp_async_commit();
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    float acc[8][4] = {};
+    if (rn) {
+      float p[8][4];
+      for_each_element<1, 8>([&](int, int nf, int e) {
+        const TilePlace at = tile_place(lane, 0, nf, e);
+        p[nf][e] = ElemTraits<T>::to_float(a[(warp * 16 + at.row) * 64 + at.col]);
+      });
+      WarpgroupGemm64<T>::rn(acc, p, sB);
+    } else {
+      WarpgroupGemm64<T>::nt(acc, sA, sB);
+    }
+    for_each_element<1, 8>([&](int, int nf, int e) {
+      const TilePlace at = tile_place(lane, 0, nf, e);
+      out[(warp * 16 + at.row) * 64 + at.col] = acc[nf][e];
+    });
+  }
+}
+
+void run_wgmma_probe(ElemType elem, const void* a, const void* b, float* out, bool rn, cudaStream_t stream) {
+  constexpr int kSmem = 2 * 64 * 64 * 2;
+  if (elem == ElemType::kFloat16) {
+    wgmma_probe_kernel<__half><<<1, 128, kSmem, stream>>>(static_cast<const __half*>(a), static_cast<const __half*>(b),
+                                                          out, rn);
+  } else {
+    wgmma_probe_kernel<__nv_bfloat16><<<1, 128, kSmem, stream>>>(static_cast<const __nv_bfloat16*>(a),
+                                                                 static_cast<const __nv_bfloat16*>(b), out, rn);
+  }
+  DF_CUDA_CHECK(cudaGetLastError());
+}
+
 bool wgmma_kernels_loaded(int device) {
   static std::mutex lock;
   static int cache[64] = {};  // 0: not probed, 1: no, 2: yes

@@ -55,6 +55,9 @@ void run_dropout_mask(const int64_t* philox, float p, int bh_count, int n, uint8
 // Whether the kernels that run on ``device`` were compiled with wgmma (an sm_90a build on an sm_90 GPU): one tiny
 // kernel's answer, probed once per device (it synchronizes, that once).
 bool wgmma_kernels_loaded(int device);
+// Test hook: out [64, 64] (float) = a b^T (rn false) or a b (rn true) for a, b [64, 64] (float16 / bfloat16,
+// contiguous) by the kernels' wgmma products (wgmma.cuh); needs wgmma_kernels_loaded.
+void run_wgmma_probe(ElemType elem, const void* a, const void* b, float* out, bool rn, cudaStream_t stream);
 
 }  // namespace deberta_fast
 

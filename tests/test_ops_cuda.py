@@ -160,6 +160,7 @@ SCHEMAS = {
         "deberta_fast::cuda_position_geometry(Tensor like, int seq_len, int position_buckets, "
         "int max_relative_positions) -> (Tensor, int, int)"
     ),
+    "cuda_wgmma_probe": "deberta_fast::cuda_wgmma_probe(Tensor a, Tensor b, bool rn) -> Tensor",
     "cuda_score_terms": (
         "deberta_fast::cuda_score_terms(Tensor scores, Tensor? c2p, Tensor? p2c, Tensor table, Tensor col_term, "
         "Tensor row_hi, Tensor row_lo, int r_hi, int r_lo, int row0, int col0, bool trans, int mode) -> Tensor"

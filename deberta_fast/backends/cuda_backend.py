@@ -9,7 +9,9 @@ TORCH_LIBRARY_IMPL; this module registers their fake implementations and the aut
   -> (dq, dk, dv, dpos_key, dpos_query)``, the backward as an op (an absent position term's gradient is empty);
 - ``cuda_dropout_mask(philox, B, H, N, p)``: the kernels' dropout keep mask (a test hook; CPU and CUDA);
 - ``cuda_position_geometry(like, N, buckets, max_rel) -> (table, r_hi, r_lo)``: the index table and
-  saturation distances the kernels use (a test hook; any device).
+  saturation distances the kernels use (a test hook; any device);
+- ``cuda_wgmma_probe(a, b, rn) -> a b^T or a b`` ([64, 64] float32 from float16 / bfloat16 [64, 64]): the kernels'
+  warpgroup-MMA products alone (a test hook; an sm_90a build on an sm_90 GPU).
 
 The same signatures as the triton backend's ops; dropout takes ``philox = [seed, offset]`` drawn from torch's
 generator on the device, so ``torch.manual_seed`` reproduces a mask.
