@@ -94,10 +94,10 @@ __device__ __forceinline__ void store_grad_row(Out* dst, const float (&acc)[DF][
 template <typename Kt, bool kStaged>
 __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdParams p) {
   using T = typename Kt::T;
-  using Gemm = WarpGemm<T, Kt::D>;
   constexpr int D = Kt::D, BR = Kt::BR, BC = Kt::BC, MF = Kt::MF, NF = Kt::NF, DF = Kt::DF;
   constexpr int kThreads = Kt::kThreads;
   constexpr bool kWgmma = Kt::kWgmma && kWgmmaCompiled;  // else this instantiation runs mma.sync
+  using Gemm = KernelGemm<T, D, kWgmma>;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);  // [BR][D]
@@ -218,11 +218,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
     // P^T = exp2(S^T - LSE) with S^T = K Q^T + position terms, masked.
     float s[MF][NF][4];
     zero(s);
-    if constexpr (kWgmma) {
-      WarpgroupGemm64<T>::nt(s[0], sK, sQb);
-    } else {
-      Gemm::template nt<MF, NF>(s, sK, warp_row0, sQb, 0);
-    }
+    Gemm::template nt<MF, NF>(s, sK, warp_row0, sQb);
     if (kStaged && mode == kBand) {
       slabs.template add_terms<true>(s, p, it, i0, j0, warp_row0, lane, sColb, has_c2p, has_p2c);
     } else {
@@ -246,11 +242,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
     // dP^T = V dO^T; dS^T = P^T (dP~^T - Delta), zero on masked pairs; P~ = dropout(P) for dV.
     float dp[MF][NF][4];
     zero(dp);
-    if constexpr (kWgmma) {
-      WarpgroupGemm64<T>::nt(dp[0], sV, sdOb);
-    } else {
-      Gemm::template nt<MF, NF>(dp, sV, warp_row0, sdOb, 0);
-    }
+    Gemm::template nt<MF, NF>(dp, sV, warp_row0, sdOb);
     auto finish = [&](int mf, int nf, int e, bool keep) {
       const int hh = e >> 1;
       const int c = nf * 8 + 2 * t + (e & 1);
@@ -272,13 +264,8 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
           for (int e = 0; e < 4; ++e) finish(mf, nf, e, true);
     }
 
-    if constexpr (kWgmma) {
-      WarpgroupGemm64<T>::rn(dv[0], s[0], sdOb);
-      WarpgroupGemm64<T>::rn(dk[0], dp[0], sQb);
-    } else {
-      Gemm::template rn<MF, NF>(dv, s, sdOb, 0);
-      Gemm::template rn<MF, NF>(dk, dp, sQb, 0);
-    }
+    Gemm::template rn<MF, NF>(dv, s, sdOb);
+    Gemm::template rn<MF, NF>(dk, dp, sQb);
     if (p2c != nullptr && mode != kPlain) {
       add_slot_sums_any<true>(mode, slots.hi, slots.lo, p, dp, j0 + warp_row0, i0, lane, band, p.band_w);
     }
@@ -321,10 +308,10 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dkdv_kernel(const BwdP
 template <typename Kt, bool kStaged>  // kStaged: as attention_dkdv_kernel's
 __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdParams p) {
   using T = typename Kt::T;
-  using Gemm = WarpGemm<T, Kt::D>;
   constexpr int D = Kt::D, BR = Kt::BR, BC = Kt::BC, MF = Kt::MF, NF = Kt::NF, DF = Kt::DF;
   constexpr int kThreads = Kt::kThreads;
   constexpr bool kWgmma = Kt::kWgmma && kWgmmaCompiled;  // else this instantiation runs mma.sync
+  using Gemm = KernelGemm<T, D, kWgmma>;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);  // [BR][D]
@@ -430,11 +417,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
 
     float s[MF][NF][4];
     zero(s);
-    if constexpr (kWgmma) {
-      WarpgroupGemm64<T>::nt(s[0], sQ, sKb);
-    } else {
-      Gemm::template nt<MF, NF>(s, sQ, warp_row0, sKb, 0);
-    }
+    Gemm::template nt<MF, NF>(s, sQ, warp_row0, sKb);
     if (kStaged && mode == kBand) {
       slabs.template add_terms<false>(s, p, jt, i0, j0, warp_row0, lane, sColb, has_c2p, has_p2c);
     } else {
@@ -458,11 +441,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
 
     float dp[MF][NF][4];
     zero(dp);
-    if constexpr (kWgmma) {
-      WarpgroupGemm64<T>::nt(dp[0], sdO, sVb);
-    } else {
-      Gemm::template nt<MF, NF>(dp, sdO, warp_row0, sVb, 0);
-    }
+    Gemm::template nt<MF, NF>(dp, sdO, warp_row0, sVb);
     auto finish = [&](int mf, int nf, int e, bool keep) {
       const int hh = e >> 1;
       const int c = nf * 8 + 2 * t + (e & 1);
@@ -482,11 +461,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_dq_kernel(const BwdPar
           for (int e = 0; e < 4; ++e) finish(mf, nf, e, true);
     }
 
-    if constexpr (kWgmma) {
-      WarpgroupGemm64<T>::rn(dq[0], dp[0], sKb);
-    } else {
-      Gemm::template rn<MF, NF>(dq, dp, sKb, 0);
-    }
+    Gemm::template rn<MF, NF>(dq, dp, sKb);
     if (c2p != nullptr && mode != kPlain) {
       add_slot_sums_any<false>(mode, slots.hi, slots.lo, p, dp, i0 + warp_row0, j0, lane, band, p.band_w);
     }

@@ -24,10 +24,10 @@ namespace deberta_fast {
 template <typename Kt, bool kDropout, bool kStaged>
 __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdParams p) {
   using T = typename Kt::T;
-  using Gemm = WarpGemm<T, Kt::D>;
   constexpr int D = Kt::D, BM = Kt::BM, BN = Kt::BN, MF = Kt::MF, NF = Kt::NF, DF = Kt::DF;
   constexpr int kThreads = Kt::kThreads;
   constexpr bool kWgmma = Kt::kWgmma && kWgmmaCompiled;  // else this instantiation runs mma.sync
+  using Gemm = KernelGemm<T, D, kWgmma>;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);  // [BM][D]
@@ -127,13 +127,11 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
 
     float s[MF][NF][4];
     zero(s);
-    if constexpr (kWgmma) {
-      WarpgroupGemm64<T>::nt(s[0], sQ + (warp / 4) * 64 * D, sKb);
-    } else if constexpr (Kt::kQInRegs) {
-      if (jt == 0) Gemm::template load_a<MF>(q_frag, sQ, warp_row0);
-      Gemm::template nt_areg<MF, NF>(s, q_frag, sKb, 0);
+    if constexpr (Kt::kQInRegs) {
+      if (jt == 0) WarpGemm<T, D>::template load_a<MF>(q_frag, sQ, warp_row0);
+      WarpGemm<T, D>::template nt_areg<MF, NF>(s, q_frag, sKb, 0);
     } else {
-      Gemm::template nt<MF, NF>(s, sQ, warp_row0, sKb, 0);
+      Gemm::template nt<MF, NF>(s, sQ, warp_row0, sKb);
     }
 
     // Scores in base 2 with position terms and masks.
@@ -196,11 +194,7 @@ __global__ void __launch_bounds__(Kt::kThreads) attention_fwd_kernel(const FwdPa
         s[mf][nf][e] = keep ? s[mf][nf][e] * rescale : 0.f;
       });
     }
-    if constexpr (kWgmma) {
-      WarpgroupGemm64<T>::rn(acc_o[0], s[0], sVb);
-    } else {
-      Gemm::template rn<MF, NF>(acc_o, s, sVb, 0);
-    }
+    Gemm::template rn<MF, NF>(acc_o, s, sVb);
     if constexpr (kStaged) slabs.advance(p, staged_tile, jt);
     __syncthreads();  // the buffer is refilled by the next iteration's prefetch
   }

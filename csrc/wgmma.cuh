@@ -189,4 +189,27 @@ struct WarpgroupGemm64 {
   }
 };
 
+// A kernel's products: WarpGemm's (mma.sync, or the float32 SIMT path) or, with kWgmma, WarpgroupGemm64's (whose
+// warpgroup holds the 64 rows from row a_row0 rounded down to 64 of the left tile). The same contracts: nt adds
+// A[a_row0 .., :] B^T into acc, rn adds P B.
+template <typename T, int D, bool kWgmma>
+struct KernelGemm {
+  template <int MF, int NF>
+  __device__ static __forceinline__ void nt(float (&acc)[MF][NF][4], const T* sA, int a_row0, const T* sB) {
+    if constexpr (kWgmma) {
+      WarpgroupGemm64<T>::nt(acc[0], sA + (a_row0 / 64) * 64 * D, sB);
+    } else {
+      WarpGemm<T, D>::template nt<MF, NF>(acc, sA, a_row0, sB, 0);
+    }
+  }
+  template <int MF, int NF>
+  __device__ static __forceinline__ void rn(float (&acc)[MF][D / 8][4], const float (&p)[MF][NF][4], const T* sB) {
+    if constexpr (kWgmma) {
+      WarpgroupGemm64<T>::rn(acc[0], p[0], sB);
+    } else {
+      WarpGemm<T, D>::template rn<MF, NF>(acc, p, sB, 0);
+    }
+  }
+};
+
 }  // namespace deberta_fast
