@@ -342,14 +342,16 @@ def test_wgmma(case, dtype, band, monkeypatch):
 @pytest.mark.parametrize("rn", [False, True], ids=["nt", "rn"])
 def test_wgmma_products(rn, dtype):
     """The two wgmma products alone (csrc/wgmma.cuh through the cuda_wgmma_probe hook): a b^T from two K-major tiles
-    (the descriptors) and a b from register fragments and a transposed tile; float32 sums of exact products."""
+    (the descriptors) and a b from register fragments and a transposed tile. Sums of 64 exact products in the tensor
+    cores' float32 accumulation: within 1e-2 of float64 (entries are about 8 in size); a misread layout is off by
+    about that size."""
     if not wgmma_expected():
         pytest.skip("wgmma needs an sm_90 GPU and an extension built for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a)")
     gen = torch.Generator().manual_seed(11)
     a, b = (torch.randn(64, 64, generator=gen).to(DEVICE, dtype) for _ in range(2))
     got = torch.ops.deberta_fast.cuda_wgmma_probe(a, b, rn)
     want = a.double() @ (b.double() if rn else b.double().T)
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-2)
 
 
 def test_wgmma_switch_errors(monkeypatch):
