@@ -355,13 +355,10 @@ def test_wgmma_products(rn, dtype):
 
 
 def test_wgmma_switch_errors(monkeypatch):
-    """The wgmma switch: unknown values and other forward tiles are errors; without sm_90a kernels, an error that
-    says what it needs (never a silent mma.sync run)."""
+    """The wgmma switch with other forward tiles is an error; without sm_90a kernels, an error that says what it needs
+    (never a silent mma.sync run). (Unknown values: test_cuda_switches_reject_unknown_values.)"""
     case = Case(N=17, D=64)
     tensors, mask = make_inputs(case, device=DEVICE, dtype=torch.bfloat16)
-    monkeypatch.setenv("DEBERTA_FAST_CUDA_MMA", "hgmma")
-    with pytest.raises(RuntimeError, match="DEBERTA_FAST_CUDA_MMA must be 'mma.sync' or 'wgmma'"):
-        disentangled_attention(*tensors, mask, backend="cuda", **call_kwargs(case))
     monkeypatch.setenv("DEBERTA_FAST_CUDA_MMA", "wgmma")
     if wgmma_expected():
         monkeypatch.setenv("DEBERTA_FAST_CUDA_FWD_TILES", "64x64")
@@ -374,15 +371,16 @@ def test_wgmma_switch_errors(monkeypatch):
             disentangled_attention(*tensors, mask, backend="cuda", **call_kwargs(case))
 
 
-def test_staged_band_switch_rejects_unknown_values(monkeypatch):
-    case = Case(N=17, D=32)
-    tensors, mask = make_inputs(case, device=DEVICE, dtype=torch.float16)
-    monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", "smem")
-    with pytest.raises(RuntimeError, match="DEBERTA_FAST_CUDA_BAND must be 'gather' or 'staged'"):
-        disentangled_attention(*tensors, mask, backend="cuda", **call_kwargs(case))
-    monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", "gather")
-    monkeypatch.setenv("DEBERTA_FAST_CUDA_FWD_TILES", "256x64")
-    with pytest.raises(RuntimeError, match="DEBERTA_FAST_CUDA_FWD_TILES must be"):
+@pytest.mark.parametrize("env,value,message", [
+    ("DEBERTA_FAST_CUDA_BAND", "smem", "DEBERTA_FAST_CUDA_BAND must be 'gather' or 'staged'"),
+    ("DEBERTA_FAST_CUDA_FWD_TILES", "256x64", "DEBERTA_FAST_CUDA_FWD_TILES must be"),
+    ("DEBERTA_FAST_CUDA_MMA", "hgmma", "DEBERTA_FAST_CUDA_MMA must be 'mma.sync' or 'wgmma'"),
+])
+def test_cuda_switches_reject_unknown_values(env, value, message, monkeypatch):
+    case = Case(N=17, D=64)
+    tensors, mask = make_inputs(case, device=DEVICE, dtype=torch.bfloat16)
+    monkeypatch.setenv(env, value)
+    with pytest.raises(RuntimeError, match=message):
         disentangled_attention(*tensors, mask, backend="cuda", **call_kwargs(case))
 
 
