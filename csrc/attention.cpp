@@ -286,7 +286,8 @@ void fill_positions(AttnParams& p, const SeqGeometry& geo, const Tensor& c2p, co
 // at 16-byte chunks of C2P / P2C rows (2S a multiple of a chunk) and span at most a tile's keys / queries (position
 // rows that step by at most 1 per distance). Elsewhere the gathers. (The launchers also check the shared memory.)
 bool staged_slabs(const SeqGeometry& geo, const Inputs& in) {
-  return geo.table.defined() && geo.unit_steps && in.two_s % (16 / in.q.element_size()) == 0 && staged_band();
+  const bool requested = staged_band();  // read first: a bad value is an error on every call
+  return requested && geo.table.defined() && geo.unit_steps && in.two_s % (16 / in.q.element_size()) == 0;
 }
 
 void fill_common(AttnParams& p, const Inputs& in, int64_t b0, int64_t nb, double scale, double dropout_p,

@@ -648,6 +648,27 @@ def test_jit_plan(monkeypatch, tmp_path):
     assert cuda_backend.jit_plan()["name"] != plan["name"]  # keyed on the architectures (and sources, flags)
 
 
+def test_jit_archs_follow_the_visible_devices(monkeypatch):
+    """Without TORCH_CUDA_ARCH_LIST the build targets the devices it sees: sm_90 as 9.0a (wgmma), others as they
+    are, below sm_80 dropped; with no device, 8.0 and 9.0."""
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    caps = [(9, 0), (8, 6), (7, 5), (9, 0)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(caps))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: caps[i])
+    archs = cuda_backend._jit_archs()
+    assert archs == ["8.6", "9.0a"]
+    build_config = _csrc("build_config")
+    assert build_config.arch_flags(archs) == ["-gencode=arch=compute_86,code=sm_86",
+                                              "-gencode=arch=compute_90a,code=sm_90a"]
+    assert build_config.archs_tag(archs) == "sm86_sm90a"
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")  # an explicit list wins
+    assert cuda_backend._jit_archs() == ["9.0"]
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cuda_backend._jit_archs() == ["8.0", "9.0"]
+
+
 def shutil_which(name):
     import shutil
 

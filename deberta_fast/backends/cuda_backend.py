@@ -104,13 +104,21 @@ def cache_dir() -> Path:
     return base / "deberta_fast" / "torch_extensions"
 
 
+def _jit_arch(capability: tuple[int, int]) -> str:
+    """The architecture a just-in-time build targets for a visible device: its own, with sm_90's arch-specific
+    features ("9.0a": warpgroup MMA, DEBERTA_FAST_CUDA_MMA=wgmma) on sm_90, whose code runs there only, as the
+    build is for the devices it sees."""
+    major, minor = capability
+    return f"{major}.{minor}" + ("a" if capability == (9, 0) else "")
+
+
 def _jit_archs() -> list[str]:
-    """TORCH_CUDA_ARCH_LIST, else the visible devices' architectures, else sm_80 and sm_90."""
+    """TORCH_CUDA_ARCH_LIST, else the visible devices' architectures (:func:`_jit_arch`), else sm_80 and sm_90."""
     build_config = _csrc_module("build_config")
     spec = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if not spec and torch.cuda.is_available():
         caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-        spec = ";".join(f"{major}.{minor}" for major, minor in caps if (major, minor) >= MIN_CAPABILITY)
+        spec = ";".join(_jit_arch(cap) for cap in caps if cap >= MIN_CAPABILITY)
     return build_config.parse_arch_list(spec or DEFAULT_JIT_ARCHS)
 
 
