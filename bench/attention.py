@@ -64,7 +64,9 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import CUDA_VARIANTS, TRITON_VARIANTS, environment, progress, usable_backends, write_json  # noqa: E402
+from common import (  # noqa: E402
+    CUDA_VARIANTS, TRITON_VARIANTS, environment, progress, results_dir, usable_backends, write_json,
+)
 
 import deberta_fast as df  # noqa: E402
 from deberta_fast.positions import relative_position_index  # noqa: E402
@@ -534,7 +536,7 @@ def main(argv=None) -> int:
     ops = args.op_providers.split(",") if args.op_providers else ops
     layers = args.layer_providers.split(",") if args.layer_providers else layers
     levels = args.levels.split(",")
-    out = Path(args.out) if args.out else HERE / "results" / (
+    out = Path(args.out) if args.out else results_dir() / (
         f"attention_{args.device}_{args.dtype}{'_padded' if args.padded else ''}.json")
 
     rows = []

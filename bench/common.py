@@ -14,6 +14,14 @@ from pathlib import Path
 from deberta_fast.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
+# Where a benchmark writes its JSON when no --out is given: this directory (set by ``deberta-fast bench`` to
+# bench/results/local/, git-ignored, so a quick start leaves the recorded runs alone), else bench/results/.
+RESULTS_ENV = "DEBERTA_FAST_BENCH_RESULTS"
+
+
+def results_dir() -> Path:
+    """The directory a benchmark's default output goes to (:data:`RESULTS_ENV`, else bench/results/)."""
+    return Path(os.environ.get(RESULTS_ENV) or ROOT / "bench" / "results")
 
 
 def _version(package: str) -> str | None:
@@ -62,7 +70,8 @@ def environment() -> dict:
         "platform": platform.platform(),
         # knobs that change what is measured (e.g. DEBERTA_FAST_TRITON_AUTOTUNE=0: default Triton configs)
         "settings": {k: v for k, v in sorted(os.environ.items())
-                     if k.startswith("DEBERTA_FAST_") or k in ("TRITON_INTERPRET", "TORCH_CUDA_ARCH_LIST")},
+                     if (k.startswith("DEBERTA_FAST_") and k != RESULTS_ENV)
+                     or k in ("TRITON_INTERPRET", "TORCH_CUDA_ARCH_LIST")},
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

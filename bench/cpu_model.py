@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import environment, write_json  # noqa: E402
+from common import environment, results_dir, write_json  # noqa: E402
 
 
 def _status_kb(field: str) -> int:
@@ -159,7 +159,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--out", default=str(HERE / "results" / "cpu_model.json"))
+    p.add_argument("--out", default=str(results_dir() / "cpu_model.json"))
     p.add_argument("--provider", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--output-file", help=argparse.SUPPRESS)

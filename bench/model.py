@@ -29,7 +29,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import environment, progress, usable_backends, write_json  # noqa: E402
+from common import environment, progress, results_dir, usable_backends, write_json  # noqa: E402
 
 CONFIGS = {
     "v3-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
         head_dims = {CONFIGS[c]["hidden_size"] // CONFIGS[c]["num_attention_heads"] for c in configs}
         per_dim = [usable_backends(device, d) for d in sorted(head_dims)]
         providers = ["transformers"] + [f"df-{n}" for n in per_dim[0] if all(n in u for u in per_dim)]
-    out = Path(args.out) if args.out else HERE / "results" / f"model_{args.device}_{args.dtype}.json"
+    out = Path(args.out) if args.out else results_dir() / f"model_{args.device}_{args.dtype}.json"
 
     import transformers
 

@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "bench" / "results" / "tokenizer_cpu.json"
+# bench/common.py RESULTS_ENV (set by `deberta-fast bench`), else bench/results/ (this script imports no torch)
+DEFAULT_OUT = Path(os.environ.get("DEBERTA_FAST_BENCH_RESULTS") or ROOT / "bench" / "results") / "tokenizer_cpu.json"
 
 _COMMON = (
     "the of and to a in is that for it as was with be by on not he this are or his from at which but have an "

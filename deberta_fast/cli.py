@@ -6,6 +6,7 @@
     deberta-fast parity --device cuda   # every backend that can run on the GPU
     deberta-fast bench                  # the CPU benchmarks: model forward vs transformers, attention
     deberta-fast bench attention --device cuda --dtype bfloat16   # any suite, with its own options
+    deberta-fast bench report           # tables of the results written so far (bench/results/local/)
 """
 
 from __future__ import annotations
@@ -241,6 +242,14 @@ BENCH_SUITES = {
     "tokenizer": "tokenizer.py",
     "report": "report.py",
 }
+BENCH_HELP = {
+    "cpu-model": "the full model forward on the CPU (torch backend, fp32) against transformers' eager model",
+    "attention": "the attention op and layer of every backend that runs here, against SDPA and transformers",
+    "model": "model training and inference steps against transformers",
+    "tokenizer": "the SentencePiece tokenizer against transformers' (a tiny model trained on the fly)",
+    "report": "markdown tables (and --plot PNGs) of benchmark JSON: the files named, else this command's results",
+}
+RESULTS_ENV = "DEBERTA_FAST_BENCH_RESULTS"  # bench/common.py's: where the scripts' default outputs go
 
 
 def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
@@ -254,10 +263,21 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
               "checkout installed with pip install -e .", file=sys.stderr)
         return 2
     suites = [args.suite] if args.suite else ["cpu-model", "attention"]
+    # Results go to bench/results/local/ (git-ignored) unless --out or $DEBERTA_FAST_BENCH_RESULTS says otherwise:
+    # bench/results/*.json are the recorded runs the README cites, written by the scripts run directly.
+    results = Path(os.environ.get(RESULTS_ENV) or bench_dir / "results" / "local")
+    env = dict(os.environ, **{RESULTS_ENV: str(results)})
     for suite in suites:
         cmd = [sys.executable, str(bench_dir / BENCH_SUITES[suite]), *extra]
+        if suite == "report" and not [a for a in extra if not a.startswith("-")]:
+            found = sorted(results.glob("*.json"))
+            if not found and not {"-h", "--help"} & set(extra):
+                print(f"error: no benchmark results in {results}: run `deberta-fast bench [suite]` first, or name "
+                      f"JSON files (the recorded runs: {bench_dir / 'results'}/*.json)", file=sys.stderr)
+                return 2
+            cmd += [str(f) for f in found]
         print(f"== {suite}: {' '.join(cmd)}", flush=True)
-        rc = subprocess.call(cmd)
+        rc = subprocess.call(cmd, env=env)
         if rc != 0:
             return rc
     return 0
@@ -268,12 +288,21 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, device, and which attention backends can run here (and why not)")
     p = sub.add_parser("parity", help="check every available backend and the model against the float64 reference")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    b = sub.add_parser("bench", help="run benchmarks (default: the CPU model forward and attention); options after "
-                                     "the suite go to its script (see bench/<suite>.py --help)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the backends run (cuda: every backend that can run on the GPU; default: cpu)")
+    suites = "\n".join(f"  {name:10s} {text}" for name, text in BENCH_HELP.items())
+    b = sub.add_parser(
+        "bench", add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="run benchmarks (default: the CPU model forward and attention); options after the suite go to its script",
+        description="Run a benchmark suite of the source checkout (bench/<suite>.py); options after the suite name, "
+                    "--help among them, go to its script. JSON results go to bench/results/local/ (git-ignored) "
+                    "unless --out or $DEBERTA_FAST_BENCH_RESULTS names another place.\n\nsuites:\n" + suites)
     b.add_argument("suite", nargs="?", choices=list(BENCH_SUITES))
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":
+        if args.suite is None and {"-h", "--help"} & set(extra):
+            b.print_help()
+            return 0
         return cmd_bench(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

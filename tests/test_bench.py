@@ -58,6 +58,34 @@ def test_cli_bench_runs_a_suite(capsys, tmp_path):
     assert main(["bench", "report", str(tmp_path / "r.json")]) == 0
 
 
+def test_cli_bench_writes_outside_the_recorded_results(tmp_path, monkeypatch, capfd):
+    """`deberta-fast bench` points the scripts' default outputs at bench/results/local/ (or
+    $DEBERTA_FAST_BENCH_RESULTS), never at the recorded runs; `bench report` alone tables what is there."""
+    monkeypatch.setenv("DEBERTA_FAST_BENCH_RESULTS", str(tmp_path))
+    recorded = BENCH / "results" / "attention_cpu_float32.json"
+    before = recorded.read_bytes()
+    assert main(["bench", "attention", "--seqlens", "32", "--tokens", "32", "--heads", "2", "--head-dim", "16",
+                 "--buckets", "8", "--max-rel", "32", "--modes", "fwd", "--rep", "1", "--warmup", "0",
+                 "--levels", "op", "--op-providers", "df-torch"]) == 0
+    assert recorded.read_bytes() == before
+    written = json.loads((tmp_path / "attention_cpu_float32.json").read_text())
+    assert "DEBERTA_FAST_BENCH_RESULTS" not in written["env"]["settings"]  # where it went is not a setting
+    capfd.readouterr()
+    assert main(["bench", "report"]) == 0
+    assert "op level, fwd" in capfd.readouterr().out
+    monkeypatch.setenv("DEBERTA_FAST_BENCH_RESULTS", str(tmp_path / "empty"))
+    assert main(["bench", "report"]) == 2
+    assert "no benchmark results in" in capfd.readouterr().err
+
+
+def test_cli_bench_help_goes_to_the_script(capfd):
+    assert main(["bench", "attention", "--help"]) == 0
+    assert "--op-providers" in capfd.readouterr().out  # the script's own options
+    assert main(["bench", "--help"]) == 0
+    out = capfd.readouterr().out
+    assert "suites:" in out and "cpu-model" in out and "bench/results/local/" in out
+
+
 def test_skew_probe_compiles_for_sm90():
     """bench/skew_probe.py (a static probe, no GPU) still compiles its in-tile loop for sm_90 with the installed
     Triton; each position term adds code to the plain loop (the probe's subject)."""
