@@ -42,6 +42,7 @@ def disentangled_attention(
         pos_query: ``[H, 2S, D]`` relative embeddings projected by the query projection (p2c term), or None.
             S is ``position_buckets`` if > 0, else ``max_relative_positions``.
         attention_mask: ``[B, N]``, 1/True = token, 0/False = padding (bool, integer or float); None = no padding.
+            A floating mask with negative entries (an additive mask) is an error; checking it waits for the device.
         position_buckets: number of log buckets (256 for DeBERTa-v3); <= 0 turns bucketing off.
         max_relative_positions: the largest relative distance the buckets cover (512 for DeBERTa-v3).
         scale: score scale; default ``1 / sqrt(D * (1 + [pos_key given] + [pos_query given]))``.

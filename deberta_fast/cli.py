@@ -66,9 +66,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         band = os.environ.get("DEBERTA_FAST_CUDA_BAND") or "gather"
         tiles = os.environ.get("DEBERTA_FAST_CUDA_FWD_TILES") or "128x64"
         mma = os.environ.get("DEBERTA_FAST_CUDA_MMA") or "mma.sync"
-        print(f"cuda extension {line}; just-in-time build {status['jit']}; band tiles {band} "
-              f"(DEBERTA_FAST_CUDA_BAND: gather or staged); fp16 / bf16 forward tiles {tiles} "
-              f"(DEBERTA_FAST_CUDA_FWD_TILES: 128x64, 128x32 or 64x64); products by {mma} "
+        print(f"cuda extension {line}; just-in-time build {status['jit']}")
+        print(f"cuda switches  band tiles {band} (DEBERTA_FAST_CUDA_BAND: gather or staged); fp16 / bf16 forward "
+              f"tiles {tiles} (DEBERTA_FAST_CUDA_FWD_TILES: 128x64, 128x32 or 64x64); products by {mma} "
               "(DEBERTA_FAST_CUDA_MMA: mma.sync or wgmma, head dim 64, an sm_90a build)")
     print(f"triton configs {_triton_settings()}")
     return 0

@@ -61,9 +61,10 @@ def _check_padding_mask(attention_mask: torch.Tensor | None, batch: int, seq_len
     if not isinstance(attention_mask, torch.Tensor):
         raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}")
     if tuple(attention_mask.shape) != (batch, seq_len):
+        extended = "; deberta_fast does not take [B, N, N] or 4-D attention masks" if attention_mask.dim() > 2 else ""
         raise ValueError(
             f"attention_mask must be a [B, N] = {(batch, seq_len)} padding mask (1 = token, 0 = padding), got "
-            f"{tuple(attention_mask.shape)}; deberta_fast does not take [B, N, N] or 4-D attention masks"
+            f"{tuple(attention_mask.shape)}{extended}"
         )
 
 
@@ -430,9 +431,9 @@ class DebertaV2PreTrainedModel(nn.Module):
                 config = DebertaV2Config.from_dict(config.to_dict())  # a transformers DebertaV2Config
             else:
                 raise TypeError(f"config must be a DebertaV2Config, got {type(config).__name__}")
+        prepare_backends(attn_backend if attn_backend is not None else config.attn_backend)  # before any change
         if attn_backend is not None:
             config.attn_backend = attn_backend
-        prepare_backends(config.attn_backend)
         self.config = config
 
     # init and tying
@@ -850,6 +851,9 @@ class DebertaV2ForSequenceClassification(DebertaV2PreTrainedModel):
 
 
 class DebertaV2ForTokenClassification(DebertaV2PreTrainedModel):
+    """Per-token classification (NER, tagging): every token's hidden state -> dropout -> linear to
+    ``num_labels``."""
+
     def __init__(self, config: DebertaV2Config, attn_backend: str | None = None):
         super().__init__(config, attn_backend)
         config = self.config  # converted if a transformers config was passed
@@ -874,6 +878,8 @@ class DebertaV2ForTokenClassification(DebertaV2PreTrainedModel):
 
 
 class DebertaV2ForQuestionAnswering(DebertaV2PreTrainedModel):
+    """Extractive question answering: a linear layer gives each token a start and an end logit (the span)."""
+
     def __init__(self, config: DebertaV2Config, attn_backend: str | None = None):
         super().__init__(config, attn_backend)
         config = self.config  # converted if a transformers config was passed
@@ -910,6 +916,9 @@ class DebertaV2ForQuestionAnswering(DebertaV2PreTrainedModel):
 
 
 class DebertaV2ForMultipleChoice(DebertaV2PreTrainedModel):
+    """Multiple choice: each of C choices encoded as its own sequence, pooled first token -> dropout -> linear to one
+    score; the choices' scores compete in a softmax."""
+
     def __init__(self, config: DebertaV2Config, attn_backend: str | None = None):
         super().__init__(config, attn_backend)
         config = self.config  # converted if a transformers config was passed

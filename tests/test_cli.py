@@ -22,7 +22,7 @@ def test_info_reports_the_cuda_switches(capsys, monkeypatch):
         monkeypatch.setenv("DEBERTA_FAST_CUDA_FWD_TILES", tiles)
         monkeypatch.setenv("DEBERTA_FAST_CUDA_MMA", mma)
         assert main(["info"]) == 0
-        lines[band] = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("cuda extension"))
+        lines[band] = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("cuda switches"))
     assert "band tiles gather" in lines[""] and "forward tiles 128x64" in lines[""]
     assert "products by mma.sync" in lines[""]
     assert "band tiles staged" in lines["staged"] and "forward tiles 64x64" in lines["staged"]

@@ -22,8 +22,12 @@ def test_input_errors():
         model()
     with pytest.raises(ValueError, match="both input_ids and inputs_embeds"):
         model(ids, inputs_embeds=torch.randn(3, 24, 32))
-    with pytest.raises(ValueError, match=r"\[B, N\] = \(3, 24\) padding mask"):
+    with pytest.raises(ValueError, match=r"\[B, N\] = \(3, 24\) padding mask.*does not take \[B, N, N\] or 4-D"):
         model(ids, attention_mask=mask[:, None, None, :])
+    with pytest.raises(ValueError, match=r"padding mask \(1 = token, 0 = padding\), got \(3, 23\)$"):
+        model(ids, attention_mask=mask[:, :-1])  # a wrong length: no word of extended masks
+    with pytest.raises(ValueError, match="attention_mask has negative entries, as an additive mask"):
+        model(ids, attention_mask=(mask.float() - 1) * 1e4)
     with pytest.raises(ValueError, match=r"input_ids must be \[B, N\]"):
         model(ids[0])
     absolute = _model(position_biased_input=True)
@@ -80,6 +84,11 @@ def test_unusable_backend_is_an_error_not_a_fallback(monkeypatch):
         model(ids, attention_mask=mask)
     with pytest.raises(ValueError, match="unknown backend 'nope'"):
         _model(attn_backend="nope")
+    config = df.DebertaV2Config(**CFG)
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        df.DebertaV2Model(config, attn_backend="nope")
+    assert config.attn_backend == "auto"  # the caller's config is left as it was
+    df.DebertaV2Model(config)  # and still builds a model
 
 
 def test_masked_rows_zero_changes_only_padding_rows():

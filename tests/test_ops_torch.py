@@ -328,6 +328,8 @@ BAD = [
     (dict(attention_mask=torch.ones(2, 6)), ValueError, r"attention_mask must have shape \[B, N\]"),
     (dict(attention_mask=torch.ones(2, 1, 1, 5)), ValueError, "attention_mask must have shape"),
     (dict(attention_mask=[[1] * 5] * 2), TypeError, "attention_mask must be a torch.Tensor"),
+    (dict(attention_mask=torch.tensor([[0.0] * 5, [0.0] * 4 + [-1e4]])), ValueError,
+     "attention_mask has negative entries, as an additive mask"),
     (dict(query="q"), TypeError, "query must be a torch.Tensor"),
     (dict(position_buckets=8, max_relative_positions=4), ValueError, "log bucketing needs"),
     (dict(scale=-1.0), ValueError, "scale must be a positive"),
@@ -341,6 +343,14 @@ BAD = [
 def test_bad_inputs_raise_clear_errors(over, exc, match):
     with pytest.raises(exc, match=match):
         disentangled_attention(**_good(**over))
+
+
+def test_float_padding_masks_are_accepted():
+    """A float 0/1 mask is a padding mask like its integer twin (only negative entries are refused)."""
+    args = _good(attention_mask=torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]))
+    by_long = disentangled_attention(**args)
+    by_float = disentangled_attention(**{**args, "attention_mask": args["attention_mask"].float()})
+    torch.testing.assert_close(by_float, by_long, rtol=0, atol=0)
 
 
 def test_backend_env_override(monkeypatch):

@@ -15,6 +15,21 @@ MASKED_ROWS = ("uniform", "zero")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _check_not_additive(attention_mask: torch.Tensor) -> None:
+    """Reject a floating mask with negative entries: an additive mask (0 = attend, a large negative number =
+    masked), which read as a padding mask (nonzero = token) would mask exactly the tokens. Floating masks only,
+    outside torch.compile traces: reading the values waits for the device (bool and integer masks, what
+    tokenizers return, are never read)."""
+    if not attention_mask.is_floating_point() or torch.compiler.is_compiling():
+        return
+    if bool((attention_mask < 0).any()):
+        raise ValueError(
+            "attention_mask has negative entries, as an additive mask (0 = attend, a large negative number = masked) "
+            "has; deberta_fast, like transformers' DeBERTa-v2, takes a padding mask: 1/True = token, 0/False = "
+            "padding (from an additive mask: attention_mask = additive_mask == 0)"
+        )
+
+
 @dataclass(frozen=True)
 class AttentionCall:
     """Inputs of one attention call after validation.
@@ -133,6 +148,7 @@ def make_call(
             raise ValueError(f"attention_mask must be bool, integer or float, got {attention_mask.dtype}")
         if attention_mask.device != query.device:
             raise ValueError(f"attention_mask is on {attention_mask.device} but query is on {query.device}")
+        _check_not_additive(attention_mask)
         mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
 
     if scale is None:
