@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from .activations import get_activation
 from .attention import disentangled_attention
 from .backends import prepare_backends
-from .backends.call import make_call
+from .backends.call import check_not_additive, make_call
 from .backends.torch_backend import torch_attention
 from .checkpoint import (
     CheckpointError,
@@ -372,16 +372,22 @@ class DebertaV2Encoder(nn.Module):
         Returns (last hidden state, all hidden states or None, all attentions or None).
         """
         tables = self.position_tables()
+        # The attention layers read the mask as padding (nonzero = token): made bool once here, a floating one
+        # checked once, rather than in every layer's call; the conv layer takes the mask as given.
+        attn_mask = attention_mask
+        if attention_mask is not None and attention_mask.dtype != torch.bool:
+            check_not_additive(attention_mask)
+            attn_mask = attention_mask != 0
         all_hidden = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         layer_input = hidden_states
         for i, (layer, layer_tables) in enumerate(zip(self.layer, tables)):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 output, probs = activation_checkpoint(
-                    layer, layer_input, attention_mask, layer_tables, output_attentions, use_reentrant=False
+                    layer, layer_input, attn_mask, layer_tables, output_attentions, use_reentrant=False
                 )
             else:
-                output, probs = layer(layer_input, attention_mask, layer_tables, output_attentions)
+                output, probs = layer(layer_input, attn_mask, layer_tables, output_attentions)
             if i == 0 and self.conv is not None:
                 output = self.conv(hidden_states, output, attention_mask)
             if output_hidden_states:

@@ -9,13 +9,13 @@ import torch
 
 from ..positions import attention_span, check_position_settings
 
-__all__ = ["AttentionCall", "make_call", "MASKED_ROWS"]
+__all__ = ["AttentionCall", "check_not_additive", "make_call", "MASKED_ROWS"]
 
 MASKED_ROWS = ("uniform", "zero")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_not_additive(attention_mask: torch.Tensor) -> None:
+def check_not_additive(attention_mask: torch.Tensor) -> None:
     """Reject a floating mask with negative entries: an additive mask (0 = attend, a large negative number =
     masked), which read as a padding mask (nonzero = token) would mask exactly the tokens. Floating masks only,
     outside torch.compile traces: reading the values waits for the device (bool and integer masks, what
@@ -148,7 +148,7 @@ def make_call(
             raise ValueError(f"attention_mask must be bool, integer or float, got {attention_mask.dtype}")
         if attention_mask.device != query.device:
             raise ValueError(f"attention_mask is on {attention_mask.device} but query is on {query.device}")
-        _check_not_additive(attention_mask)
+        check_not_additive(attention_mask)
         mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
 
     if scale is None:
