@@ -11,12 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deberta_fast.cli import RESULTS_ENV  # where default outputs go (``deberta-fast bench``: bench/results/local/)
 from deberta_fast.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
-# Where a benchmark writes its JSON when no --out is given: this directory (set by ``deberta-fast bench`` to
-# bench/results/local/, git-ignored, so a quick start leaves the recorded runs alone), else bench/results/.
-RESULTS_ENV = "DEBERTA_FAST_BENCH_RESULTS"
 
 
 def results_dir() -> Path:

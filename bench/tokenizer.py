@@ -32,8 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# bench/common.py RESULTS_ENV (set by `deberta-fast bench`), else bench/results/ (this script imports no torch)
-DEFAULT_OUT = Path(os.environ.get("DEBERTA_FAST_BENCH_RESULTS") or ROOT / "bench" / "results") / "tokenizer_cpu.json"
+sys.path.insert(0, str(ROOT / "bench"))
 
 _COMMON = (
     "the of and to a in is that for it as was with be by on not he this are or his from at which but have an "
@@ -238,7 +237,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output path")
+    parser.add_argument("--out", default=None, help="JSON output path (default: bench/results/tokenizer_cpu.json, "
+                        "or under $DEBERTA_FAST_BENCH_RESULTS)")
     args = parser.parse_args(argv)
 
     import sentencepiece
@@ -311,7 +311,9 @@ def main(argv=None) -> int:
         },
         "results": results,
     }
-    out = Path(args.out)
+    from common import results_dir
+
+    out = Path(args.out) if args.out else results_dir() / "tokenizer_cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(out.suffix + ".tmp")
     tmp_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

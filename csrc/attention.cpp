@@ -79,19 +79,6 @@ FwdTiles fwd_tiles() {
   return static_cast<FwdTiles>(env_choice("DEBERTA_FAST_CUDA_FWD_TILES", {"128x64", "128x32", "64x64"}));
 }
 
-// DEBERTA_FAST_CUDA_MMA=wgmma: the float16 / bfloat16 kernels at head dim 64 (the forward on its default 128x64
-// tiles, dK/dV, dQ) compute their products by warpgroup MMA (csrc/wgmma.cuh); unset or "mma.sync": by mma.sync.
-// Other dtypes and head dims keep their kernels. wgmma needs an extension built for sm_90a
-// (TORCH_CUDA_ARCH_LIST=9.0a) on an sm_90 GPU: checked on the device (once) before the first wgmma launch, an error
-// otherwise. ``applies``: the call is float16 / bfloat16 at head dim 64.
-bool use_wgmma(const Tensor& query, bool applies) {
-  if (env_choice("DEBERTA_FAST_CUDA_MMA", {"mma.sync", "wgmma"}) == 0 || !applies) return false;
-  TORCH_CHECK(wgmma_kernels_loaded(query.get_device()), "DEBERTA_FAST_CUDA_MMA=wgmma needs the extension built "
-              "for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a) and an sm_90 GPU (H100, H200): the kernels running on ",
-              query.device(), " have no wgmma");
-  return true;
-}
-
 ElemType elem_type(const Tensor& t) {
   switch (t.scalar_type()) {
     case at::kHalf:
@@ -282,6 +269,20 @@ void fill_positions(AttnParams& p, const SeqGeometry& geo, const Tensor& c2p, co
   if (p2c.defined()) p.p2c = p2c.data_ptr();
 }
 
+// DEBERTA_FAST_CUDA_MMA=wgmma: the float16 / bfloat16 kernels at head dim 64 (the forward on its default 128x64
+// tiles, dK/dV, dQ) compute their products by warpgroup MMA (csrc/wgmma.cuh); unset or "mma.sync": by mma.sync.
+// Other dtypes and head dims keep their kernels. wgmma needs an extension built for sm_90a
+// (TORCH_CUDA_ARCH_LIST=9.0a) on an sm_90 GPU: checked on the device (once) before the first wgmma launch, an error
+// otherwise.
+bool use_wgmma(const Inputs& in) {
+  if (env_choice("DEBERTA_FAST_CUDA_MMA", {"mma.sync", "wgmma"}) == 0) return false;
+  if (in.elem == ElemType::kFloat32 || in.D != 64) return false;
+  TORCH_CHECK(wgmma_kernels_loaded(in.q.get_device()), "DEBERTA_FAST_CUDA_MMA=wgmma needs the extension built "
+              "for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a) and an sm_90 GPU (H100, H200): the kernels running on ",
+              in.q.device(), " have no wgmma");
+  return true;
+}
+
 // Whether the kernels' band tiles read staged slabs (DEBERTA_FAST_CUDA_BAND=staged) for this call: slab rows start
 // at 16-byte chunks of C2P / P2C rows (2S a multiple of a chunk) and span at most a tile's keys / queries (position
 // rows that step by at most 1 per distance). Elsewhere the gathers. (The launchers also check the shared memory.)
@@ -367,7 +368,7 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& query, const Tensor& key,
 
   const bool staged = staged_slabs(geo, in);
   const FwdTiles tiles = fwd_tiles();
-  const bool wgmma = use_wgmma(query, in.elem != ElemType::kFloat32 && in.D == 64);
+  const bool wgmma = use_wgmma(in);
   TORCH_CHECK(!wgmma || tiles == FwdTiles::k128x64, "DEBERTA_FAST_CUDA_MMA=wgmma runs the forward's 128x64 tiles "
               "only: unset DEBERTA_FAST_CUDA_FWD_TILES");
   const int64_t per_sequence = (in.has_c2p + in.has_p2c) * in.H * in.N * in.two_s * query.element_size();
@@ -475,7 +476,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_bwd(
 
   SeqGeometry geo;
   if (in.has_c2p || in.has_p2c) geo = seq_geometry(in.N, position_buckets, max_relative_positions, query.device());
-  const bool wgmma = use_wgmma(query, in.elem != ElemType::kFloat32 && in.D == 64);
+  const bool wgmma = use_wgmma(in);
   const int64_t width = geo.table.defined() ? geo.width() : 0;
   const bool staged = staged_slabs(geo, in);
   const bool band_c2p = in.has_c2p && width > 0;

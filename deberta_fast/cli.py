@@ -249,7 +249,9 @@ BENCH_HELP = {
     "tokenizer": "the SentencePiece tokenizer against transformers' (a tiny model trained on the fly)",
     "report": "markdown tables (and --plot PNGs) of benchmark JSON: the files named, else this command's results",
 }
-RESULTS_ENV = "DEBERTA_FAST_BENCH_RESULTS"  # bench/common.py's: where the scripts' default outputs go
+# Where the bench/ scripts write their JSON when given no --out (bench/common.py results_dir): set to
+# bench/results/local/ by `deberta-fast bench`, else bench/results/ (the recorded runs).
+RESULTS_ENV = "DEBERTA_FAST_BENCH_RESULTS"
 
 
 def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
