@@ -303,6 +303,11 @@ def wgmma_expected() -> bool:
     return torch.cuda.get_device_capability()[0] == 9 and "sm90a" in archs.split("_")
 
 
+def require_wgmma() -> None:
+    if not wgmma_expected():
+        pytest.skip("wgmma needs an sm_90 GPU and an extension built for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a)")
+
+
 WGMMA_CASES = [  # head dim 64 runs wgmma (band, saturated and plain tiles, masks); 32 and 128 keep mma.sync
     (Case(N=17, D=64, mask="left", masked_rows="zero"), torch.float16),
     (Case(N=97, D=64, p2c=False, mask="right"), torch.bfloat16),
@@ -320,8 +325,7 @@ def test_wgmma(case, dtype, band, monkeypatch):
     output and gradients within the rule with either band mode; with dropout the mma.sync kernels' output and
     gradients to rounding (the same mask, a different accumulation order); at head dims without wgmma kernels, the
     mma.sync kernels' results bit for bit."""
-    if not wgmma_expected():
-        pytest.skip("wgmma needs an sm_90 GPU and an extension built for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a)")
+    require_wgmma()
     monkeypatch.setenv("DEBERTA_FAST_CUDA_MMA", "wgmma")
     monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", band)
     check(case, dtype)
@@ -345,8 +349,7 @@ def test_wgmma_products(rn, dtype):
     (the descriptors) and a b from register fragments and a transposed tile. Sums of 64 exact products in the tensor
     cores' float32 accumulation: within 1e-2 of float64 (entries are about 8 in size); a misread layout is off by
     about that size."""
-    if not wgmma_expected():
-        pytest.skip("wgmma needs an sm_90 GPU and an extension built for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a)")
+    require_wgmma()
     gen = torch.Generator().manual_seed(11)
     a, b = (torch.randn(64, 64, generator=gen).to(DEVICE, dtype) for _ in range(2))
     got = torch.ops.deberta_fast.cuda_wgmma_probe(a, b, rn)
@@ -603,8 +606,8 @@ def test_compute_sanitizer_is_clean(tool, band, tiles, mma):
     sanitizer = shutil.which("compute-sanitizer")
     if sanitizer is None:
         pytest.skip("compute-sanitizer is not on PATH")
-    if mma == "wgmma" and not wgmma_expected():
-        pytest.skip("wgmma needs an sm_90 GPU and an extension built for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a)")
+    if mma == "wgmma":
+        require_wgmma()
     cmd = [sanitizer, f"--tool={tool}", "--error-exitcode=1", "--target-processes=all"]
     if tool == "memcheck":
         cmd.append("--leak-check=no")
