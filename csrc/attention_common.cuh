@@ -71,15 +71,26 @@ struct ColumnFetch {
   __device__ __forceinline__ float key_term() const { return is_token() ? pos_value() : -INFINITY; }
 };
 
+// A per-device host value, ``compute(device)`` (never 0) cached in ``cache`` (0: not computed yet); devices past
+// the cache's 64 entries compute it on every call. The caller serializes calls if computing has side effects.
+template <typename F>
+int once_per_device(int (&cache)[64], int device, F compute) {
+  int local = 0;
+  int& value = device >= 0 && device < 64 ? cache[device] : local;
+  if (value == 0) value = compute(device);
+  return value;
+}
+
 // The current device's opt-in shared memory per block (read once per device).
 inline int max_smem_optin() {
-  static int cache[64] = {};  // 0: not read yet
+  static int cache[64] = {};
   int device = 0;
   DF_CUDA_CHECK(cudaGetDevice(&device));
-  int local = 0;
-  int& bytes = device >= 0 && device < 64 ? cache[device] : local;
-  if (bytes == 0) DF_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return bytes;
+  return once_per_device(cache, device, [](int d) {
+    int bytes = 0;
+    DF_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, d));
+    return bytes;
+  });
 }
 
 // A streamed tile as the staged slabs see it: whether it is a band tile (false past the last tile), and its first

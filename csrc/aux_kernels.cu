@@ -116,14 +116,12 @@ void run_wgmma_probe(ElemType elem, const void* a, const void* b, float* out, bo
 
 bool wgmma_kernels_loaded(int device) {
   static std::mutex lock;
-  static int cache[64] = {};  // 0: not probed, 1: no, 2: yes
-  const std::lock_guard<std::mutex> guard(lock);
-  int local = 0;
-  int& known = device >= 0 && device < 64 ? cache[device] : local;
-  if (known == 0) {
+  static int cache[64] = {};  // 1: no, 2: yes
+  const std::lock_guard<std::mutex> guard(lock);  // the probe switches the current device
+  return once_per_device(cache, device, [](int d) {
     int previous = 0;
     DF_CUDA_CHECK(cudaGetDevice(&previous));
-    DF_CUDA_CHECK(cudaSetDevice(device));
+    DF_CUDA_CHECK(cudaSetDevice(d));
     int* flag = nullptr;
     int value = 0;
     DF_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
@@ -134,9 +132,8 @@ bool wgmma_kernels_loaded(int device) {
     DF_CUDA_CHECK(cudaSetDevice(previous));
     DF_CUDA_CHECK(launched);
     DF_CUDA_CHECK(copied);
-    known = value == 1 ? 2 : 1;
-  }
-  return known == 2;
+    return value == 1 ? 2 : 1;
+  }) == 2;
 }
 
 }  // namespace deberta_fast
