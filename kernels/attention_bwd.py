@@ -16,7 +16,7 @@ Saturated tiles recompute their scores with one dot and no per-tile position loa
 the dK/dV programs fold the c2p term into their keys (k + pos_key[row]) and add their keys' own p2c values, the
 dQ programs fold the p2c term into their queries and add their rows' c2p values in the exponent, as the forward.
 INNER band tiles (common.inner_band) store dS by distance without edge or bounds tests and add nothing to the
-saturated sums.
+saturated sums; unless in band mode "bias", each loads the next one's position terms (PREFETCH: common.next_inner).
 
 Padded batches: the dQ programs visit only their sequence's token hull of keys (dS is zero on every pair with
 a padded side), and under masked_rows="zero" the dK/dV programs only its token hull of queries; the band
@@ -54,9 +54,10 @@ import triton.language as tl
 from .common import (  # noqa: F401  (BACKWARD_ENV, backward_mode: this module's switch, defined with the others)
     BACKWARD_ENV, BAND, INNER, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
     autotuned, backward_mode, band_bias, band_edge_terms, band_runs, batch_slices, bias_layout, block_d, dot,
-    end_terms, index_table, inner_band, key_regions, launch, load_rows, load_vector, mask_scores, position_bias,
-    position_geometry, position_scores, query_regions, saturated_operand, seq_bucket, store_by_distance,
-    store_rows, tile_count, tile_start, token_ranges, token_span, triton_variant, upcast_dots,
+    end_terms, index_table, inner_band, inner_terms, key_regions, launch, load_rows, load_vector, mask_scores,
+    next_inner, position_bias, position_geometry, position_scores, prefetch_inner, query_regions, saturated_operand,
+    seq_bucket, store_by_distance, store_rows, tile_count, tile_start, token_ranges, token_span, triton_variant,
+    upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -169,7 +170,7 @@ def _dkdv_tiles(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FUSED_DQ: tl.constexpr,
-    BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr, INDEX_REVERSED: tl.constexpr,
+    BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr, INDEX_REVERSED: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Accumulate over the query tiles [start, end) less [gap_lo, gap_hi) (as the forward's ``_fwd_tiles``), all of
     one kind (MODE); scores are transposed [keys, queries].
@@ -182,7 +183,14 @@ def _dkdv_tiles(
     the c2p part of dS summed over saturated pairs into SAT_Q_LO / SAT_Q_HI (fp32, zeroed) and stored by
     distance in BAND_Q (``band_q[i, i - j + r_lo - 1]``)."""
     col_in = offs_n < N
-    for t in range(0, tile_count(start, end, gap_lo, gap_hi, BLOCK_M)):
+    n_tiles = tile_count(start, end, gap_lo, gap_hi, BLOCK_M)
+    ahead = 0.0  # PREFETCH: the next INNER tile's position terms (common.next_inner)
+    if PREFETCH and MODE == INNER:
+        ahead = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        if n_tiles > 0:
+            ahead = inner_terms(next_inner(-1, start, n_tiles, BLOCK_M), offs_n, C2P, P2C, TABLE, BIAS, bias_row,
+                                bias_offset, two_s, N, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 1)
+    for t in range(0, n_tiles):
         start_m = tile_start(t, start, gap_lo, gap_hi, BLOCK_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_in = offs_m < N
@@ -192,7 +200,9 @@ def _dkdv_tiles(
         delta = tl.load(DELTA + offs_m, mask=row_in, other=0.0)
         s = dot(kt, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), PREC, UPCAST)
         valid = col_in[:, None] & row_in[None, :]
-        if MODE == BAND or MODE == INNER:
+        if PREFETCH and MODE == INNER:
+            s += ahead
+        elif MODE == BAND or MODE == INNER:
             sat_hi = 0.0
             sat_lo = 0.0
             if BAND_BIAS and MODE == BAND:
@@ -256,6 +266,9 @@ def _dkdv_tiles(
                     tl.atomic_add(SAT_Q_LO + offs_m, tl.sum(tl.where(r <= -R_LO, ds, 0.0), 0), mask=row_in, sem="relaxed")
                     store_by_distance(BAND_Q, offs_m, offs_n, ds, valid, W, N, R_HI, R_LO, 1,
                                       ORIENTED, INDEX_REVERSED, True)
+        if PREFETCH and MODE == INNER:
+            ahead = inner_terms(next_inner(t, start, n_tiles, BLOCK_M), offs_n, C2P, P2C, TABLE, BIAS, bias_row,
+                                bias_offset, two_s, N, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 1)
     return dk, dv, t_hi, t_lo
 
 
@@ -279,8 +292,8 @@ def _dkdv_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FUSED_DQ: tl.constexpr,
-    BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr, INDEX_REVERSED: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr, INDEX_REVERSED: tl.constexpr, PREFETCH: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     n_blocks = tl.cdiv(N, BLOCK_N)
     pid = tl.program_id(0)
@@ -346,7 +359,7 @@ def _dkdv_kernel(
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, ORIENTED,
-            INDEX_REVERSED)
+            INDEX_REVERSED, PREFETCH)
         band_start = tl.maximum(lo_end, q_lo)
         band_end = tl.minimum(hi_start, q_hi)
         inner_lo, inner_hi = inner_band(j0, N, R_LO, R_HI, BLOCK_N, BLOCK_M)
@@ -360,7 +373,7 @@ def _dkdv_kernel(
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, ORIENTED,
-            INDEX_REVERSED)
+            INDEX_REVERSED, PREFETCH)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
             dk, dv, t_hi, t_lo, k, k, 0.0, v, col_ok, p2c_hi, p2c_lo, j0, offs_n, inner_start, inner_end,
             inner_end, inner_end,
@@ -370,7 +383,7 @@ def _dkdv_kernel(
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             INNER, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, ORIENTED,
-            INDEX_REVERSED)
+            INDEX_REVERSED, PREFETCH)
         k_hi = saturated_operand(k, POS_K, two_s - 1, stride_pkn, stride_pkd, HAS_C2P, HEAD_DIM, BLOCK_D)
         dk, dv, t_hi, t_lo = _dkdv_tiles(
             dk, dv, t_hi, t_lo, k, k_hi, p2c_hi, v, col_ok, p2c_hi, p2c_lo, j0, offs_n,
@@ -381,7 +394,7 @@ def _dkdv_kernel(
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, ORIENTED,
-            INDEX_REVERSED)
+            INDEX_REVERSED, PREFETCH)
     else:
         dk, dv, t_hi, t_lo = _dkdv_tiles(
             dk, dv, t_hi, t_lo, k, k, 0.0, v, col_ok, 0.0, 0.0, j0, offs_n, q_lo, q_hi, q_hi, q_hi,
@@ -391,7 +404,7 @@ def _dkdv_kernel(
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
             HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, FUSED_DQ, BAND_BIAS, ORIENTED,
-            INDEX_REVERSED)
+            INDEX_REVERSED, PREFETCH)
 
     dk = dk * scale
     if HAS_P2C:  # saturated pairs: their p2c gradient flows through pos_query rows 0 and 2S - 1
@@ -419,14 +432,21 @@ def _dq_tiles(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr,
-    INDEX_REVERSED: tl.constexpr,
+    INDEX_REVERSED: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Accumulate over the key tiles [start, end) less [gap_lo, gap_hi) (as the forward's ``_fwd_tiles``), all of one
     kind (MODE). ``q``: the scores' query operand and
     ``row_off`` the rows' scaled additions, as in the forward's ``_fwd_tiles``; ``c2p_hi`` / ``c2p_lo``: the rows'
     c2p values at position rows 2S - 1 / 0 ([BLOCK_M, 1], or 0.0), for band tiles under BAND_BIAS."""
     row_in = offs_m < N
-    for t in range(0, tile_count(start, end, gap_lo, gap_hi, BLOCK_N)):
+    n_tiles = tile_count(start, end, gap_lo, gap_hi, BLOCK_N)
+    ahead = 0.0  # PREFETCH: the next INNER tile's position terms (common.next_inner)
+    if PREFETCH and MODE == INNER:
+        ahead = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        if n_tiles > 0:
+            ahead = inner_terms(offs_m, next_inner(-1, start, n_tiles, BLOCK_N), C2P, P2C, TABLE, BIAS, bias_row,
+                                bias_offset, two_s, N, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 0)
+    for t in range(0, n_tiles):
         start_n = tile_start(t, start, gap_lo, gap_hi, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_in = offs_n < N
@@ -434,7 +454,9 @@ def _dq_tiles(
         v = load_rows(V, offs_n, stride_vn, stride_vd, N, HEAD_DIM, BLOCK_D, CHECK_N)
         s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
         valid = row_in[:, None] & col_in[None, :]
-        if MODE == BAND or MODE == INNER:
+        if PREFETCH and MODE == INNER:
+            s += ahead
+        elif MODE == BAND or MODE == INNER:
             sat_hi = 0.0
             sat_lo = 0.0
             if BAND_BIAS and MODE == BAND:
@@ -469,6 +491,9 @@ def _dq_tiles(
                 s_lo += tl.sum(tl.where(r <= -R_LO, ds, 0.0), 1)
                 store_by_distance(BAND_Q, offs_m, offs_n, ds, valid, W, N, R_HI, R_LO, 0,
                                   ORIENTED, INDEX_REVERSED, True)
+        if PREFETCH and MODE == INNER:
+            ahead = inner_terms(offs_m, next_inner(t, start, n_tiles, BLOCK_N), C2P, P2C, TABLE, BIAS, bias_row,
+                                bias_offset, two_s, N, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 0)
     return dq, s_hi, s_lo
 
 
@@ -487,7 +512,7 @@ def _dq_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr,
-    INDEX_REVERSED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    INDEX_REVERSED: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     n_blocks = tl.cdiv(N, BLOCK_M)
     pid = tl.program_id(0)
@@ -546,7 +571,8 @@ def _dq_kernel(
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED,
+            PREFETCH)
         band_start = tl.maximum(hi_end, key_lo)
         band_end = tl.minimum(lo_start, key_hi)
         inner_lo, inner_hi = inner_band(i0, N, R_HI, R_LO, BLOCK_M, BLOCK_N)
@@ -558,7 +584,8 @@ def _dq_kernel(
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED,
+            PREFETCH)
         dq, s_hi, s_lo = _dq_tiles(
             dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, c2p_hi, c2p_lo, i0, offs_m, inner_start, inner_end,
             inner_end, inner_end,
@@ -566,7 +593,8 @@ def _dq_kernel(
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             INNER, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED,
+            PREFETCH)
         q_lo = saturated_operand(q, POS_Q, 0, stride_pqn, stride_pqd, HAS_P2C, HEAD_DIM, BLOCK_D)
         dq, s_hi, s_lo = _dq_tiles(
             dq, s_hi, s_lo, q_lo, do, lse2, delta, row_ok, off_lo, c2p_hi, c2p_lo, i0, offs_m,
@@ -575,7 +603,8 @@ def _dq_kernel(
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED,
+            PREFETCH)
     else:
         dq, s_hi, s_lo = _dq_tiles(
             dq, s_hi, s_lo, q, do, lse2, delta, row_ok, 0.0, 0.0, 0.0, i0, offs_m, key_lo, key_hi, key_hi, key_hi,
@@ -583,7 +612,8 @@ def _dq_kernel(
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             N, two_s, W, R_HI, R_LO, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED,
+            PREFETCH)
 
     dq = dq * scale
     if HAS_C2P:  # saturated pairs: their c2p gradient flows through pos_key rows 0 and 2S - 1
@@ -739,6 +769,7 @@ def attention_backward(
     flags = dict(
         HEAD_DIM=D, BLOCK_D=BD, HAS_C2P=has_c2p, HAS_P2C=has_p2c, HAS_MASK=mask is not None,
         MASKED_ZERO=bool(masked_zero), DROPOUT=dropout, PREC=precision, UPCAST=upcast_dots(q.dtype),
+        PREFETCH=prefetch_inner() and band != "bias",  # (the band bias: one coalesced load a pair, no index)
     )
     mask_strides = mask.stride() if mask is not None else (0, 0)
     tables = (pos_key if has_c2p else dummy, pos_query if has_p2c else dummy)  # POS_K, POS_Q

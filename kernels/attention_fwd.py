@@ -7,7 +7,8 @@ the index table) and saturated-low tiles (row 0). Saturated tiles run the dot on
 folded in (q + pos_query[row], common.saturated_operand) and add the rows' c2p values in the exponent: no
 gather and no per-tile load beyond K and V: at long sequences, where most tiles are saturated, they do a plain
 attention tile's work. Band tiles whose pairs all lie inside the band and the sequence (INNER,
-common.inner_band: most of the band beyond short sequences) gather without edge or bounds tests. Under
+common.inner_band: most of the band beyond short sequences) gather without edge or bounds tests, each the next
+one's terms, one tile ahead (PREFETCH: common.next_inner; not in band mode "bias"). Under
 DEBERTA_FAST_TRITON_BAND=bias the band tiles read each pair's c2p + p2c from common.band_bias's buffer (built per
 call, before the kernel) instead; under =oriented they gather each term on a tile oriented for it
 (common.position_bias). In a padded batch a tile of token rows visits only the key tiles of its
@@ -25,9 +26,9 @@ import triton.language as tl
 from .common import (
     BAND, INNER, K_LN2, LOG2E, PLAIN, SAT_HI, SAT_LO,
     autotuned, band_bias, band_edge_terms, band_runs, batch_slices, bias_layout, block_d, dot, end_terms,
-    index_table, inner_band, key_regions, launch, load_rows, mask_scores, position_bias, position_geometry,
-    position_scores, saturated_operand, seq_bucket, store_rows, tile_count, tile_start, token_ranges, token_span,
-    triton_variant, upcast_dots,
+    index_table, inner_band, inner_terms, key_regions, launch, load_rows, mask_scores, next_inner, position_bias,
+    position_geometry, position_scores, prefetch_inner, saturated_operand, seq_bucket, store_rows, tile_count,
+    tile_start, token_ranges, token_span, triton_variant, upcast_dots,
 )
 from .dropout import dropout_keep
 
@@ -58,7 +59,7 @@ def _fwd_tiles(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr,
-    INDEX_REVERSED: tl.constexpr,
+    INDEX_REVERSED: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Online-softmax update of (acc, l_i, m_i) over the key tiles [start, end) less [gap_lo, gap_hi) (the band
     tiles around the inner ones; gap_lo = gap_hi = end for the other kinds), all of one kind (MODE).
@@ -68,14 +69,23 @@ def _fwd_tiles(
     ([BLOCK_M]: the c2p term times the scale in saturated tiles, 0 on fully padded rows; 0.0 otherwise).
     ``c2p_hi`` / ``c2p_lo``: the rows' c2p values at position rows 2S - 1 / 0 ([BLOCK_M, 1], or 0.0), which
     band tiles read under BAND_BIAS for their pairs beyond the band."""
-    for t in range(0, tile_count(start, end, gap_lo, gap_hi, BLOCK_N)):
+    n_tiles = tile_count(start, end, gap_lo, gap_hi, BLOCK_N)
+    ahead = 0.0  # PREFETCH: the next INNER tile's position terms (common.next_inner)
+    if PREFETCH and MODE == INNER:
+        ahead = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        if n_tiles > 0:
+            ahead = inner_terms(offs_m, next_inner(-1, start, n_tiles, BLOCK_N), C2P, P2C, TABLE, BIAS, bias_row,
+                                bias_offset, two_s, N, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 0)
+    for t in range(0, n_tiles):
         start_n = tile_start(t, start, gap_lo, gap_hi, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_in = offs_n < N
         k = load_rows(K, offs_n, stride_kn, stride_kd, N, HEAD_DIM, BLOCK_D, CHECK_N)
         v = load_rows(V, offs_n, stride_vn, stride_vd, N, HEAD_DIM, BLOCK_D, CHECK_N)
         s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PREC, UPCAST)
-        if MODE == BAND or MODE == INNER:
+        if PREFETCH and MODE == INNER:
+            s += ahead
+        elif MODE == BAND or MODE == INNER:
             sat_hi = 0.0
             sat_lo = 0.0
             if BAND_BIAS and MODE == BAND:
@@ -99,6 +109,9 @@ def _fwd_tiles(
             p = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)
         acc = dot(p.to(v.dtype), v, acc * alpha[:, None], PREC, UPCAST)
         m_i = m_new
+        if PREFETCH and MODE == INNER:
+            ahead = inner_terms(offs_m, next_inner(t, start, n_tiles, BLOCK_N), C2P, P2C, TABLE, BIAS, bias_row,
+                                bias_offset, two_s, N, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 0)
     return acc, l_i, m_i
 
 
@@ -116,7 +129,7 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_ZERO: tl.constexpr,
     DROPOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr,
-    INDEX_REVERSED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    INDEX_REVERSED: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # One program: BLOCK_M queries of one (batch, head) of this slice of the batch; BH0 is the slice's
     # first global batch * H + head (the dropout counter uses global indices).
@@ -177,7 +190,8 @@ def _attn_fwd_kernel(
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             SAT_HI, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED,
+            PREFETCH)
         # Band tiles: those wholly inside the band and the sequence (INNER) skip the edge and bounds tests; the
         # others, on both sides of them, run in one loop.
         band_start = tl.maximum(hi_end, key_lo)
@@ -189,27 +203,31 @@ def _attn_fwd_kernel(
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             BAND, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED,
+            PREFETCH)
         acc, l_i, m_i = _fwd_tiles(
             acc, l_i, m_i, q, row_ok, 0.0, c2p_hi, c2p_lo, i0, offs_m, inner_start, inner_end, inner_end, inner_end,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             INNER, False, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED,
+            PREFETCH)
         acc, l_i, m_i = _fwd_tiles(
             acc, l_i, m_i, q_lo, row_ok, off_lo, c2p_hi, c2p_lo, i0, offs_m, tl.maximum(lo_start, key_lo), key_hi,
             key_hi, key_hi,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             SAT_LO, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED,
+            PREFETCH)
     else:
         acc, l_i, m_i = _fwd_tiles(
             acc, l_i, m_i, q, row_ok, 0.0, 0.0, 0.0, i0, offs_m, key_lo, key_hi, key_hi, key_hi,
             K, V, C2P, P2C, TABLE, BIAS, BIAS_ROW, BIAS_OFFSET, MASK, seed, offset, global_bh,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, N, two_s, R_HI, R_LO, qk_scale, dropout_p,
             PLAIN, True, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED)
+            HAS_C2P, HAS_P2C, HAS_MASK, MASKED_ZERO, DROPOUT, PREC, UPCAST, BAND_BIAS, ORIENTED, INDEX_REVERSED,
+            PREFETCH)
 
     # l_i == 0 only on fully padded rows under MASKED_ZERO: output 0, LSE +inf (probabilities 0).
     seen = l_i > 0.0
@@ -275,6 +293,7 @@ def attention_forward(
             part.stop - part.start, H, N, part.start * H, geometry.r_hi if geometry else N, geometry.r_lo if geometry else N,
             two_s, layout.row, layout.offset, layout.plane, scale * LOG2E, float(dropout_p), seq_bucket(N),
             **flags, BAND_BIAS=layout.plane > 0, ORIENTED=band == "oriented", INDEX_REVERSED=index_reversed,
+            PREFETCH=prefetch_inner() and band != "bias",
         )
         del c2p, p2c, bias  # free this slice's buffers before the next
     return out, lse

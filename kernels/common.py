@@ -220,6 +220,19 @@ def backward_mode() -> str:
     return _switch(BACKWARD_ENV, ("split", "fused"))
 
 
+PREFETCH_ENV = "DEBERTA_FAST_TRITON_PREFETCH"
+
+
+def prefetch_inner() -> bool:
+    """DEBERTA_FAST_TRITON_PREFETCH: "1" (unset) the tile loops load each INNER band tile's position terms one
+    iteration ahead (:func:`next_inner`); "0" each tile loads its own when it needs them, as before (for timing
+    the two against each other)."""
+    value = os.environ.get(PREFETCH_ENV, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{PREFETCH_ENV} must be '1' or '0', got {value!r}")
+    return value == "1"
+
+
 def triton_variant(step: str, query: torch.Tensor) -> tuple[str, str]:
     """(band mode, backward mode) of a forward (``step`` "fwd") or backward ("bwd") call on ``query``
     ``[B, H, N, D]``: each switch the environment sets, and for the others the variant the recorded op-level
@@ -377,7 +390,7 @@ def upcast_dots(dtype: torch.dtype) -> bool:
 
 # The autotuner also keys on every tensor argument's dtype.
 AUTOTUNE_KEY = ["SEQ_BUCKET", "HEAD_DIM", "HAS_C2P", "HAS_P2C", "HAS_MASK", "MASKED_ZERO", "DROPOUT", "PREC", "FUSED_DQ",
-                "BAND_BIAS", "ORIENTED"]
+                "BAND_BIAS", "ORIENTED", "PREFETCH"]
 
 
 def seq_bucket(n: int) -> int:
@@ -830,6 +843,27 @@ def position_bias(offs_m, offs_n, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_o
         else:
             bias = load_if(P2C + j * two_s + d, valid, 0.0, CHECK).to(tl.float32)
     return bias
+
+
+@triton.jit
+def inner_terms(offs_m, offs_n, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, HAS_C2P: tl.constexpr,
+                HAS_P2C: tl.constexpr, KEYS_ON_THREADS: tl.constexpr, BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr,
+                QUERY_AXIS: tl.constexpr):
+    """:func:`position_bias` of an INNER tile (every pair inside the band and the sequence: no tests), as the tile
+    loops load it one tile ahead (:func:`next_inner`)."""
+    return position_bias(offs_m, offs_n, 0, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, 0, 0, 0.0, 0.0,
+                         HAS_C2P, HAS_P2C, KEYS_ON_THREADS, BAND_BIAS, ORIENTED, False, QUERY_AXIS)
+
+
+@triton.jit
+def next_inner(t, start, n_tiles, BLOCK: tl.constexpr):
+    """The indices of the tile after the t-th of a loop over INNER tiles [start, start + n_tiles * BLOCK) (no gap),
+    the last tile's own for the last (a valid tile to load, whose values go unused). Prefetching (the kernels'
+    PREFETCH): a loop loads the next INNER tile's position terms at the end of an iteration, so that their latency
+    (an index load, then the gathers that depend on it) overlaps the work left in the loop instead of stalling the
+    next tile's first use of them."""
+    nxt = start + tl.minimum(t + 1, tl.maximum(n_tiles - 1, 0)) * BLOCK
+    return tl.multiple_of(nxt, BLOCK) + tl.arange(0, BLOCK)
 
 
 @triton.jit

@@ -105,6 +105,7 @@ def compile_kernel(name: str, config: triton.Config, *, dtype=torch.bfloat16, he
     if name == "dkdv":
         constexprs["FUSED_DQ"] = False
     constexprs.update(flags)
+    constexprs.setdefault("PREFETCH", not constexprs["BAND_BIAS"])  # as the launches set it, by default
     constexprs.update(config.kwargs)
     source = _source(jit, constexprs, _pointer_types(name, dtype), launch_values(name, head_dim=head_dim))
     options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
@@ -192,22 +193,38 @@ def sass(compiled, arch=90) -> str:
         os.unlink(f.name)
 
 
-def loop_instructions(compiled, arch=90) -> list[int]:
-    """SASS instructions in each loop body of a compiled kernel (a backward branch's target to the branch), in code
-    order (:func:`sass`). Static counts, not timings: the forward with position terms has four loops
-    (saturated-high, band edges, inner band, saturated-low tiles)."""
-    labels, branches, count = {}, [], 0
+def _loop_bodies(compiled, arch=90) -> list[list[str]]:
+    """The SASS instructions of each loop body of a compiled kernel (a backward branch's target to the branch), in
+    code order (:func:`sass`)."""
+    labels, branches, instructions = {}, [], []
     for line in sass(compiled, arch).splitlines():
         label = re.match(r"\s*\.(L_x_\d+):", line)
         if label:
-            labels[label.group(1)] = count
+            labels[label.group(1)] = len(instructions)
         elif re.match(r"\s*/\*[0-9a-f]+\*/\s", line):
             target = re.search(r"\bBRA\b.*`\(\.(L_x_\d+)\)", line)
             if target:
-                branches.append((count, target.group(1)))
-            count += 1
+                branches.append((len(instructions), target.group(1)))
+            instructions.append(line)
     # (the branch to itself after EXIT is no loop body)
-    return [at - labels[name] + 1 for at, name in branches if labels.get(name, at) < at]
+    return [instructions[labels[name]:at + 1] for at, name in branches if labels.get(name, at) < at]
+
+
+def loop_instructions(compiled, arch=90) -> list[int]:
+    """SASS instructions in each loop body of a compiled kernel, in code order. Static counts, not timings: the
+    forward with position terms has four loops (saturated-high, band edges, inner band, saturated-low tiles)."""
+    return [len(body) for body in _loop_bodies(compiled, arch)]
+
+
+def inner_loop_schedule(compiled, arch=90) -> tuple[int, list[int]]:
+    """Where, in the inner-band loop body (the third loop of a kernel with position terms), the first tensor-core
+    product sits and the loads from global memory into registers (the gathers of the position terms and the index,
+    and the backward's per-row LSE / Delta; not the asynchronous K / V or Q / dO tile copies), as instruction
+    positions. Loaded one tile ahead (the kernels' PREFETCH), the gathers come after the tile's first product."""
+    body = _loop_bodies(compiled, arch)[2]
+    products = [at for at, line in enumerate(body) if re.search(r"\b[HI]GMMA\b|\bHMMA\b", line)]
+    loads = [at for at, line in enumerate(body) if re.search(r"\bLDG\.E\b", line)]
+    return products[0], loads
 
 
 def pointer_layout_conversions(compiled) -> int:

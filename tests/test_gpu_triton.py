@@ -111,6 +111,27 @@ def test_each_variant(case, dtype, band, backward, monkeypatch):
     check(case, dtype)
 
 
+@pytest.mark.parametrize("band", ["gather", "oriented"])
+def test_prefetch_changes_no_result(band, monkeypatch):
+    """DEBERTA_FAST_TRITON_PREFETCH: INNER band tiles' position terms loaded one tile ahead (the default) or where
+    used ("0") are the same values added in the same order: identical outputs and gradients (the split backward,
+    which is deterministic)."""
+    case = Case(B=2, H=2, N=2048, D=64, mask="left", **V3)
+    monkeypatch.setenv(kernel_common.BAND_ENV, band)
+    monkeypatch.setenv(attention_bwd.BACKWARD_ENV, "split")
+    tensors, mask = make_inputs(case, device=DEVICE, strided=True)
+    grad_out = torch.randn(case.B, case.H, case.N, case.D, device=DEVICE, dtype=torch.bfloat16)
+    results = {}
+    for value in ("1", "0"):
+        monkeypatch.setenv(kernel_common.PREFETCH_ENV, value)
+        leaves = [t.detach().to(torch.bfloat16).requires_grad_(True) for t in tensors]
+        out = disentangled_attention(*leaves, mask, backend="triton", **call_kwargs(case))
+        out.backward(grad_out)
+        results[value] = [out.detach()] + [t.grad for t in leaves]
+    for name, a, b in zip(["out"] + GRADS, results["1"], results["0"]):
+        assert torch.equal(a, b), name
+
+
 FEATURES = [
     Case(B=2, H=2, N=2048, D=64, p2c=False, mask="right", **V3),
     Case(B=2, H=2, N=2048, D=64, c2p=False, mask="left", **V3),

@@ -90,9 +90,8 @@ def check_dropout(case, p):
     check_against_reference(case, torch.float32, dropout_p=p, keep=keep)
 
 
-def runs_per_setting(monkeypatch, env, values):
-    """run_triton (fp32) of one padded case under each value of the environment variable ``env``."""
-    case = Case(B=2, H=2, N=97, D=32, mask="mixed")
+def runs_per_setting(monkeypatch, env, values, case=Case(B=2, H=2, N=97, D=32, mask="mixed")):
+    """run_triton (fp32) of one (padded) case under each value of the environment variable ``env``."""
     tensors, mask = make_inputs(case)
     grad_out = torch.randn(case.B, case.H, case.N, case.D, dtype=torch.float64)
     results = {}
@@ -589,6 +588,38 @@ def test_oriented_gathers_agree_with_gathers(monkeypatch):
         assert torch.equal(a, b), name
 
 
+# --- INNER band tiles' position terms loaded one tile ahead (DEBERTA_FAST_TRITON_PREFETCH) -------------------
+
+
+@pytest.mark.parametrize("band,backward", [("gather", "split"), ("gather", "fused"), ("oriented", "split")])
+@pytest.mark.parametrize("case", [Case(B=2, H=2, N=97, D=32, buckets=256, max_rel=512, mask="mixed"),
+                                  Case(B=1, H=2, N=300, D=32, buckets=16, max_rel=64, mask="right")], ids=str)
+def test_prefetch_changes_when_terms_load_not_the_results(case, band, backward, monkeypatch):
+    """Loaded one iteration ahead (the default) or where used, an INNER tile's position terms are the same values
+    added in the same order: identical outputs and gradients, in the forward and every backward kernel. Both cases
+    have runs of several INNER tiles under the interpreter's 32 x 32 tiles (DeBERTa-v3 settings at N = 97: three a
+    full row of query tiles; test_test_cases_reach_inner_and_edge_band_tiles), so the loads ahead move along the run
+    and the last tile reloads its own."""
+    from deberta_fast.kernels import attention_bwd
+
+    monkeypatch.setenv(kernel_common.BAND_ENV, band)
+    monkeypatch.setenv(attention_bwd.BACKWARD_ENV, backward)
+    results = runs_per_setting(monkeypatch, kernel_common.PREFETCH_ENV, ("1", "0"), case)
+    assert torch.equal(results["1"][0], results["0"][0])
+    for name, a, b in zip(GRADS, results["1"][1], results["0"][1]):
+        assert (a is None and b is None) or torch.equal(a, b), name
+
+
+def test_prefetch_switch_rejects_other_values(monkeypatch):
+    monkeypatch.delenv(kernel_common.PREFETCH_ENV, raising=False)
+    assert kernel_common.prefetch_inner()  # unset: on
+    monkeypatch.setenv(kernel_common.PREFETCH_ENV, "0")
+    assert not kernel_common.prefetch_inner()
+    monkeypatch.setenv(kernel_common.PREFETCH_ENV, "yes")
+    with pytest.raises(ValueError, match="DEBERTA_FAST_TRITON_PREFETCH must be '1' or '0', got 'yes'"):
+        kernel_common.prefetch_inner()
+
+
 def test_position_geometry_holds_both_tables_in_one_buffer():
     """table and table_rev are views of one buffer, table_rev 2N - 1 entries after table: a kernel given one finds
     the other there (band mode "oriented")."""
@@ -853,7 +884,7 @@ COMPILE_CHECK = """
 import torch
 from deberta_fast.kernels.compile_check import (
     KERNELS, compile_band_bias, compile_band_edges, compile_kernel, default_config, gather_lanes, index_reversed,
-    loop_instructions, pipelined_copies, pointer_layout_conversions, ptxas_report,
+    inner_loop_schedule, loop_instructions, pipelined_copies, pointer_layout_conversions, ptxas_report,
 )
 for name in KERNELS:
     # loop bodies (SASS instructions): saturated-high / -low tiles, band edges, inner band tiles; unmasked
@@ -866,6 +897,12 @@ for name in KERNELS:
     if name != "dkdv":  # the p2c term folded into the queries: a saturated tile is a plain tile plus a row term
         assert max(first, last) <= 1.2 * plain[0], (name, loops, plain)  # before the fold: 1.3 to 1.5
     print(name, "loops", loops, "plain", plain)
+    # INNER tiles' position terms loaded one tile ahead (PREFETCH, the default): the gathers are issued after the
+    # tile's first product, so their latency overlaps the rest of the tile; loaded where used, before it
+    for prefetch in (True, False):
+        first, loads = inner_loop_schedule(compile_kernel(name, config, HAS_MASK=False, PREFETCH=prefetch))
+        after = sum(at > first for at in loads) / len(loads)
+        assert after >= 0.9 if prefetch else after <= 0.1, (name, prefetch, first, loads)
     variants = [dict(), dict(DROPOUT=True, MASKED_ZERO=True, HAS_P2C=False), dict(BAND_BIAS=True), dict(ORIENTED=True),
                 dict(ORIENTED=True, HAS_C2P=False)]
     if name == "dkdv":
@@ -877,20 +914,21 @@ for name in KERNELS:
         report = ptxas_report(compiled)
         assert report["registers"], (name, report)
         # no tile of addresses moved between layouts; with the index table read the other way, two per band tile
-        # in each of the two band loops, edge and INNER tiles (the reason for common.INDEX_ALONG_FAST_AXIS, which
-        # this Triton version's layouts must bear out)
+        # load: edge tiles, and INNER tiles before their loop (the first) and in it (the next: PREFETCH) (the reason
+        # for common.INDEX_ALONG_FAST_AXIS, which this Triton version's layouts must bear out)
+        sites = 2 if flags.get("BAND_BIAS") else 3
         assert pointer_layout_conversions(compiled) == 0, (name, flags)
         if not flags:
             other = not index_reversed(name)
             turned = compile_kernel(name, config, dtype=torch.bfloat16, head_dim=64, INDEX_REVERSED=other)
-            assert pointer_layout_conversions(turned) == 4, name
+            assert pointer_layout_conversions(turned) == 2 * sites, name
         # each c2p / p2c gather's (and BAND_Q store's) warps run along the index its addresses are dense in under
         # "oriented"; on the kernel's one tile ("gather") one of the two terms' do not (the reason for the mode)
         if not flags.get("BAND_BIAS"):
             lanes = gather_lanes(compiled, name, index_reversed(name))
             terms = 2 if flags.get("HAS_C2P", True) and flags.get("HAS_P2C", True) else 1
             gathers = [term for term, _ in lanes if term != "band_q"]
-            assert len(gathers) == 2 * terms, (name, flags, lanes)  # the band loops: edge and INNER tiles
+            assert len(gathers) == sites * terms, (name, flags, lanes)
             stores_q = flags.get("HAS_C2P", True) and (name == "dq" or flags.get("FUSED_DQ"))
             assert len(lanes) - len(gathers) == (2 if stores_q else 0), (name, flags, lanes)
             if flags.get("ORIENTED"):
