@@ -13,6 +13,8 @@ bench/report.py):
   ``df-triton-bias`` (bias, split), ``df-triton-fused`` (gather, fused), ``df-triton-bias-fused`` (bias,
   fused), ``df-triton-oriented`` (oriented, split) and ``df-triton-oriented-fused`` (oriented, fused);
   bench/make_selection.py makes the backend's per-shape choice (with the switches unset) of them.
+  ``df-triton-noprefetch``: the Triton backend's own choice with DEBERTA_FAST_TRITON_PREFETCH=0 (INNER band tiles
+  load their position terms where used, not one tile ahead; bench/common.py TRITON_SWITCHED).
   ``df-cuda-staged``: the cuda backend with DEBERTA_FAST_CUDA_BAND=staged (the band tiles of its three kernels read
   C2P / P2C from slabs staged in shared memory); ``df-cuda-staged-128x32`` / ``df-cuda-staged-64x64`` with the
   forward's opt-in tiles too (DEBERTA_FAST_CUDA_FWD_TILES), ``df-cuda-64x64`` those tiles gathering;
@@ -65,7 +67,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import (  # noqa: E402
-    CUDA_VARIANTS, TRITON_VARIANTS, environment, progress, results_dir, usable_backends, write_json,
+    CUDA_VARIANTS, TRITON_SWITCHED, TRITON_VARIANTS, environment, progress, results_dir, usable_backends, write_json,
 )
 
 import deberta_fast as df  # noqa: E402
@@ -150,6 +152,8 @@ def variant_switches(provider: str) -> dict:
     others (df-triton itself runs whatever the switches say, by default the backend's own per-shape choice)."""
     if provider in CUDA_VARIANTS:
         return dict(CUDA_VARIANTS[provider])
+    if provider in TRITON_SWITCHED:
+        return dict(TRITON_SWITCHED[provider])
     if provider not in TRITON_VARIANTS:
         return {}
     from deberta_fast.kernels.common import BACKWARD_ENV, BAND_ENV
@@ -390,7 +394,7 @@ def op_rows(shape: Shape, providers: list[str], args) -> list[dict]:
     mask = shape.mask()
     table = {"df-torch": df_op("torch"), "df-triton": df_op("triton"), "df-cuda": df_op("cuda"),
              "sdpa-bias": sdpa_bias, "sdpa-floor": sdpa_floor}
-    table.update({name: df_op("triton") for name in TRITON_VARIANTS})
+    table.update({name: df_op("triton") for name in (*TRITON_VARIANTS, *TRITON_SWITCHED)})
     table.update({name: (df_plain if name.endswith(PLAIN_SUFFIX) else df_op)("cuda") for name in CUDA_VARIANTS})
     table.update({f"df-{backend}{PLAIN_SUFFIX}": df_plain(backend) for backend in ("torch", "triton", "cuda")})
     rows = []

@@ -96,6 +96,13 @@ TRITON_VARIANTS = {
     "df-triton-oriented-fused": ("oriented", "fused"),
 }
 
+# The Triton backend with a switch that is not one of the variants above: provider -> its environment (the band and
+# backward switches left to the backend's per-shape choice).
+TRITON_SWITCHED = {
+    # INNER band tiles' position terms loaded where used instead of one tile ahead (kernels/common.py next_inner)
+    "df-triton-noprefetch": {"DEBERTA_FAST_TRITON_PREFETCH": "0"},
+}
+
 # The cuda backend's opt-in variants: provider -> the environment it is measured under (not part of `auto`'s choice).
 CUDA_VARIANTS = {
     "df-cuda-staged": {"DEBERTA_FAST_CUDA_BAND": "staged"},  # the band tiles' C2P / P2C staged in shared memory

@@ -2,8 +2,8 @@
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
 #   bash bench/gpu_suite.sh STEP[,STEP...] OUTDIR    STEP: setup | check | test-triton | test-cuda | tests | parity |
-#                                                variants | cuda-staged | tune | tune-oriented | tune-bias | tune-d128 |
-#                                                apply-tuned | apply-variants |
+#                                                variants | cuda-staged | prefetch | tune | tune-oriented |
+#                                                tune-bias | tune-d128 | apply-tuned | apply-variants |
 #                                                attention | attention-extra | attention-fp32 | layer | compare | model |
 #                                                model-large | profile | ncu | ncu-cuda | all
 #   PREBUILT (a folder with the extension an earlier call built) skips the build.
@@ -159,6 +159,14 @@ run_variants() {  # the Triton switches side by side (default configs): band gat
     --out "$out/attention_cuda_bfloat16_variants.json"
 }
 
+run_prefetch() {  # the Triton kernels with their INNER band tiles' position terms loaded one tile ahead (the
+  # default) and where used (DEBERTA_FAST_TRITON_PREFETCH=0, df-triton-noprefetch), against the floor, D 64
+  bench "$out/prefetch.log" 300 40 bench/attention.py --device cuda --dtype bfloat16 --levels op \
+    --seqlens 512,1024,2048,4096,8192 --modes fwd,fwd_bwd --rep 20 \
+    --op-providers df-triton,df-triton-noprefetch,df-triton-plain,sdpa-floor \
+    --out "$out/attention_cuda_bfloat16_prefetch.json"
+}
+
 run_attention() {
   # Two runs that fit one call: the op level over N 128..16384 (both fused backends, SDPA + bias, the floor, and
   # both kernels on the floor's plain attention; about 1.5 minutes at 5 sequence lengths on an H100 with default
@@ -270,6 +278,7 @@ run_step() {
     parity) run_parity ;;
     variants) run_variants ;;
     cuda-staged) run_cuda_staged ;;
+    prefetch) run_prefetch ;;
     tune) run_tune 64 gather ;;
     tune-bias) run_tune 64 bias ;;
     tune-oriented) run_tune 64 oriented ;;

@@ -75,8 +75,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _triton_settings() -> str:
-    """The Triton kernels' block-config mode, the GPUs / dtypes / head dims with recorded tunings, the band and
-    backward switches (from the environment; "auto" where unset) and the shapes whose variants were timed."""
+    """The Triton kernels' block-config mode, the GPUs / dtypes / head dims with recorded tunings, the band,
+    backward and prefetch switches (from the environment; "auto" / on where unset) and the shapes whose variants
+    were timed."""
     try:
         from deberta_fast.backends import measured
         from deberta_fast.kernels import attention_bwd, common
@@ -99,7 +100,8 @@ def _triton_settings() -> str:
     return (f"autotune {setting(common.autotune_mode)} ({common.AUTOTUNE_ENV}); recorded tunings: {tunings}; "
             f"band {setting(common.band_mode)} ({common.BAND_ENV}); "
             f"backward {setting(attention_bwd.backward_mode)} ({attention_bwd.BACKWARD_ENV}); "
-            f"timed variants: {variants}")
+            f"inner band tiles' terms loaded ahead: {setting(lambda: 'on' if common.prefetch_inner() else 'off')} "
+            f"({common.PREFETCH_ENV}); timed variants: {variants}")
 
 
 @dataclass
