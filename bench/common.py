@@ -99,7 +99,7 @@ TRITON_VARIANTS = {
 # The Triton backend with a switch that is not one of the variants above: provider -> its environment (the band and
 # backward switches left to the backend's per-shape choice).
 TRITON_SWITCHED = {
-    # INNER band tiles' position terms loaded where used instead of one tile ahead (kernels/common.py next_inner)
+    # INNER band tiles' position terms loaded where used instead of one tile ahead (kernels/common.py inner_ahead)
     "df-triton-noprefetch": {"DEBERTA_FAST_TRITON_PREFETCH": "0"},
 }
 

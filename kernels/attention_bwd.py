@@ -16,7 +16,7 @@ Saturated tiles recompute their scores with one dot and no per-tile position loa
 the dK/dV programs fold the c2p term into their keys (k + pos_key[row]) and add their keys' own p2c values, the
 dQ programs fold the p2c term into their queries and add their rows' c2p values in the exponent, as the forward.
 INNER band tiles (common.inner_band) store dS by distance without edge or bounds tests and add nothing to the
-saturated sums; unless in band mode "bias", each loads the next one's position terms (PREFETCH: common.next_inner).
+saturated sums; unless in band mode "bias", each loads the next one's position terms (PREFETCH: common.inner_ahead).
 
 Padded batches: the dQ programs visit only their sequence's token hull of keys (dS is zero on every pair with
 a padded side), and under masked_rows="zero" the dK/dV programs only its token hull of queries; the band
@@ -54,8 +54,8 @@ import triton.language as tl
 from .common import (  # noqa: F401  (BACKWARD_ENV, backward_mode: this module's switch, defined with the others)
     BACKWARD_ENV, BAND, INNER, K_LOG2E, LOG2E, PLAIN, SAT_HI, SAT_LO,
     autotuned, backward_mode, band_bias, band_edge_terms, band_runs, batch_slices, bias_layout, block_d, dot,
-    end_terms, index_table, inner_band, inner_terms, key_regions, launch, load_rows, load_vector, mask_scores,
-    next_inner, position_bias, position_geometry, position_scores, prefetch_inner, query_regions, saturated_operand,
+    end_terms, index_table, inner_ahead, inner_band, key_regions, launch, load_rows, load_vector, mask_scores,
+    position_bias, position_geometry, position_scores, prefetch_inner, query_regions, saturated_operand,
     seq_bucket, store_by_distance, store_rows, tile_count, tile_start, token_ranges, token_span, triton_variant,
     upcast_dots,
 )
@@ -184,12 +184,10 @@ def _dkdv_tiles(
     distance in BAND_Q (``band_q[i, i - j + r_lo - 1]``)."""
     col_in = offs_n < N
     n_tiles = tile_count(start, end, gap_lo, gap_hi, BLOCK_M)
-    ahead = 0.0  # PREFETCH: the next INNER tile's position terms (common.next_inner)
+    ahead = 0.0  # PREFETCH: the next INNER tile's position terms (common.inner_ahead)
     if PREFETCH and MODE == INNER:
-        ahead = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-        if n_tiles > 0:
-            ahead = inner_terms(next_inner(-1, start, n_tiles, BLOCK_M), offs_n, C2P, P2C, TABLE, BIAS, bias_row,
-                                bias_offset, two_s, N, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 1)
+        ahead = inner_ahead(-1, start, n_tiles, offs_n, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N,
+                            HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 1, BLOCK_N, BLOCK_M)
     for t in range(0, n_tiles):
         start_m = tile_start(t, start, gap_lo, gap_hi, BLOCK_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -267,8 +265,8 @@ def _dkdv_tiles(
                     store_by_distance(BAND_Q, offs_m, offs_n, ds, valid, W, N, R_HI, R_LO, 1,
                                       ORIENTED, INDEX_REVERSED, True)
         if PREFETCH and MODE == INNER:
-            ahead = inner_terms(next_inner(t, start, n_tiles, BLOCK_M), offs_n, C2P, P2C, TABLE, BIAS, bias_row,
-                                bias_offset, two_s, N, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 1)
+            ahead = inner_ahead(t, start, n_tiles, offs_n, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N,
+                                HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 1, BLOCK_N, BLOCK_M)
     return dk, dv, t_hi, t_lo
 
 
@@ -440,12 +438,10 @@ def _dq_tiles(
     c2p values at position rows 2S - 1 / 0 ([BLOCK_M, 1], or 0.0), for band tiles under BAND_BIAS."""
     row_in = offs_m < N
     n_tiles = tile_count(start, end, gap_lo, gap_hi, BLOCK_N)
-    ahead = 0.0  # PREFETCH: the next INNER tile's position terms (common.next_inner)
+    ahead = 0.0  # PREFETCH: the next INNER tile's position terms (common.inner_ahead)
     if PREFETCH and MODE == INNER:
-        ahead = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        if n_tiles > 0:
-            ahead = inner_terms(offs_m, next_inner(-1, start, n_tiles, BLOCK_N), C2P, P2C, TABLE, BIAS, bias_row,
-                                bias_offset, two_s, N, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 0)
+        ahead = inner_ahead(-1, start, n_tiles, offs_m, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N,
+                            HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 0, BLOCK_M, BLOCK_N)
     for t in range(0, n_tiles):
         start_n = tile_start(t, start, gap_lo, gap_hi, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -492,8 +488,8 @@ def _dq_tiles(
                 store_by_distance(BAND_Q, offs_m, offs_n, ds, valid, W, N, R_HI, R_LO, 0,
                                   ORIENTED, INDEX_REVERSED, True)
         if PREFETCH and MODE == INNER:
-            ahead = inner_terms(offs_m, next_inner(t, start, n_tiles, BLOCK_N), C2P, P2C, TABLE, BIAS, bias_row,
-                                bias_offset, two_s, N, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 0)
+            ahead = inner_ahead(t, start, n_tiles, offs_m, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N,
+                                HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 0, BLOCK_M, BLOCK_N)
     return dq, s_hi, s_lo
 
 

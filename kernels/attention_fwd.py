@@ -8,7 +8,7 @@ folded in (q + pos_query[row], common.saturated_operand) and add the rows' c2p v
 gather and no per-tile load beyond K and V: at long sequences, where most tiles are saturated, they do a plain
 attention tile's work. Band tiles whose pairs all lie inside the band and the sequence (INNER,
 common.inner_band: most of the band beyond short sequences) gather without edge or bounds tests, each the next
-one's terms, one tile ahead (PREFETCH: common.next_inner; not in band mode "bias"). Under
+one's terms, one tile ahead (PREFETCH: common.inner_ahead; not in band mode "bias"). Under
 DEBERTA_FAST_TRITON_BAND=bias the band tiles read each pair's c2p + p2c from common.band_bias's buffer (built per
 call, before the kernel) instead; under =oriented they gather each term on a tile oriented for it
 (common.position_bias). In a padded batch a tile of token rows visits only the key tiles of its
@@ -26,7 +26,7 @@ import triton.language as tl
 from .common import (
     BAND, INNER, K_LN2, LOG2E, PLAIN, SAT_HI, SAT_LO,
     autotuned, band_bias, band_edge_terms, band_runs, batch_slices, bias_layout, block_d, dot, end_terms,
-    index_table, inner_band, inner_terms, key_regions, launch, load_rows, mask_scores, next_inner, position_bias,
+    index_table, inner_ahead, inner_band, key_regions, launch, load_rows, mask_scores, position_bias,
     position_geometry, position_scores, prefetch_inner, saturated_operand, seq_bucket, store_rows, tile_count,
     tile_start, token_ranges, token_span, triton_variant, upcast_dots,
 )
@@ -70,12 +70,10 @@ def _fwd_tiles(
     ``c2p_hi`` / ``c2p_lo``: the rows' c2p values at position rows 2S - 1 / 0 ([BLOCK_M, 1], or 0.0), which
     band tiles read under BAND_BIAS for their pairs beyond the band."""
     n_tiles = tile_count(start, end, gap_lo, gap_hi, BLOCK_N)
-    ahead = 0.0  # PREFETCH: the next INNER tile's position terms (common.next_inner)
+    ahead = 0.0  # PREFETCH: the next INNER tile's position terms (common.inner_ahead)
     if PREFETCH and MODE == INNER:
-        ahead = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        if n_tiles > 0:
-            ahead = inner_terms(offs_m, next_inner(-1, start, n_tiles, BLOCK_N), C2P, P2C, TABLE, BIAS, bias_row,
-                                bias_offset, two_s, N, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 0)
+        ahead = inner_ahead(-1, start, n_tiles, offs_m, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N,
+                            HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 0, BLOCK_M, BLOCK_N)
     for t in range(0, n_tiles):
         start_n = tile_start(t, start, gap_lo, gap_hi, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -110,8 +108,8 @@ def _fwd_tiles(
         acc = dot(p.to(v.dtype), v, acc * alpha[:, None], PREC, UPCAST)
         m_i = m_new
         if PREFETCH and MODE == INNER:
-            ahead = inner_terms(offs_m, next_inner(t, start, n_tiles, BLOCK_N), C2P, P2C, TABLE, BIAS, bias_row,
-                                bias_offset, two_s, N, HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 0)
+            ahead = inner_ahead(t, start, n_tiles, offs_m, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N,
+                                HAS_C2P, HAS_P2C, INDEX_REVERSED, BAND_BIAS, ORIENTED, 0, BLOCK_M, BLOCK_N)
     return acc, l_i, m_i
 
 

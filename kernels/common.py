@@ -225,7 +225,7 @@ PREFETCH_ENV = "DEBERTA_FAST_TRITON_PREFETCH"
 
 def prefetch_inner() -> bool:
     """DEBERTA_FAST_TRITON_PREFETCH: "1" (unset) the tile loops load each INNER band tile's position terms one
-    iteration ahead (:func:`next_inner`); "0" each tile loads its own when it needs them, as before (for timing
+    iteration ahead (:func:`inner_ahead`); "0" each tile loads its own when it needs them, as before (for timing
     the two against each other)."""
     value = os.environ.get(PREFETCH_ENV, "1")
     if value not in ("0", "1"):
@@ -846,24 +846,27 @@ def position_bias(offs_m, offs_n, valid, C2P, P2C, TABLE, BIAS, bias_row, bias_o
 
 
 @triton.jit
-def inner_terms(offs_m, offs_n, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, HAS_C2P: tl.constexpr,
-                HAS_P2C: tl.constexpr, KEYS_ON_THREADS: tl.constexpr, BAND_BIAS: tl.constexpr, ORIENTED: tl.constexpr,
-                QUERY_AXIS: tl.constexpr):
-    """:func:`position_bias` of an INNER tile (every pair inside the band and the sequence: no tests), as the tile
-    loops load it one tile ahead (:func:`next_inner`)."""
-    return position_bias(offs_m, offs_n, 0, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, 0, 0, 0.0, 0.0,
-                         HAS_C2P, HAS_P2C, KEYS_ON_THREADS, BAND_BIAS, ORIENTED, False, QUERY_AXIS)
-
-
-@triton.jit
-def next_inner(t, start, n_tiles, BLOCK: tl.constexpr):
-    """The indices of the tile after the t-th of a loop over INNER tiles [start, start + n_tiles * BLOCK) (no gap),
-    the last tile's own for the last (a valid tile to load, whose values go unused). Prefetching (the kernels'
-    PREFETCH): a loop loads the next INNER tile's position terms at the end of an iteration, so that their latency
-    (an index load, then the gathers that depend on it) overlaps the work left in the loop instead of stalling the
+def inner_ahead(t, start, n_tiles, own, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N,
+                HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, KEYS_ON_THREADS: tl.constexpr, BAND_BIAS: tl.constexpr,
+                ORIENTED: tl.constexpr, QUERY_AXIS: tl.constexpr, OWN: tl.constexpr, BLOCK: tl.constexpr):
+    """Prefetching (the kernels' PREFETCH): the position terms of the tile after the t-th of a loop over the INNER
+    tiles [start, start + n_tiles * BLOCK) (no gap), [OWN, BLOCK] fp32 (:func:`position_bias` with no tests: every
+    pair inside the band and the sequence); ``own``: the program's own indices (queries when QUERY_AXIS is 0, keys
+    when 1). t = -1: the first tile's, before the loop (zeros for an empty loop); the last tile reloads its own
+    (a valid tile, the values unused). A loop loads them at the end of an iteration, so that their latency (an
+    index load, then the gathers that depend on it) overlaps the work left in the loop instead of stalling the
     next tile's first use of them."""
-    nxt = start + tl.minimum(t + 1, tl.maximum(n_tiles - 1, 0)) * BLOCK
-    return tl.multiple_of(nxt, BLOCK) + tl.arange(0, BLOCK)
+    terms = tl.zeros([OWN, BLOCK], dtype=tl.float32)
+    if n_tiles > 0:
+        other = start + tl.minimum(t + 1, n_tiles - 1) * BLOCK
+        other = tl.multiple_of(other, BLOCK) + tl.arange(0, BLOCK)
+        if QUERY_AXIS == 0:
+            terms = position_bias(own, other, 0, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, 0, 0, 0.0,
+                                  0.0, HAS_C2P, HAS_P2C, KEYS_ON_THREADS, BAND_BIAS, ORIENTED, False, 0)
+        else:
+            terms = position_bias(other, own, 0, C2P, P2C, TABLE, BIAS, bias_row, bias_offset, two_s, N, 0, 0, 0.0,
+                                  0.0, HAS_C2P, HAS_P2C, KEYS_ON_THREADS, BAND_BIAS, ORIENTED, False, 1)
+    return terms
 
 
 @triton.jit
