@@ -389,14 +389,23 @@ def measure(name, level, run, make_args, leaves_of, reference, shape, mode, args
 # --- the runs --------------------------------------------------------------------------------
 
 
-def op_rows(shape: Shape, providers: list[str], args) -> list[dict]:
-    scale = 1.0 / math.sqrt(3 * shape.D)
-    mask = shape.mask()
+def op_table() -> dict:
+    """Every op-level provider by name: ``fn(views, mask, shape, scale) -> [B, H, N, D]``."""
     table = {"df-torch": df_op("torch"), "df-triton": df_op("triton"), "df-cuda": df_op("cuda"),
              "sdpa-bias": sdpa_bias, "sdpa-floor": sdpa_floor}
     table.update({name: df_op("triton") for name in (*TRITON_VARIANTS, *TRITON_SWITCHED)})
     table.update({name: (df_plain if name.endswith(PLAIN_SUFFIX) else df_op)("cuda") for name in CUDA_VARIANTS})
     table.update({f"df-{backend}{PLAIN_SUFFIX}": df_plain(backend) for backend in ("torch", "triton", "cuda")})
+    return table
+
+
+LAYER_PROVIDERS = ("hf-eager", "df-torch", "df-triton", "df-cuda", "flashdeberta", "disentangled-flash")
+
+
+def op_rows(shape: Shape, providers: list[str], args) -> list[dict]:
+    scale = 1.0 / math.sqrt(3 * shape.D)
+    mask = shape.mask()
+    table = op_table()
     rows = []
     for mode in args.modes:
         need_grad = mode != "fwd"
@@ -422,8 +431,6 @@ def op_rows(shape: Shape, providers: list[str], args) -> list[dict]:
                 plain_out.backward(torch.ones_like(plain_out) / math.sqrt(plain_out.numel()))
             plain_ref = (plain_out.detach(), plain_leaves[0].grad if need_grad else None)
         for name in providers:
-            if name not in table:
-                continue
             run = table[name]
             # sdpa-floor computes plain attention without a mask (different math): it is run and timed, not
             # compared; the -plain providers compute that too, compared with the torch backend's plain attention
@@ -470,10 +477,8 @@ def layer_rows(shape: Shape, providers: list[str], args) -> list[dict]:
             if name == "disentangled-flash":
                 def build(cfg, state, device, dtype, training=need_grad):
                     return layer_disentangled_flash(cfg, state, device, dtype, training)
-            elif name in builders:
-                build = builders[name]
             else:
-                continue
+                build = builders[name]
             try:
                 run = build(cfg, state, shape.device, shape.dtype)
             except Exception as exc:
@@ -539,6 +544,11 @@ def main(argv=None) -> int:
     ops, layers = default_providers(args.device, args.head_dim)
     ops = args.op_providers.split(",") if args.op_providers else ops
     layers = args.layer_providers.split(",") if args.layer_providers else layers
+    known_ops = op_table()
+    unknown = [name for name in ops if name not in known_ops] + [name for name in layers if name not in LAYER_PROVIDERS]
+    if unknown:  # a misspelt provider would otherwise cost a GPU run its rows, unnoticed
+        raise SystemExit(f"unknown providers {unknown}; op level: {', '.join(known_ops)}; "
+                         f"layer level: {', '.join(LAYER_PROVIDERS)}")
     levels = args.levels.split(",")
     out = Path(args.out) if args.out else results_dir() / (
         f"attention_{args.device}_{args.dtype}{'_padded' if args.padded else ''}.json")

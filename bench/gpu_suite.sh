@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU suite: build, test and benchmark on an H100/H200 in steps of under 10 minutes each.
 #
-#   bash bench/gpu_suite.sh STEP[,STEP...] OUTDIR    STEP: setup | check | test-triton | test-cuda | tests | parity |
-#                                                variants | cuda-staged | prefetch | tune | tune-oriented |
+#   bash bench/gpu_suite.sh STEP[,STEP...] OUTDIR    STEP: setup | pending | check | test-triton | test-cuda | tests |
+#                                                parity | variants | cuda-staged | prefetch | tune | tune-oriented |
 #                                                tune-bias | tune-d128 | apply-tuned | apply-variants |
 #                                                attention | attention-extra | attention-fp32 | layer | compare | model |
 #                                                model-large | profile | ncu | ncu-cuda | all
@@ -135,6 +135,24 @@ run_cuda_staged() {  # the cuda backend with its band tiles' C2P / P2C gathered 
     --op-providers df-cuda,df-cuda-staged,df-cuda-staged-64x64,df-triton,sdpa-floor \
     --out "$out/attention_cuda_bfloat16_d128_staged.json"
   return $(( rc || $? ))
+}
+
+run_pending() {  # what changed since the last GPU run, sized for a 15-minute device budget: one call of about
+  # 5 minutes on a fresh machine (the build, both test modules, two short benchmarks; their limits add up to 450 s)
+  # that leaves time for a second on the warm machine. Both GPU test modules (the default cuda forward with dropout
+  # compiled in or out, the staged slabs, the forward tile shapes, wgmma; the Triton prefetch), then the prefetch
+  # switch and the cuda opt-ins timed against the defaults and the floor, bf16, D 64.
+  TEST_TIMEOUT=${TEST_TIMEOUT:-240} run_tests gpu triton cuda
+  local rc=$?
+  bench "$out/prefetch.log" 90 24 bench/attention.py --device cuda --dtype bfloat16 --levels op \
+    --seqlens 512,2048,8192 --modes fwd,fwd_bwd --rep 20 --op-providers df-triton,df-triton-noprefetch,sdpa-floor \
+    --out "$out/attention_cuda_bfloat16_prefetch.json" || rc=1
+  local providers=df-cuda,df-cuda-staged,df-cuda-staged-64x64,df-cuda-wgmma,df-cuda-wgmma-staged
+  providers+=,df-cuda-wgmma-plain,df-cuda-plain,df-triton,sdpa-floor
+  bench "$out/cuda_staged.log" 120 24 bench/attention.py --device cuda --dtype bfloat16 --levels op \
+    --seqlens 2048,8192 --modes fwd,fwd_bwd --rep 20 --op-providers "$providers" \
+    --out "$out/attention_cuda_bfloat16_staged.json" || rc=1
+  return $rc
 }
 
 run_tune() {  # $1: head dim, $2: band mode. Every Triton block config timed, one kernel at a time
@@ -272,6 +290,7 @@ run_step() {
   case "$1" in
     setup) ;;
     check) run_check ;;
+    pending) run_pending ;;
     test-triton) run_tests triton triton ;;
     test-cuda) run_tests cuda cuda ;;
     tests) run_tests gpu triton cuda ;;

@@ -43,6 +43,31 @@ def test_attention_benchmark_smoke(tmp_path):
     assert "op level, fwd" in report and "df-torch" in report
 
 
+def test_attention_benchmark_rejects_unknown_providers(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "attention.py"), "--seqlens", "16", "--op-providers",
+                           "df-torch,df-cuda-stagged", "--out", str(tmp_path / "a.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "unknown providers ['df-cuda-stagged']" in proc.stderr, proc.stderr[-3000:]
+    assert "df-cuda-staged" in proc.stderr  # the names it knows
+    assert not (tmp_path / "a.json").exists()
+
+
+def test_gpu_suite_names_only_known_providers():
+    """Every provider bench/gpu_suite.sh passes to attention.py exists, so a GPU call cannot lose rows to a typo."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import attention
+    finally:
+        sys.path.remove(str(BENCH))
+    suite = (BENCH / "gpu_suite.sh").read_text()
+    lists = re.findall(r"(--op-providers|--layer-providers|providers\+?=)\s*\"?([\w.,-]+)", suite)
+    assert len(lists) >= 15, lists
+    for flag, names in lists:
+        known = attention.LAYER_PROVIDERS if flag == "--layer-providers" else attention.op_table()
+        unknown = [name for name in names.split(",") if name and name not in known]
+        assert not unknown, (flag, names)
+
+
 def test_model_benchmark_smoke(tmp_path):
     out = tmp_path / "model.json"
     run("model.py", "--configs", "tiny", "--seqlens", "32", "--tokens", "64", "--vocab", "300", "--rep", "1",
