@@ -11,9 +11,11 @@ rows and character offsets are those of transformers' ``DebertaV2Tokenizer`` (5.
 backend), except where transformers 5.x departs from SentencePiece, i.e. from DeBERTa's own tokenizer and
 transformers 4.x's sentencepiece tokenizer. There deberta_fast follows SentencePiece:
 
-* Normalization. transformers 5.x replaces the model file's normalization rules (for DeBERTa v2/v3,
-  SentencePiece's ``nmt_nfkc``: NFKC plus its whitespace and control-character rules) with NFC and its own
-  whitespace collapsing. So in 5.x the "fi" ligature, full-width letters, circled digits, no-break and
+* Normalization. transformers 5.x before 5.25 (and 5.25's tokenizer built from a vocabulary) replaces the
+  model file's normalization rules (for DeBERTa v2/v3, SentencePiece's ``nmt_nfkc``: NFKC plus its whitespace
+  and control-character rules) with NFC and its own whitespace collapsing; 5.25's ``from_pretrained`` keeps
+  them (ids and offsets as deberta_fast's, but for offsets after characters the rules delete, such as
+  U+000B, which the tokenizers library shifts). So in those 5.x the "fi" ligature, full-width letters, circled digits, no-break and
   ideographic spaces, zero-width spaces and control characters stay unnormalized (usually becoming
   [UNK]), while SentencePiece, DeBERTa and transformers 4.x map them (``ﬁ`` -> ``fi``, ``Ａ`` -> ``A``,
   ``①`` -> ``1``, U+3000 -> space) or drop them. deberta_fast applies the model file's rules.
@@ -34,7 +36,8 @@ tokens left per sequence (5.x panics); IndexError for decoding an id outside the
 it). ``is_split_into_words`` is not supported.
 
 Offsets follow transformers: a "▁" that stands for whitespace covers the last whitespace character before
-its word, the "▁" prepended to a text's first word covers that word's first character, special tokens and
+its word (of a CR LF there, the CR, as the tokenizers library aligns it under the model's rules: see
+``_joins``), the "▁" prepended to a text's first word covers that word's first character, special tokens and
 padding are (0, 0). For characters SentencePiece normalizes differently from transformers 5.x (above), the
 offsets are SentencePiece's, adjusted by the same two rules.
 """
@@ -491,6 +494,14 @@ class DebertaV2Tokenizer:
             out.append(([p.id for p in pieces], [p.piece for p in pieces], spans))
         return out
 
+    def _joins(self, first: str, second: str) -> bool:
+        """Whether the tokenizers library, applying the model's normalization rules, aligns the word boundary
+        that ``first second`` become with ``first`` alone: a CR LF pair, which it normalizes as one unit (a
+        grapheme cluster, Unicode's rule GB3) by the rule of its CR. (SentencePiece normalizes the two apart,
+        two spaces folded into one: the same pieces.)"""
+        rules = bool(self._info.normalizer.precompiled_charsmap)
+        return first == "\r" and second == "\n" and rules and self._is_space("\r")
+
     def _is_space(self, char: str) -> bool:
         """Whether SentencePiece treats ``char`` as a word boundary (whitespace) or deletes it."""
         if char == " ":
@@ -542,7 +553,8 @@ class DebertaV2Tokenizer:
             chunk_ids = [ids for ids, _, _ in encoded]
             chunk_pieces = [pieces for _, pieces, _ in encoded]
             chunk_offsets = [
-                piece_offsets(chunk, pieces, spans, self._is_space) for chunk, (_, pieces, spans) in zip(chunks, encoded)
+                piece_offsets(chunk, pieces, spans, self._is_space, self._joins)
+                for chunk, (_, pieces, spans) in zip(chunks, encoded)
             ]
         else:
             chunk_ids = self._encode_chunks(chunks)

@@ -19,12 +19,28 @@ filter's first (e.g. for tests).
 """
 
 if __name__ != "deberta_fast.kernels":  # pragma: no cover - only when a checkout's root is on sys.path
-    # Python was started in a checkout, so this directory is importable as a top-level ``kernels`` and
-    # shadows any real package of that name (transformers probes for Hugging Face's ``kernels``). Present
-    # an empty, file-less package: such probes see no package, and no kernel is defined under this name.
-    __file__ = None
-    __path__ = []
-    __all__ = []
+    # Python was started in a checkout (`python -m ...`, `python -c` or PYTHONPATH there), so this directory is
+    # importable as a top-level ``kernels`` and would shadow any real package of that name: Hugging Face's
+    # ``kernels``, which transformers (5.2x) requires and imports. Where such a package is installed, it is
+    # loaded in this one's place; otherwise this is an empty, file-less package, so that probes for one see none.
+    # Either way no kernel of deberta_fast is defined under this name.
+    import importlib.machinery as _machinery
+    import importlib.util as _util
+    import os as _os
+    import sys as _sys
+
+    _here = _os.path.realpath(__file__)
+    _root = _os.path.dirname(_os.path.dirname(_here))
+    _path = [p for p in _sys.path if _os.path.realpath(p or _os.curdir) != _root]
+    _spec = _machinery.PathFinder.find_spec(__name__, _path)
+    if _spec is not None and _spec.origin and _os.path.realpath(_spec.origin) != _here:
+        _real = _util.module_from_spec(_spec)
+        _sys.modules[__name__] = _real  # what `import kernels` returns once this file has run
+        _spec.loader.exec_module(_real)
+    else:
+        __file__ = None
+        __path__ = []
+        __all__ = []
 else:
     from .attention_bwd import attention_backward
     from .attention_fwd import attention_forward

@@ -978,15 +978,26 @@ def test_kernels_compile_for_sm90(which):
 
 
 def test_import_hygiene():
-    """Importing deberta_fast imports no triton; kernels/ imported as a top-level package (python started in
-    a checkout) is an empty, file-less package, so probes for a real ``kernels`` package (transformers has
-    one) see none, and transformers still imports from a checkout's root."""
+    """Importing deberta_fast imports no triton. From a checkout's root, where kernels/ is importable as a
+    top-level package, ``import kernels`` gives the installed package of that name (Hugging Face's, which
+    transformers 5.2x requires) where there is one, else an empty, file-less package that probes see as none;
+    either way transformers imports from there."""
     code = "import sys, deberta_fast; assert 'triton' not in sys.modules, 'triton imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO.parent)
-    probe = ("import kernels; assert kernels.__all__ == [] and kernels.__file__ is None; "
-             "from transformers.utils.import_utils import is_kernels_available; assert not is_kernels_available(); "
+    elsewhere = ("import importlib.machinery, os, sys; "
+                 f"path = [p for p in sys.path if os.path.realpath(p or '.') != {str(REPO.resolve())!r}]; "
+                 "spec = importlib.machinery.PathFinder.find_spec('kernels', path); print(spec.origin if spec else '')")
+    installed = subprocess.run([sys.executable, "-c", elsewhere], check=True, cwd=REPO.parent, capture_output=True,
+                               text=True).stdout.strip()
+    probe = (f"import kernels; assert (kernels.__file__ or '') == {installed!r}, kernels.__file__; "
              "import transformers.models.deberta_v2.modeling_deberta_v2")
-    subprocess.run([sys.executable, "-c", probe], check=True, cwd=REPO)
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # no such package installed (site-packages out of sys.path): the empty one
+    bare = ("import sys; sys.path[:] = [p for p in sys.path if 'site-packages' not in p]; import kernels; "
+            "assert kernels.__all__ == [] and kernels.__file__ is None and kernels.__path__ == []")
+    result = subprocess.run([sys.executable, "-c", bare], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 # --- the model end to end ------------------------------------------------------------------------

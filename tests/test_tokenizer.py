@@ -143,12 +143,22 @@ def _hf_normalized(hf_tokenizer, text: str) -> str:
     return "".join(piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)))
 
 
+def _with_model_rules(hf_tokenizer) -> bool:
+    """Whether transformers' tokenizer applies the model's normalization rules (its tokenizer.json or spm.model
+    read by from_pretrained), not only its own (a tokenizer built from a vocabulary)."""
+    return "Precompiled" in str(hf_tokenizer.backend_tokenizer.normalizer)
+
+
 def _parity_texts(hf_tokenizer, sp, texts, lower=False):
-    """Texts both pipelines normalize alike (special tokens aside): where ids must be identical."""
+    """Texts both pipelines normalize alike (special tokens aside): where ids must be identical. For a tokenizer
+    without the model's rules, also without a CR LF: it aligns the space a CR LF becomes with the LF, where
+    transformers with the rules and deberta_fast align it with the CR (test_crlf_offsets_follow_the_model_rules)."""
     special = re.compile(r"\[(MASK|SEP|CLS|PAD|UNK)\]")
     keep = []
     for text in texts:
         plain = special.sub(" ", text)
+        if "\r\n" in text and not _with_model_rules(hf_tokenizer):
+            continue
         if _hf_normalized(hf_tokenizer, plain) == sp.normalize(plain.lower() if lower else plain):
             keep.append(text)
     return keep
@@ -172,7 +182,8 @@ def _equal(a, b) -> bool:
 
 
 def _random_texts(rng: random.Random, n: int) -> list[str]:
-    pool = CORPUS[:-2] + _training_lines(seed=99, n=200)
+    # no CR LF: the tests compare these with a tokenizer built from a vocabulary (see _parity_texts)
+    pool = [text for text in CORPUS[:-2] if "\r\n" not in text] + _training_lines(seed=99, n=200)
     out = []
     for _ in range(n):
         parts = rng.sample(pool, rng.randint(1, 4))
@@ -216,13 +227,57 @@ def test_corpus_parity_ids_masks_types_offsets(spm_path, sp, hf_factory, do_lowe
     hf = hf_factory(do_lower_case=do_lower_case)
     tok = DebertaV2Tokenizer(spm_path, do_lower_case=do_lower_case)
     texts = _parity_texts(hf, sp, CORPUS + _random_texts(random.Random(0), 60), lower=do_lower_case)
-    assert len(texts) == len(CORPUS) + 60  # the corpus holds no NFKC-affected text
+    assert len(texts) == len(CORPUS) - 1 + 60  # the corpus holds no NFKC-affected text, one CR LF
     kwargs = dict(return_offsets_mapping=True, return_special_tokens_mask=True, return_length=True)
     assert _equal(tok(texts, padding=True, **kwargs), hf(texts, padding=True, **kwargs))
     for text in texts[: len(CORPUS)]:  # unbatched calls too
         assert _equal(tok(text, **kwargs), hf(text, **kwargs)), repr(text)
     pairs = list(reversed(texts))
     assert _equal(tok(texts, pairs, **kwargs), hf(texts, pairs, **kwargs))
+
+
+CRLF_TEXTS = ["a\r\nb", "\r\nab", "x \r\n y", "a\r\n\r\nb", "two\r\nlines\r\n", "A\r\n\tTab", "dos\r\n\nmixed\n\r\nends"]
+
+
+@pytest.mark.parametrize("do_lower_case", [False, True])
+def test_crlf_offsets_follow_the_model_rules(tmp_path, spm_path, do_lower_case):
+    """A CR LF (one grapheme cluster, which the tokenizers library normalizes as one unit) becomes a word
+    boundary aligned with its CR, as transformers gives it with the model's normalization rules."""
+    transformers = pytest.importorskip("transformers")
+    tok = DebertaV2Tokenizer(spm_path, do_lower_case=do_lower_case)
+    tok.save_pretrained(tmp_path)
+    hf = transformers.DebertaV2Tokenizer.from_pretrained(tmp_path)
+    assert _with_model_rules(hf)
+    kwargs = dict(return_offsets_mapping=True, add_special_tokens=False)
+    assert tok(CRLF_TEXTS, **kwargs)["offset_mapping"] == hf(CRLF_TEXTS, **kwargs)["offset_mapping"]
+    assert tok("a\r\nb", **kwargs)["offset_mapping"][2] == (1, 2)  # the CR
+    assert tok("a\n\rb", **kwargs)["offset_mapping"][2] == (2, 3)  # no unit: the last of the two
+
+
+# Words, whitespace of every kind SentencePiece folds, and characters its nmt_nfkc rules rewrite; not the
+# vertical tab (U+000B), which the rules delete and after which the tokenizers library's offsets are shifted.
+MIXED_ALPHABET = ["a", "b", "Hello", "world", ",", ".", " ", "  ", "\r", "\n", "\r\n", "\t", "\x0c", "\u00a0",
+                  "\u2028", "\u3000", "\u200b", "e\u0301", " \u0301", "\ufb01", "\uff21", "\u2460", "\u00c9", "\u0130"]
+
+
+@pytest.mark.parametrize("do_lower_case", [False, True])
+def test_random_text_parity_with_the_model_rules(tmp_path, spm_path, do_lower_case):
+    """transformers with the model's normalization rules (5.25 applies them where it reads a model's
+    tokenizer.json or spm.model) gives deberta_fast's ids and offsets on text of mixed whitespace and
+    characters the rules rewrite."""
+    transformers = pytest.importorskip("transformers")
+    tok = DebertaV2Tokenizer(spm_path, do_lower_case=do_lower_case)
+    tok.save_pretrained(tmp_path)
+    hf = transformers.DebertaV2Tokenizer.from_pretrained(tmp_path)
+    if not _with_model_rules(hf):
+        pytest.skip("this transformers builds the tokenizer without the model's normalization rules")
+    rng = random.Random(5)
+    texts = ["".join(rng.choice(MIXED_ALPHABET) for _ in range(rng.randint(1, 12))) for _ in range(400)]
+    kwargs = dict(return_offsets_mapping=True)
+    ours, theirs = tok(texts, **kwargs), hf(texts, **kwargs)
+    for i, text in enumerate(texts):
+        for key in ("input_ids", "offset_mapping"):
+            assert ours[key][i] == theirs[key][i], (key, text)
 
 
 def test_nfkc_inputs_follow_sentencepiece(tok, sp, hf):
@@ -338,7 +393,7 @@ def test_split_by_punct(spm_path, sp, hf_factory):
     hf = hf_factory(split_by_punct=True)
     texts = [re.sub(r"\s+(?=[^\w\s])", "", t) for t in CORPUS + _random_texts(random.Random(4), 40)]
     texts = _parity_texts(hf_factory(), sp, texts)  # and no whitespace before punctuation: see below
-    assert len(texts) == len(CORPUS) + 40
+    assert len(texts) == len(CORPUS) - 1 + 40  # all but the one CR LF
     kwargs = dict(padding=True, return_offsets_mapping=True)
     assert _equal(tok(texts, **kwargs), hf(texts, **kwargs))
     # Each span between punctuation is segmented on its own, as DeBERTa's tokenizer does; there
@@ -441,9 +496,9 @@ def test_save_pretrained_is_read_by_transformers_and_back(tmp_path, spm_path, sp
     config = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "DebertaV2Tokenizer" and config["do_lower_case"] is True
 
-    texts = _parity_texts(transformers.DebertaV2Tokenizer(vocab=[(sp.id_to_piece(i), sp.get_score(i)) for i in range(len(sp))],
-                                                          unk_id=3, do_lower_case=True), sp, CORPUS, lower=True)
     hf = transformers.DebertaV2Tokenizer.from_pretrained(tmp_path / "saved")
+    texts = _parity_texts(hf, sp, CORPUS, lower=True)
+    assert any("\r\n" in text for text in texts)
     assert hf.do_lower_case and hf.model_max_length == 64
     assert hf.get_added_vocab() == tok.get_added_vocab()
     kwargs = dict(padding=True, return_offsets_mapping=True, verbose=False)

@@ -4,7 +4,9 @@ SentencePiece reports, for every piece, the span of input characters it came fro
 DeBERTa-v2 tokenizer (a ``tokenizers`` Metaspace pipeline) reports slightly different spans for the same
 pieces, and deberta_fast reproduces those:
 
-* a "▁" that stands for whitespace covers the last whitespace character before the next word;
+* a "▁" that stands for whitespace covers the last whitespace character before the next word, or the CR of a
+  last CR LF pair where the model has normalization rules (the tokenizers library normalizes a CR LF, one
+  grapheme cluster, as one unit: transformers 5.25 with the model's rules);
 * a "▁" SentencePiece prepends to the first word (the dummy prefix) covers that word's first character;
 * a character composed by NFC normalization (``e`` + U+0301 -> ``é``) covers only its first source character.
 """
@@ -96,11 +98,19 @@ def _composed_end(chunk: str, start: int, end: int) -> int:
     return end
 
 
+def _unit_start(chunk: str, last: int, joins: Callable[[str, str], bool] | None) -> int:
+    """The first character of the normalization unit that ends at ``chunk[last]`` (a word boundary)."""
+    while joins is not None and last > 0 and joins(chunk[last - 1], chunk[last]):
+        last -= 1
+    return last
+
+
 def piece_offsets(
     chunk: str,
     pieces: list[str],
     spans: list[tuple[int, int]],
     is_space: Callable[[str], bool],
+    joins: Callable[[str, str], bool] | None = None,
 ) -> list[tuple[int, int]]:
     """Convert SentencePiece's per-piece character spans in ``chunk`` to transformers' offsets.
 
@@ -110,6 +120,7 @@ def piece_offsets(
         spans: SentencePiece's [begin, end) character span of each piece in ``chunk``.
         is_space: whether SentencePiece folds a character into a word boundary (whitespace, or a
             character it deletes).
+        joins: whether two such characters in a row are one unit, aligned with the first; None: never.
     """
     composed = not unicodedata.is_normalized("NFC", chunk)
     size = len(chunk)
@@ -123,7 +134,7 @@ def piece_offsets(
             out.append((begin, end))
         elif len(piece) == 1:
             # a lone "▁": the next word starts where its span ends (zero-width: the dummy prefix)
-            start = end - 1 if end > 0 else 0
+            start = _unit_start(chunk, end - 1, joins) if end > 0 else 0
             out.append((start, start + 1))
         elif end - begin == len(piece) and chunk[begin] == " " and not is_space(chunk[begin + 1]):
             out.append((begin, end))  # the common case: "▁word" after exactly one space
@@ -131,5 +142,5 @@ def piece_offsets(
             word = begin
             while word < end and is_space(chunk[word]):
                 word += 1
-            out.append((word - 1 if word > 0 else 0, end))
+            out.append((_unit_start(chunk, word - 1, joins) if word > 0 else 0, end))
     return out
