@@ -4,6 +4,7 @@ providers before timing, and write JSON that the report turns into tables."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,34 @@ def test_gpu_suite_names_only_known_providers():
         known = attention.LAYER_PROVIDERS if flag == "--layer-providers" else attention.op_table()
         unknown = [name for name in names.split(",") if name and name not in known]
         assert not unknown, (flag, names)
+
+
+def test_gpu_suite_pending_step_runs_its_commands(tmp_path):
+    """bench/gpu_suite.sh's `pending` step (the first call of a GPU session) with a stand-in python that logs its
+    arguments: the build, both GPU test modules in one pytest run, then the two benchmarks, in that order and
+    each writing into OUTDIR. A shell error here would cost a GPU session; this runs it without one."""
+    root = tmp_path / "checkout"
+    (root / "bench").mkdir(parents=True)
+    (root / "deberta_fast").mkdir()
+    shutil.copy(BENCH / "gpu_suite.sh", root / "bench")
+    calls = tmp_path / "calls.txt"
+    python = tmp_path / "python"
+    python.write_text('#!/bin/sh\necho "$*" >> "$CALLS"\n')
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=str(python), CALLS=str(calls))
+    proc = subprocess.run(["bash", str(root / "bench" / "gpu_suite.sh"), "pending", str(out)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[0] == "setup.py build_ext --inplace", lines
+    tests = [line for line in lines if line.startswith("-m pytest")]
+    assert len(tests) == 1 and "tests/test_gpu_triton.py tests/test_gpu_cuda.py" in tests[0], lines
+    benches = [line for line in lines if line.startswith("bench/attention.py")]
+    assert len(benches) == 2 and lines.index(tests[0]) < lines.index(benches[0]), lines
+    assert [re.search(r"--out (\S+)", line).group(1) for line in benches] == [
+        str(out / "attention_cuda_bfloat16_prefetch.json"), str(out / "attention_cuda_bfloat16_staged.json")]
+    assert "df-triton-noprefetch" in benches[0] and "df-cuda-wgmma" in benches[1]
 
 
 def test_model_benchmark_smoke(tmp_path):
