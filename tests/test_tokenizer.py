@@ -243,15 +243,16 @@ CRLF_TEXTS = ["a\r\nb", "\r\nab", "x \r\n y", "a\r\n\r\nb", "two\r\nlines\r\n", 
 def test_crlf_offsets_follow_the_model_rules(tmp_path, spm_path, do_lower_case):
     """A CR LF (one grapheme cluster, which the tokenizers library normalizes as one unit) becomes a word
     boundary aligned with its CR, as transformers gives it with the model's normalization rules."""
-    transformers = pytest.importorskip("transformers")
     tok = DebertaV2Tokenizer(spm_path, do_lower_case=do_lower_case)
-    tok.save_pretrained(tmp_path)
-    hf = transformers.DebertaV2Tokenizer.from_pretrained(tmp_path)
-    assert _with_model_rules(hf)
     kwargs = dict(return_offsets_mapping=True, add_special_tokens=False)
-    assert tok(CRLF_TEXTS, **kwargs)["offset_mapping"] == hf(CRLF_TEXTS, **kwargs)["offset_mapping"]
     assert tok("a\r\nb", **kwargs)["offset_mapping"][2] == (1, 2)  # the CR
     assert tok("a\n\rb", **kwargs)["offset_mapping"][2] == (2, 3)  # no unit: the last of the two
+    transformers = pytest.importorskip("transformers")
+    tok.save_pretrained(tmp_path)
+    hf = transformers.DebertaV2Tokenizer.from_pretrained(tmp_path)
+    if not _with_model_rules(hf):
+        pytest.skip("this transformers builds the tokenizer without the model's normalization rules")
+    assert tok(CRLF_TEXTS, **kwargs)["offset_mapping"] == hf(CRLF_TEXTS, **kwargs)["offset_mapping"]
 
 
 # Words, whitespace of every kind SentencePiece folds, and characters its nmt_nfkc rules rewrite; not the
@@ -498,7 +499,7 @@ def test_save_pretrained_is_read_by_transformers_and_back(tmp_path, spm_path, sp
 
     hf = transformers.DebertaV2Tokenizer.from_pretrained(tmp_path / "saved")
     texts = _parity_texts(hf, sp, CORPUS, lower=True)
-    assert any("\r\n" in text for text in texts)
+    assert any("\r\n" in text for text in texts) == _with_model_rules(hf)  # 5.25: with the model's rules
     assert hf.do_lower_case and hf.model_max_length == 64
     assert hf.get_added_vocab() == tok.get_added_vocab()
     kwargs = dict(padding=True, return_offsets_mapping=True, verbose=False)
