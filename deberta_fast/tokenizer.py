@@ -14,8 +14,10 @@ transformers 4.x's sentencepiece tokenizer. There deberta_fast follows SentenceP
 * Normalization. transformers 5.x before 5.25 (and 5.25's tokenizer built from a vocabulary) replaces the
   model file's normalization rules (for DeBERTa v2/v3, SentencePiece's ``nmt_nfkc``: NFKC plus its whitespace
   and control-character rules) with NFC and its own whitespace collapsing; 5.25's ``from_pretrained`` keeps
-  them (ids and offsets as deberta_fast's, but for offsets after characters the rules delete, such as
-  U+000B, which the tokenizers library shifts). So in those 5.x the "fi" ligature, full-width letters, circled digits, no-break and
+  them (the same ids and offsets as deberta_fast on text of whitespace and the characters the README names;
+  not after characters the rules delete, such as U+000B, where the tokenizers library shifts the offsets,
+  nor always for a grapheme cluster of several characters, which it normalizes by its first character's
+  rule). So in those other 5.x the "fi" ligature, full-width letters, circled digits, no-break and
   ideographic spaces, zero-width spaces and control characters stay unnormalized (usually becoming
   [UNK]), while SentencePiece, DeBERTa and transformers 4.x map them (``ﬁ`` -> ``fi``, ``Ａ`` -> ``A``,
   ``①`` -> ``1``, U+3000 -> space) or drop them. deberta_fast applies the model file's rules.

@@ -21,7 +21,7 @@ filter's first (e.g. for tests).
 if __name__ != "deberta_fast.kernels":  # pragma: no cover - only when a checkout's root is on sys.path
     # Python was started in a checkout (`python -m ...`, `python -c` or PYTHONPATH there), so this directory is
     # importable as a top-level ``kernels`` and would shadow any real package of that name: Hugging Face's
-    # ``kernels``, which transformers (5.2x) requires and imports. Where such a package is installed, it is
+    # ``kernels``, which transformers 5.25 requires and imports. Where such a package is installed, it is
     # loaded in this one's place; otherwise this is an empty, file-less package, so that probes for one see none.
     # Either way no kernel of deberta_fast is defined under this name.
     import importlib.machinery as _machinery
