@@ -980,7 +980,7 @@ def test_kernels_compile_for_sm90(which):
 def test_import_hygiene():
     """Importing deberta_fast imports no triton. From a checkout's root, where kernels/ is importable as a
     top-level package, ``import kernels`` gives the installed package of that name (Hugging Face's, which
-    transformers 5.2x requires) where there is one, else an empty, file-less package that probes see as none;
+    transformers 5.25 requires) where there is one, else an empty, file-less package that probes see as none;
     either way transformers imports from there."""
     code = "import sys, deberta_fast; assert 'triton' not in sys.modules, 'triton imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO.parent)

@@ -236,6 +236,17 @@ def test_corpus_parity_ids_masks_types_offsets(spm_path, sp, hf_factory, do_lowe
     assert _equal(tok(texts, pairs, **kwargs), hf(texts, pairs, **kwargs))
 
 
+def _transformers_with_model_rules(tok, directory):
+    """transformers' tokenizer for ``tok``'s files saved in ``directory``; the test skips where this transformers
+    builds it without the model's normalization rules (before 5.25)."""
+    transformers = pytest.importorskip("transformers")
+    tok.save_pretrained(directory)
+    hf = transformers.DebertaV2Tokenizer.from_pretrained(directory)
+    if not _with_model_rules(hf):
+        pytest.skip("this transformers builds the tokenizer without the model's normalization rules")
+    return hf
+
+
 CRLF_TEXTS = ["a\r\nb", "\r\nab", "x \r\n y", "a\r\n\r\nb", "two\r\nlines\r\n", "A\r\n\tTab", "dos\r\n\nmixed\n\r\nends"]
 
 
@@ -247,11 +258,7 @@ def test_crlf_offsets_follow_the_model_rules(tmp_path, spm_path, do_lower_case):
     kwargs = dict(return_offsets_mapping=True, add_special_tokens=False)
     assert tok("a\r\nb", **kwargs)["offset_mapping"][2] == (1, 2)  # the CR
     assert tok("a\n\rb", **kwargs)["offset_mapping"][2] == (2, 3)  # no unit: the last of the two
-    transformers = pytest.importorskip("transformers")
-    tok.save_pretrained(tmp_path)
-    hf = transformers.DebertaV2Tokenizer.from_pretrained(tmp_path)
-    if not _with_model_rules(hf):
-        pytest.skip("this transformers builds the tokenizer without the model's normalization rules")
+    hf = _transformers_with_model_rules(tok, tmp_path)
     assert tok(CRLF_TEXTS, **kwargs)["offset_mapping"] == hf(CRLF_TEXTS, **kwargs)["offset_mapping"]
 
 
@@ -266,12 +273,8 @@ def test_random_text_parity_with_the_model_rules(tmp_path, spm_path, do_lower_ca
     """transformers with the model's normalization rules (5.25 applies them where it reads a model's
     tokenizer.json or spm.model) gives deberta_fast's ids and offsets on text of mixed whitespace and
     characters the rules rewrite."""
-    transformers = pytest.importorskip("transformers")
     tok = DebertaV2Tokenizer(spm_path, do_lower_case=do_lower_case)
-    tok.save_pretrained(tmp_path)
-    hf = transformers.DebertaV2Tokenizer.from_pretrained(tmp_path)
-    if not _with_model_rules(hf):
-        pytest.skip("this transformers builds the tokenizer without the model's normalization rules")
+    hf = _transformers_with_model_rules(tok, tmp_path)
     rng = random.Random(5)
     texts = ["".join(rng.choice(MIXED_ALPHABET) for _ in range(rng.randint(1, 12))) for _ in range(400)]
     kwargs = dict(return_offsets_mapping=True)
