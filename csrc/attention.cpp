@@ -7,7 +7,8 @@
 //   cuda_attention_bwd(grad_out, q, k, v, pos_key?, pos_query?, mask?, philox?, out, lse, ...same settings)
 //                      -> (dq, dk, dv, dpos_key, dpos_query); an absent position term's gradient is empty
 //   cuda_dropout_mask(philox, batch, heads, seq_len, dropout_p) -> bool [B, H, N, N]   (test hook; CPU + CUDA)
-//   cuda_position_geometry(like, seq_len, buckets, max_rel) -> (int32 table [2N - 1], r_hi, r_lo)  (any device)
+//   cuda_position_geometry(like, seq_len, buckets, max_rel) -> (int32 table [2N - 1], r_hi, r_lo, unit_steps)
+//     (any device; unit_steps: the whole table's rows step by 0 or 1, which the staged band slabs need)
 //   cuda_score_terms(...), cuda_slot_sums(...), cuda_staged_terms(...): score_terms.h's score code on one warp
 //                      tile   (test hooks; CPU)
 //   cuda_wgmma_probe(a, b, rn) -> a b^T or a b [64, 64] float32 by the kernels' wgmma products (test hook; CUDA)
@@ -126,7 +127,7 @@ struct Geometry {
   Tensor table;  // int32 [2L - 1], table[x + L - 1] = d(x)
   int64_t length = 0;
   int64_t r_hi = 0, r_lo = 0;
-  bool unit_steps = false;  // d(x + 1) - d(x) <= 1 for every x of the table
+  bool unit_steps = false;  // 0 <= d(x + 1) - d(x) <= 1 for every x of the table
 };
 
 Tensor build_table(int64_t length, int64_t buckets, int64_t max_rel, const at::Device& device) {
@@ -165,18 +166,18 @@ const Geometry& geometry(int64_t seq_len, int64_t buckets, int64_t max_rel, cons
   Tensor neg = geo.table.slice(0, 0, length).flip({0});  // d(-x)
   Tensor r_hi = at::where(pos != 2 * span - 1, after, at::zeros_like(after)).max();
   Tensor r_lo = at::where(neg != 0, after, at::zeros_like(after)).max();
-  Tensor step = (geo.table.slice(0, 1) - geo.table.slice(0, 0, -1)).max().to(at::kLong);
-  Tensor read = at::stack({r_hi, r_lo, step}).cpu();  // the one host read per setting and device
+  Tensor steps = geo.table.slice(0, 1) - geo.table.slice(0, 0, -1);
+  Tensor read = at::stack({r_hi, r_lo, steps.min().to(at::kLong), steps.max().to(at::kLong)}).cpu();  // the one host read per setting and device
   geo.r_hi = read[0].item<int64_t>();
   geo.r_lo = read[1].item<int64_t>();
-  geo.unit_steps = read[2].item<int64_t>() <= 1;
+  geo.unit_steps = read[2].item<int64_t>() >= 0 && read[3].item<int64_t>() <= 1;
   return cache.emplace(key, std::move(geo)).first->second;
 }
 
 struct SeqGeometry {
   Tensor table;  // int32 [2N - 1]
   int64_t r_hi = 0, r_lo = 0;
-  bool unit_steps = false;  // d(x + 1) - d(x) <= 1 everywhere (the staged band slabs rely on it)
+  bool unit_steps = false;  // 0 <= d(x + 1) - d(x) <= 1 everywhere (the staged band slabs rely on it)
   int64_t width() const { return r_hi + r_lo - 1; }
   // Band slot c (distance c - (r_lo - 1)) -> its row of the position table, int64 [width].
   Tensor band_index(int64_t n) const { return table.slice(0, n - r_lo, n - 1 + r_hi).to(at::kLong); }
@@ -285,7 +286,7 @@ bool use_wgmma(const Inputs& in) {
 
 // Whether the kernels' band tiles read staged slabs (DEBERTA_FAST_CUDA_BAND=staged) for this call: slab rows start
 // at 16-byte chunks of C2P / P2C rows (2S a multiple of a chunk) and span at most a tile's keys / queries (position
-// rows that step by at most 1 per distance). Elsewhere the gathers. (The launchers also check the shared memory.)
+// rows that step by 0 or 1 per distance). Elsewhere the gathers. (The launchers also check the shared memory.)
 bool staged_slabs(const SeqGeometry& geo, const Inputs& in) {
   const bool requested = staged_band();  // read first: a bad value is an error on every call
   return requested && geo.table.defined() && geo.unit_steps && in.two_s % (16 / in.q.element_size()) == 0;
@@ -798,12 +799,12 @@ std::tuple<Tensor, Tensor, Tensor> slot_sums_cpu(const Tensor& ds, int64_t seq_l
   return {hi, lo, band};
 }
 
-std::tuple<Tensor, int64_t, int64_t> position_geometry(const Tensor& like, int64_t seq_len, int64_t buckets,
-                                                       int64_t max_rel) {
+std::tuple<Tensor, int64_t, int64_t, bool> position_geometry(const Tensor& like, int64_t seq_len, int64_t buckets,
+                                                             int64_t max_rel) {
   TORCH_CHECK(seq_len >= 1, "cuda_position_geometry: seq_len must be >= 1");
   TORCH_CHECK(max_rel >= 1 && buckets != 1, "cuda_position_geometry: invalid position settings");
   const SeqGeometry geo = seq_geometry(seq_len, buckets, max_rel, like.device());
-  return {geo.table.clone(), geo.r_hi, geo.r_lo};
+  return {geo.table.clone(), geo.r_hi, geo.r_lo, geo.unit_steps};
 }
 
 }  // namespace
@@ -829,7 +830,7 @@ TORCH_LIBRARY_FRAGMENT(deberta_fast, m) {
   m.def("cuda_slot_sums(Tensor ds, int seq_len, int r_hi, int r_lo, int band_w, int row0, int col0, bool trans, "
         "int mode) -> (Tensor, Tensor, Tensor)");
   m.def("cuda_position_geometry(Tensor like, int seq_len, int position_buckets, int max_relative_positions) "
-        "-> (Tensor, int, int)");
+        "-> (Tensor, int, int, bool)");
 }
 
 TORCH_LIBRARY_IMPL(deberta_fast, CUDA, m) {

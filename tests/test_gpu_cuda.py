@@ -268,6 +268,28 @@ def test_staged_band_with_dropout(dtype, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
+def test_staged_band_declines_a_decreasing_table(monkeypatch):
+    """Buckets 256 with max relative 128 (the log bucket's rows go down past the linear part): the front end
+    rejects the setting, the op itself takes it; the staged slabs, which need rows that step by 0 or 1, must leave
+    it to the gathers (same output and gradients bit for bit), not read other rows of their slabs."""
+    B, H, N, D, span = 1, 2, 700, 64, 256
+    gen = torch.Generator().manual_seed(3)
+    q, k, v, grad = (torch.randn(B, N, H, D, generator=gen).to(DEVICE, torch.bfloat16).transpose(1, 2)
+                     for _ in range(4))
+    pos_key, pos_query = (torch.randn(H, 2 * span, D, generator=gen).to(DEVICE, torch.bfloat16) for _ in range(2))
+    _, _, _, unit_steps = cuda_backend.position_geometry(q, N, span, 128)
+    assert not unit_steps
+    runs = []
+    for band in ("gather", "staged"):
+        monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", band)
+        settings = (span, 128, D ** -0.5, 0.0, False)
+        out, lse = torch.ops.deberta_fast.cuda_attention_fwd(q, k, v, pos_key, pos_query, None, None, *settings)
+        grads = torch.ops.deberta_fast.cuda_attention_bwd(grad, q, k, v, pos_key, pos_query, None, None, out, lse,
+                                                          *settings)
+        runs.append([out, lse, *grads])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
 FORWARD_TILES = [  # the opt-in fp16 / bf16 forward tiles: band, saturated and plain tiles, masks, each head dim
     (Case(N=17, D=64, mask="left", masked_rows="zero"), torch.float16),
     (Case(N=97, D=128, p2c=False, mask="left"), torch.bfloat16),
@@ -427,7 +449,7 @@ def test_batch_slices_give_the_same_results():
 @pytest.mark.parametrize("buckets,max_rel", [(256, 512), (8, 32), (-1, 24)])
 def test_position_table_on_the_gpu_is_relative_index_table(buckets, max_rel):
     n = 4096
-    table, r_hi, r_lo = cuda_backend.position_geometry(torch.empty(0, device=DEVICE), n, buckets, max_rel)
+    table, r_hi, r_lo, _ = cuda_backend.position_geometry(torch.empty(0, device=DEVICE), n, buckets, max_rel)
     assert table.is_cuda and torch.equal(table, relative_index_table(n, buckets, max_rel, DEVICE))
 
 

@@ -158,7 +158,7 @@ SCHEMAS = {
     ),
     "cuda_position_geometry": (
         "deberta_fast::cuda_position_geometry(Tensor like, int seq_len, int position_buckets, "
-        "int max_relative_positions) -> (Tensor, int, int)"
+        "int max_relative_positions) -> (Tensor, int, int, bool)"
     ),
     "cuda_wgmma_probe": "deberta_fast::cuda_wgmma_probe(Tensor a, Tensor b, bool rn) -> Tensor",
     "cuda_score_terms": (
@@ -366,7 +366,7 @@ def test_position_geometry_matches_relative_index_table(buckets, max_rel, n):
     """The C++ table (same ATen operations as positions.py) is bit-identical to relative_index_table, and
     r_hi / r_lo are the tight saturation distances."""
     _extension_or_skip()
-    table, r_hi, r_lo = cuda_backend.position_geometry(torch.empty(0), n, buckets, max_rel)
+    table, r_hi, r_lo, _ = cuda_backend.position_geometry(torch.empty(0), n, buckets, max_rel)
     expected = relative_index_table(n, buckets, max_rel)
     assert table.dtype == torch.int32 and torch.equal(table, expected)
     top = 2 * (buckets if buckets > 0 else max_rel) - 1
@@ -378,11 +378,24 @@ def test_position_geometry_matches_relative_index_table(buckets, max_rel, n):
         assert (r_hi, r_lo) == (506, 512)
 
 
+@pytest.mark.parametrize("buckets,max_rel", [(256, 512), (8, 32), (-1, 24), (256, 257), (256, 128), (64, 16)])
+def test_position_geometry_says_where_the_staged_slabs_apply(buckets, max_rel):
+    """unit_steps (the gate of DEBERTA_FAST_CUDA_BAND=staged) is true exactly where the whole table's rows step by
+    0 or 1 per distance: not where they step by 2 (256 / 257) nor where they decrease (max_rel - 1 below
+    buckets / 2: settings the front end rejects but the op itself takes), where the slabs would read other rows."""
+    _extension_or_skip()
+    n = 1 << 16
+    table, _, _, unit_steps = cuda_backend.position_geometry(torch.empty(0), n, buckets, max_rel)
+    steps = table[1:] - table[:-1]
+    assert unit_steps == bool((steps >= 0).all() and (steps <= 1).all())
+    assert unit_steps == ((buckets, max_rel) in [(256, 512), (8, 32), (-1, 24)])
+
+
 def test_position_table_is_exact_over_the_long_range():
     """Every distance |i - j| < 65536 (the full cached table) for DeBERTa-v3 settings."""
     _extension_or_skip()
     n = 1 << 16
-    table, _, _ = cuda_backend.position_geometry(torch.empty(0), n, 256, 512)
+    table, _, _, _ = cuda_backend.position_geometry(torch.empty(0), n, 256, 512)
     assert torch.equal(table, relative_index_table(n, 256, 512))
 
 
@@ -438,7 +451,7 @@ def test_per_tile_band_terms_match_their_definition(n, row0, col0, terms, trans)
     d(i, j) from the bucket formula, 0 for pairs beyond N; bit for bit, as the same fp32 additions in the same
     order. Tiles across the band, across N on both axes, shorter than the tile, and wholly saturated."""
     _extension_or_skip()
-    table, r_hi, r_lo = cuda_backend.position_geometry(torch.empty(0), n, BUCKETS, MAX_REL)
+    table, r_hi, r_lo, _ = cuda_backend.position_geometry(torch.empty(0), n, BUCKETS, MAX_REL)
     c2p, p2c, scores, col_term, row_hi, row_lo = _score_inputs(n, seed=row0 * 1000 + col0 + n)
     c2p = c2p if terms in ("both", "c2p") else None
     p2c = p2c if terms in ("both", "p2c") else None
@@ -463,7 +476,7 @@ def test_staged_band_terms_match_their_definition(n, q0, k0, warp_row0, terms, c
     both warps of the CTA tile; rows of queries (forward, dQ) and of keys (dK/dV); chunks of 16 bytes of float32 (4)
     and of half precision (8)."""
     _extension_or_skip()
-    table, _, _ = cuda_backend.position_geometry(torch.empty(0), n, BUCKETS, MAX_REL)
+    table, _, _, _ = cuda_backend.position_geometry(torch.empty(0), n, BUCKETS, MAX_REL)
     c2p, p2c, scores, col_term, _, _ = _score_inputs(n, seed=q0 * 1000 + k0 + n + warp_row0)
     c2p = c2p if terms in ("both", "c2p") else None
     p2c = p2c if terms in ("both", "p2c") else None
@@ -476,7 +489,7 @@ def test_staged_band_terms_match_their_definition(n, q0, k0, warp_row0, terms, c
 
 def test_staged_hook_rejects_bad_arguments():
     _extension_or_skip()
-    table, _, _ = cuda_backend.position_geometry(torch.empty(0), 40, BUCKETS, MAX_REL)
+    table, _, _, _ = cuda_backend.position_geometry(torch.empty(0), 40, BUCKETS, MAX_REL)
     c2p, _, scores, col_term, _, _ = _score_inputs(40, seed=1)
     hook = torch.ops.deberta_fast.cuda_staged_terms
     with pytest.raises(RuntimeError, match="chunk must be 4 or 8"):
@@ -499,7 +512,7 @@ def test_per_tile_saturated_and_plain_terms(trans):
     value; plain tiles add the column term alone."""
     _extension_or_skip()
     n = 200
-    table, r_hi, r_lo = cuda_backend.position_geometry(torch.empty(0), n, BUCKETS, MAX_REL)
+    table, r_hi, r_lo, _ = cuda_backend.position_geometry(torch.empty(0), n, BUCKETS, MAX_REL)
     c2p, p2c, scores, col_term, row_hi, row_lo = _score_inputs(n, seed=7)
     hook = torch.ops.deberta_fast.cuda_score_terms
     plain = hook(scores, None, None, table, col_term, row_hi, row_lo, r_hi, r_lo, 0, 0, trans, PLAIN)
@@ -532,7 +545,7 @@ def test_per_tile_slot_sums_match_their_definition(n, row0, col0, trans):
     at i - j <= -r_lo summed (lo), and each band pair's dS stored at band[row, i - j + r_lo - 1] (pairs beyond N
     not stored); run as a band tile (exact on any tile) and, where the tile is saturated, as SAT_HI / SAT_LO."""
     _extension_or_skip()
-    _, r_hi, r_lo = cuda_backend.position_geometry(torch.empty(0), n, BUCKETS, MAX_REL)
+    _, r_hi, r_lo, _ = cuda_backend.position_geometry(torch.empty(0), n, BUCKETS, MAX_REL)
     width = r_hi + r_lo - 1
     band_w = (width + 7) // 8 * 8
     ds = torch.randn(TILE_ROWS, TILE_COLS, generator=torch.Generator().manual_seed(n + row0 + col0))
@@ -562,7 +575,7 @@ def test_per_tile_slot_sums_match_their_definition(n, row0, col0, trans):
 
 def test_score_hooks_reject_bad_arguments():
     _extension_or_skip()
-    table, r_hi, r_lo = cuda_backend.position_geometry(torch.empty(0), 20, BUCKETS, MAX_REL)
+    table, r_hi, r_lo, _ = cuda_backend.position_geometry(torch.empty(0), 20, BUCKETS, MAX_REL)
     c2p, p2c, scores, col_term, row_hi, row_lo = _score_inputs(20, seed=1)
     hook = torch.ops.deberta_fast.cuda_score_terms
     with pytest.raises(RuntimeError, match="scores must be a CPU Float tensor of shape \\[32, 64\\]"):

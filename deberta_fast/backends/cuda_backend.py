@@ -8,8 +8,9 @@ TORCH_LIBRARY_IMPL; this module registers their fake implementations and the aut
 - ``cuda_attention_bwd(grad_out, q, k, v, pos_key?, pos_query?, mask?, philox?, out, lse, ...)
   -> (dq, dk, dv, dpos_key, dpos_query)``, the backward as an op (an absent position term's gradient is empty);
 - ``cuda_dropout_mask(philox, B, H, N, p)``: the kernels' dropout keep mask (a test hook; CPU and CUDA);
-- ``cuda_position_geometry(like, N, buckets, max_rel) -> (table, r_hi, r_lo)``: the index table and
-  saturation distances the kernels use (a test hook; any device);
+- ``cuda_position_geometry(like, N, buckets, max_rel) -> (table, r_hi, r_lo, unit_steps)``: the index table and
+  saturation distances the kernels use, and whether the staged band slabs may serve the setting (a test hook;
+  any device);
 - ``cuda_wgmma_probe(a, b, rn) -> a b^T or a b`` ([64, 64] float32 from float16 / bfloat16 [64, 64]): the kernels'
   warpgroup-MMA products alone (a test hook; an sm_90a build on an sm_90 GPU).
 
@@ -303,7 +304,9 @@ def dropout_keep_mask(philox: torch.Tensor, batch: int, heads: int, seq_len: int
 
 
 def position_geometry(like: torch.Tensor, seq_len: int, position_buckets: int, max_relative_positions: int):
-    """Test hook: (int32 table ``[2N - 1]``, r_hi, r_lo) as the kernels see them, computed on like's device."""
+    """Test hook: (int32 table ``[2N - 1]``, r_hi, r_lo, unit_steps) as the kernels see them, computed on like's
+    device. unit_steps: the rows of the whole cached table (every |i - j| < 65536) step by 0 or 1 per distance,
+    which ``DEBERTA_FAST_CUDA_BAND=staged`` needs (elsewhere the kernels gather)."""
     load_extension()
     return torch.ops.deberta_fast.cuda_position_geometry(like, seq_len, position_buckets, max_relative_positions)
 
