@@ -138,20 +138,31 @@ run_cuda_staged() {  # the cuda backend with its band tiles' C2P / P2C gathered 
 }
 
 run_pending() {  # what changed since the last GPU run, sized for a 15-minute device budget: one call of about
-  # 5 minutes on a fresh machine (the build, both test modules, two short benchmarks; their limits add up to 450 s)
+  # 5 minutes on a fresh machine (the build, both test modules, three short benchmarks; their limits add up to 450 s)
   # that leaves time for a second on the warm machine. Both GPU test modules (the default cuda forward with dropout
-  # compiled in or out, the staged slabs, the forward tile shapes, wgmma; the Triton prefetch), then the prefetch
-  # switch and the cuda opt-ins timed against the defaults and the floor, bf16, D 64.
+  # compiled in or out, the staged slabs, the forward tile shapes, wgmma; the Triton prefetch), then bf16, D 64:
+  # the prefetch switch against the defaults and the floor, then the cuda opt-ins, each kind in a run of its own.
   TEST_TIMEOUT=${TEST_TIMEOUT:-240} run_tests gpu triton cuda
   local rc=$?
-  bench "$out/prefetch.log" 90 24 bench/attention.py --device cuda --dtype bfloat16 --levels op \
-    --seqlens 512,2048,8192 --modes fwd,fwd_bwd --rep 20 --op-providers df-triton,df-triton-noprefetch,sdpa-floor \
-    --out "$out/attention_cuda_bfloat16_prefetch.json" || rc=1
-  local providers=df-cuda,df-cuda-staged,df-cuda-staged-64x64,df-cuda-wgmma,df-cuda-wgmma-staged
-  providers+=,df-cuda-wgmma-plain,df-cuda-plain,df-triton,sdpa-floor
-  bench "$out/cuda_staged.log" 120 24 bench/attention.py --device cuda --dtype bfloat16 --levels op \
-    --seqlens 2048,8192 --modes fwd,fwd_bwd --rep 20 --op-providers "$providers" \
-    --out "$out/attention_cuda_bfloat16_staged.json" || rc=1
+  op_run "$out/bench.log" 100 pending 512,2048,8192 sdpa-floor,df-triton,df-triton-noprefetch,df-cuda,df-cuda-plain \
+    || rc=1
+  op_run "$out/bench.log" 50 wgmma 2048,8192 df-cuda,df-cuda-wgmma,df-cuda-wgmma-plain || rc=1
+  op_run "$out/bench.log" 60 staged 2048,8192 df-cuda,df-cuda-staged,df-cuda-staged-64x64,df-cuda-wgmma-staged || rc=1
+  return $rc
+}
+
+# op_run LOG LIMIT NAME SEQLENS PROVIDERS: one op-level run of bench/attention.py (bf16, D 64, fwd and fwd+bwd) into
+# OUTDIR/attention_cuda_bfloat16_NAME.json, its output appended to LOG (a call returns at most 8 files). Kernels never
+# run on a GPU go in runs of their own: one that faults leaves a sticky CUDA error that fails every later case of
+# its process, so it costs its own run's rows, not the baseline's.
+op_run() {
+  local log=$1 limit=$2 name=$3 seqlens=$4 providers=$5
+  bench "$out/op_run_$name.log" "$limit" 24 bench/attention.py --device cuda --dtype bfloat16 --levels op \
+    --seqlens "$seqlens" --modes fwd,fwd_bwd --rep 20 --op-providers "$providers" \
+    --out "$out/attention_cuda_bfloat16_$name.json"
+  local rc=$?
+  { echo "== $name ($providers): exit $rc"; cat "$out/op_run_$name.log"; } >>"$log"
+  rm -f "$out/op_run_$name.log"
   return $rc
 }
 

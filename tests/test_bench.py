@@ -62,6 +62,9 @@ def test_gpu_suite_names_only_known_providers():
         sys.path.remove(str(BENCH))
     suite = (BENCH / "gpu_suite.sh").read_text()
     lists = re.findall(r"(--op-providers|--layer-providers|providers\+?=)\s*\"?([\w.,-]+)", suite)
+    runs = re.findall(r"^\s*op_run \S+ \d+ \w+ [\d,]+ ([\w.,-]+)", suite, re.M)  # op_run LOG LIMIT NAME SEQLENS PROVIDERS
+    assert len(runs) == 3, runs
+    lists += [("--op-providers", names) for names in runs]
     assert len(lists) >= 15, lists
     for flag, names in lists:
         known = attention.LAYER_PROVIDERS if flag == "--layer-providers" else attention.op_table()
@@ -71,8 +74,10 @@ def test_gpu_suite_names_only_known_providers():
 
 def test_gpu_suite_pending_step_runs_its_commands(tmp_path):
     """bench/gpu_suite.sh's `pending` step (the first call of a GPU session) with a stand-in python that logs its
-    arguments: the build, both GPU test modules in one pytest run, then the two benchmarks, in that order and
-    each writing into OUTDIR. A shell error here would cost a GPU session; this runs it without one."""
+    arguments: the build, both GPU test modules in one pytest run, then three benchmark runs (the never-run cuda
+    kernels apart from the baseline, each beside the default cuda kernels), in that order and each writing into
+    OUTDIR, within the 8 files a device call returns. A shell error here would cost a GPU session; this runs it
+    without one."""
     root = tmp_path / "checkout"
     (root / "bench").mkdir(parents=True)
     (root / "deberta_fast").mkdir()
@@ -91,10 +96,18 @@ def test_gpu_suite_pending_step_runs_its_commands(tmp_path):
     tests = [line for line in lines if line.startswith("-m pytest")]
     assert len(tests) == 1 and "tests/test_gpu_triton.py tests/test_gpu_cuda.py" in tests[0], lines
     benches = [line for line in lines if line.startswith("bench/attention.py")]
-    assert len(benches) == 2 and lines.index(tests[0]) < lines.index(benches[0]), lines
+    assert len(benches) == 3 and lines.index(tests[0]) < lines.index(benches[0]), lines
     assert [re.search(r"--out (\S+)", line).group(1) for line in benches] == [
-        str(out / "attention_cuda_bfloat16_prefetch.json"), str(out / "attention_cuda_bfloat16_staged.json")]
-    assert "df-triton-noprefetch" in benches[0] and "df-cuda-wgmma" in benches[1]
+        str(out / f"attention_cuda_bfloat16_{name}.json") for name in ("pending", "wgmma", "staged")]
+    providers = [re.search(r"--op-providers (\S+)", line).group(1).split(",") for line in benches]
+    assert {"sdpa-floor", "df-triton", "df-triton-noprefetch", "df-cuda"} <= set(providers[0])
+    assert not any("wgmma" in name or "staged" in name for name in providers[0])
+    assert all("df-cuda" in run for run in providers[1:])
+    assert {name for name in providers[1] if name != "df-cuda"} == {"df-cuda-wgmma", "df-cuda-wgmma-plain"}
+    assert all("staged" in name for name in providers[2] if name != "df-cuda")
+    log = (out / "bench.log").read_text()
+    assert [line.split()[1] for line in log.splitlines() if line.startswith("== ")] == ["pending", "wgmma", "staged"]
+    assert len(list(out.iterdir())) <= 8, sorted(p.name for p in out.iterdir())
 
 
 def test_model_benchmark_smoke(tmp_path):
