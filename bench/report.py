@@ -46,6 +46,31 @@ def attention_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def cpu_model_table(record: dict) -> str:
+    """bench/cpu_model.py's run: each provider's forward time and peak memory, then the paired speedup."""
+    out = ["\nfull model forward, CPU (seconds; peak memory of the forward)\n",
+           "| provider | median s | p20 s | p80 s | peak MiB |", "|---|---|---|---|---|"]
+    for r in record["rows"]:
+        peak = r.get("peak_rss_increase_mib")
+        out.append(f"| {r['provider']} | {r['median_s']:.3g} | {r['p20_s']:.3g} | {r['p80_s']:.3g} | "
+                   + (f"{peak:.0f} |" if peak is not None else " |"))
+    out.append(f"\nspeedup vs transformers: {record['speedup_vs_transformers']:.2f}x "
+               f"({record['speedup_definition']}); without the position-table cache "
+               f"{record['speedup_vs_transformers_without_table_cache']:.2f}x; peak memory "
+               f"{record['peak_memory_ratio_vs_transformers']:.2f}x transformers'")
+    return "\n".join(out)
+
+
+def tokenizer_table(record: dict) -> str:
+    """bench/tokenizer.py's run: texts per second of both tokenizers per scenario."""
+    out = [f"\ntokenizer ({record['metric']})\n",
+           "| scenario | deberta_fast | transformers | speedup | identical outputs |", "|---|---|---|---|---|"]
+    for r in record["results"]:
+        out.append(f"| {r['scenario']} | {r['deberta_fast']['texts_per_s']:.0f} | "
+                   f"{r['transformers']['texts_per_s']:.0f} | {r['speedup']:.1f}x | {r['identical_outputs']} |")
+    return "\n".join(out)
+
+
 def plot_attention(rows: list[dict], target: Path) -> list[Path]:
     """One PNG per (level, mode): median time against N, log-log."""
     import matplotlib
@@ -84,7 +109,7 @@ def main(argv=None) -> int:
     for name in args.files:
         path = Path(name)
         record = json.loads(path.read_text())
-        env = record.get("env", {})
+        env = record.get("env") or record.get("environment", {})
         print(f"# {path.name}: {env.get('gpu') or env.get('cpu')}, torch {env.get('torch')}, "
               f"triton {env.get('triton')}, git {env.get('git_sha')}, {env.get('timestamp')}")
         if record.get("benchmark") == "attention":
@@ -96,6 +121,10 @@ def main(argv=None) -> int:
             from model import table as model_table  # bench/model.py's own table, from the same rows
 
             print(model_table(record["rows"]))
+        elif record.get("benchmark") == "cpu_model_forward":
+            print(cpu_model_table(record))
+        elif record.get("benchmark") == "tokenizer":
+            print(tokenizer_table(record))
     return 0
 
 

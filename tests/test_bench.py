@@ -44,6 +44,20 @@ def test_attention_benchmark_smoke(tmp_path):
     assert "op level, fwd" in report and "df-torch" in report
 
 
+def test_report_tables_the_cpu_model_and_tokenizer_runs():
+    """`deberta-fast bench` runs cpu-model first: its JSON, and the tokenizer's, get tables too, not a header alone."""
+    results = BENCH / "results"
+    cpu, tok = (json.loads((results / name).read_text()) for name in ("cpu_model.json", "tokenizer_cpu.json"))
+    report = run("report.py", str(results / "cpu_model.json"), str(results / "tokenizer_cpu.json"))
+    for row in cpu["rows"]:
+        assert f"| {row['provider']} | {row['median_s']:.3g} |" in report
+    assert f"speedup vs transformers: {cpu['speedup_vs_transformers']:.2f}x" in report
+    for row in tok["results"]:
+        assert f"| {row['scenario']} | {row['deberta_fast']['texts_per_s']:.0f} |" in report
+    header = next(line for line in report.splitlines() if line.startswith("# tokenizer_cpu.json"))
+    assert tok["environment"]["git_sha"] in header and tok["environment"]["torch"] in header  # its "environment"
+
+
 def test_attention_benchmark_rejects_unknown_providers(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "attention.py"), "--seqlens", "16", "--op-providers",
                            "df-torch,df-cuda-stagged", "--out", str(tmp_path / "a.json")],
