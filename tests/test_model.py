@@ -91,13 +91,25 @@ def test_unusable_backend_is_an_error_not_a_fallback(monkeypatch):
     df.DebertaV2Model(config)  # and still builds a model
 
 
-def test_masked_rows_zero_changes_only_padding_rows():
+def test_masked_rows_zero_changes_only_padding_rows(monkeypatch):
+    """config.masked_rows reaches every layer's attention: the padding rows change, the real tokens' do not."""
     ids, mask, _ = make_batch(CFG)
     mask[2] = 0  # one sequence entirely padding
+    seen = []
+    attention = df.modeling.disentangled_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["masked_rows"])
+        return attention(*args, **kwargs)
+
+    monkeypatch.setattr(df.modeling, "disentangled_attention", spy)
     uniform = _model().eval()(ids, attention_mask=mask).last_hidden_state
     zero = _model(masked_rows="zero").eval()(ids, attention_mask=mask).last_hidden_state
+    layers = CFG["num_hidden_layers"]
+    assert seen == ["uniform"] * layers + ["zero"] * layers
     real = mask.bool()
     torch.testing.assert_close(zero[real], uniform[real], rtol=0, atol=0)
+    assert (zero[~real] - uniform[~real]).abs().max() > 1e-3
 
 
 def test_dropout_is_active_in_train_mode_only():
@@ -112,13 +124,19 @@ def test_dropout_is_active_in_train_mode_only():
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
+    """With checkpointing on, every layer's forward runs again in the backward (twice a step, once without), and
+    the gradients are the same."""
     ids, mask, _ = make_batch(CFG)
     grads = []
     for enable in (False, True):
         model = _model(df.DebertaV2ForMaskedLM).train()
         if enable:
             model.gradient_checkpointing_enable()
+        calls = []
+        for layer in model.deberta.encoder.layer:
+            layer.register_forward_pre_hook(lambda module, args: calls.append(module))  # (the recompute stops early)
         model(ids, attention_mask=mask, labels=ids).loss.backward()
+        assert len(calls) == CFG["num_hidden_layers"] * (2 if enable else 1)
         grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     for k in grads[0]:

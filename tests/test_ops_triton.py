@@ -90,15 +90,31 @@ def check_dropout(case, p):
     check_against_reference(case, torch.float32, dropout_p=p, keep=keep)
 
 
-def runs_per_setting(monkeypatch, env, values, case=Case(B=2, H=2, N=97, D=32, mask="mixed")):
-    """run_triton (fp32) of one (padded) case under each value of the environment variable ``env``."""
+def runs_per_setting(monkeypatch, env, values, case=Case(B=2, H=2, N=97, D=32, mask="mixed"), launches=None):
+    """run_triton (fp32) of one (padded) case under each value of the environment variable ``env``; with
+    ``launches`` (:func:`record_launches`' list) each value's launches are kept in ``results[value][2]``."""
     tensors, mask = make_inputs(case)
     grad_out = torch.randn(case.B, case.H, case.N, case.D, dtype=torch.float64)
     results = {}
     for value in values:
         monkeypatch.setenv(env, value)
-        results[value] = run_triton(case, tensors, mask, torch.float32, grad_out)
+        first = len(launches) if launches is not None else 0
+        results[value] = (*run_triton(case, tensors, mask, torch.float32, grad_out),
+                          launches[first:] if launches is not None else None)
     return results
+
+
+def record_launches(monkeypatch) -> list[tuple[str, dict]]:
+    """(kernel name, keyword arguments) of every attention kernel launch (forward, dK/dV, dQ) from now on: what
+    the kernels were compiled with (PREC, ORIENTED, PREFETCH, ...), so a test can tell that a switch reached them."""
+    from deberta_fast.kernels import attention_bwd, attention_fwd
+
+    launches = []
+    for module in (attention_fwd, attention_bwd):
+        original = module.launch
+        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, original=original, **k: (
+            launches.append((kernel.deberta_name, k)), original(kernel, grid, *a, **k))[1])
+    return launches
 
 
 # --- forward and gradients against the float64 reference (fp32) -------------------------------
@@ -196,21 +212,27 @@ def test_low_precision_matches_reference(case, dtype):
 
 
 def test_tf32_switch(monkeypatch):
-    """fp32 dots use TF32 where torch's fp32 CUDA matmuls may (here: fp32_precision = "tf32"), else IEEE."""
+    """fp32 dots use TF32 where torch's fp32 CUDA matmuls may (here: fp32_precision = "tf32"), else IEEE: the
+    kernels are launched with that precision, forward and backward."""
     assert triton_backend.fp32_dot_precision() == "ieee"
+    launches = record_launches(monkeypatch)
+    case = Case(N=33, D=32, mask="right")
+    tensors, mask = make_inputs(case)
+    grad_out = torch.randn(case.B, case.H, case.N, case.D, dtype=torch.float64)
     previous = torch.backends.cuda.matmul.fp32_precision
     torch.backends.cuda.matmul.fp32_precision = "tf32"
     try:
         assert triton_backend.fp32_dot_precision() == "tf32"
-        case = Case(N=33, D=32, mask="right")
-        tensors, mask = make_inputs(case)
-        q, k, v, pk, pq = (t.to(DEVICE, torch.float32) for t in tensors)
-        out = disentangled_attention(q, k, v, pk, pq, mask.to(DEVICE), backend="triton", **call_kwargs(case))
+        out, _ = run_triton(case, tensors, mask, torch.float32, grad_out)
         ref = reference(case, tensors, mask)[0]
         assert max_err(out.cpu(), ref) < 5e-3  # TF32 has a 10-bit mantissa
     finally:
         torch.backends.cuda.matmul.fp32_precision = previous
     assert triton_backend.fp32_dot_precision() == "ieee"
+    tf32 = len(launches)
+    run_triton(case, tensors, mask, torch.float32, grad_out)
+    assert {name for name, _ in launches[:tf32]} >= {"fwd", "dkdv"}
+    assert [k["PREC"] for _, k in launches] == ["tf32"] * tf32 + ["ieee"] * (len(launches) - tf32)
 
 
 def test_batch_slices_give_the_same_results(monkeypatch):
@@ -242,10 +264,21 @@ def test_batch_slices_are_few_and_even(monkeypatch, batch, fit):
 
 
 def test_default_config_without_autotuning(monkeypatch):
-    """DEBERTA_FAST_TRITON_AUTOTUNE=0 launches the prune filter's first config, no benchmarking."""
+    """DEBERTA_FAST_TRITON_AUTOTUNE=0 launches the prune filter's first config, no benchmarking: every launch
+    asks launch_config in mode "0" and runs the config it gets (not the autotuner)."""
     monkeypatch.setenv(kernel_common.AUTOTUNE_ENV, "0")
     monkeypatch.setattr(kernel_common, "INTERPRET", False)  # take the non-interpreter launch path
+    asked, original = [], kernel_common.launch_config
+
+    def spy(kernel, named_args, mode, *args, **kwargs):
+        config = original(kernel, named_args, mode, *args, **kwargs)
+        asked.append((kernel.deberta_name, mode, config))
+        return config
+
+    monkeypatch.setattr(kernel_common, "launch_config", spy)
     check_against_reference(Case(N=20, D=32, mask="right"), torch.float32)
+    assert {name for name, _, _ in asked} >= {"fwd", "dkdv"}
+    assert all(mode == "0" and config is not None for _, mode, config in asked), asked
 
 
 # --- the position geometry behind the saturated-tile fast path --------------------------------
@@ -574,15 +607,23 @@ def test_oriented_gathers_match_reference(case, along_fast_axis, monkeypatch):
 
     monkeypatch.setattr(kernel_common, "INDEX_ALONG_FAST_AXIS", along_fast_axis)
     monkeypatch.setenv(kernel_common.BAND_ENV, "oriented")
+    launches = record_launches(monkeypatch)
     for backward in ("split", "fused"):
         monkeypatch.setenv(attention_bwd.BACKWARD_ENV, backward)
         assert kernel_common.triton_variant("bwd", torch.empty(1, 1, case.N, case.D)) == ("oriented", backward)
+        first = len(launches)
         check_against_reference(case, torch.float32)
+        names = [name for name, _ in launches[first:]]
+        assert set(names) == ({"fwd", "dkdv", "dq"} if backward == "split" else {"fwd", "dkdv"}), names
+        assert all(k["ORIENTED"] for _, k in launches[first:])
 
 
 def test_oriented_gathers_agree_with_gathers(monkeypatch):
     """The same fp32 values (c2p + p2c) added to the same scores in the same order: identical results."""
-    results = runs_per_setting(monkeypatch, kernel_common.BAND_ENV, ("gather", "oriented"))
+    results = runs_per_setting(monkeypatch, kernel_common.BAND_ENV, ("gather", "oriented"),
+                               launches=record_launches(monkeypatch))
+    for mode in ("gather", "oriented"):
+        assert results[mode][2] and all(k["ORIENTED"] == (mode == "oriented") for _, k in results[mode][2])
     assert torch.equal(results["gather"][0], results["oriented"][0])
     for name, a, b in zip(GRADS, results["gather"][1], results["oriented"][1]):
         assert torch.equal(a, b), name
@@ -604,7 +645,11 @@ def test_prefetch_changes_when_terms_load_not_the_results(case, band, backward, 
 
     monkeypatch.setenv(kernel_common.BAND_ENV, band)
     monkeypatch.setenv(attention_bwd.BACKWARD_ENV, backward)
-    results = runs_per_setting(monkeypatch, kernel_common.PREFETCH_ENV, ("1", "0"), case)
+    results = runs_per_setting(monkeypatch, kernel_common.PREFETCH_ENV, ("1", "0"), case,
+                               launches=record_launches(monkeypatch))
+    for value in ("1", "0"):  # the switch reaches every kernel
+        assert {name for name, _ in results[value][2]} >= {"fwd", "dkdv"}
+        assert all(k["PREFETCH"] == (value == "1") for _, k in results[value][2])
     assert torch.equal(results["1"][0], results["0"][0])
     for name, a, b in zip(GRADS, results["1"][1], results["0"][1]):
         assert (a is None and b is None) or torch.equal(a, b), name
