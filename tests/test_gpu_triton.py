@@ -253,13 +253,16 @@ def test_model_end_to_end_against_torch_backend():
     low, low_grads = run_model("torch", torch.bfloat16, ids, mask)
     got, grads = run_model("triton", torch.bfloat16, ids, mask)
     assert_within_rule("last_hidden_state", got, low, ref, 1e-2 * max(1.0, ref.abs().max().item()))
+    assert grads.keys() == low_grads.keys() == ref_grads.keys()  # no parameter left without a gradient
     for name, g in grads.items():
         floor = 1e-2 * max(1.0, ref_grads[name].abs().max().item())
         assert_within_rule(name, g, low_grads[name], ref_grads[name], floor)
-    # fp32: the two backends agree closely
+    # fp32: the two backends agree closely, output and every gradient
     a, a_grads = run_model("torch", torch.float32, ids, mask)
     b, b_grads = run_model("triton", torch.float32, ids, mask)
-    assert max_err(a, b) < 1e-3
+    assert max_err(a, b) < 1e-3 and a_grads.keys() == b_grads.keys()
+    for name, g in a_grads.items():
+        assert max_err(b_grads[name], g) <= 1e-3 * max(1.0, g.abs().max().item()), name
 
 
 def test_model_compiles_fullgraph_with_triton():
