@@ -661,6 +661,28 @@ def test_jit_plan(monkeypatch, tmp_path):
     assert cuda_backend.jit_plan()["name"] != plan["name"]  # keyed on the architectures (and sources, flags)
 
 
+def test_jit_build_hands_the_plan_to_cpp_extension(monkeypatch, tmp_path):
+    """_jit_build (run in CI only by the opt-in test below) passes every part of the plan to
+    torch.utils.cpp_extension.load, with CUDA_HOME and the architectures set for it; load itself is a stand-in."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setenv("CUDA_HOME", "/elsewhere")  # restored afterwards, as the attribute below
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "7.0")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/elsewhere")
+    calls = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: calls.append(kwargs) or "module")
+    plan = dict(name="deberta_fast_C_test", sources=["a.cu", "b.cpp"], archs=["8.0", "9.0a"], cuda_home="/opt/cuda",
+                nvcc="/opt/cuda/bin/nvcc", extra_cflags=["-O3"], extra_cuda_cflags=["--use_fast_math"],
+                extra_include_paths=[str(CSRC)], build_directory=str(tmp_path / "build" / "deberta_fast_C_test"))
+    assert cuda_backend._jit_build(plan) == "module"
+    assert calls == [dict(name=plan["name"], sources=plan["sources"], extra_cflags=["-O3"],
+                          extra_cuda_cflags=["--use_fast_math"], extra_include_paths=[str(CSRC)],
+                          build_directory=plan["build_directory"], is_python_module=True, verbose=False)]
+    assert Path(plan["build_directory"]).is_dir()
+    assert os.environ["CUDA_HOME"] == cpp_extension.CUDA_HOME == "/opt/cuda"
+    assert os.environ["TORCH_CUDA_ARCH_LIST"] == "8.0;9.0a"
+
+
 def test_jit_archs_follow_the_visible_devices(monkeypatch):
     """Without TORCH_CUDA_ARCH_LIST the build targets the devices it sees: sm_90 as 9.0a (wgmma), others as they
     are, below sm_80 dropped; with no device, 8.0 and 9.0."""
