@@ -4,9 +4,11 @@ import random
 import pytest
 import torch
 
-# Without a GPU, the Triton kernels run under Triton's interpreter (it must be set before triton is imported).
+# Without a GPU, the Triton kernels run under Triton's interpreter (it must be set before triton is imported), also
+# where TRITON_INTERPRET=0 was exported: kept, it would skip the Triton tests of the whole run (tests/test_ops_triton.py
+# forces it as well, but a module collected before it may import triton first).
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 @pytest.fixture(autouse=True)
