@@ -104,3 +104,16 @@ def assert_within_rule(name: str, got: torch.Tensor, low: torch.Tensor, ref64: t
     assert torch.isfinite(got).all(), f"{name}: non-finite values"
     err, base = max_err(got, ref64), max_err(low, ref64)
     assert err <= 2 * base + floor, f"{name}: error {err:.3e} > 2 * torch-backend error {base:.3e} + floor {floor:.1e}"
+
+
+def record_launches(monkeypatch) -> list[tuple[str, dict]]:
+    """(kernel name, keyword arguments) of every attention kernel launch (forward, dK/dV, dQ) from now on: what
+    the kernels were compiled with (PREC, ORIENTED, PREFETCH, ...), so a test can tell that a switch reached them."""
+    from deberta_fast.kernels import attention_bwd, attention_fwd
+
+    launches = []
+    for module in (attention_fwd, attention_bwd):
+        original = module.launch
+        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, original=original, **k: (
+            launches.append((kernel.deberta_name, k)), original(kernel, grid, *a, **k))[1])
+    return launches

@@ -19,7 +19,9 @@ from deberta_fast.backends import triton_backend  # noqa: E402
 from deberta_fast.kernels import attention_bwd, attention_fwd  # noqa: E402
 from deberta_fast.kernels import common as kernel_common  # noqa: E402
 
-from attention_cases import Case, assert_within_rule, call_kwargs, make_inputs, max_err, reference  # noqa: E402
+from attention_cases import (  # noqa: E402
+    Case, assert_within_rule, call_kwargs, make_inputs, max_err, record_launches, reference,
+)
 from gpu_cases import V3, model_batch, model_config, peak_bytes, run_model, step_without_sync  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -108,7 +110,11 @@ def test_each_variant(case, dtype, band, backward, monkeypatch):
     =oriented gathers each term on a tile oriented for it."""
     monkeypatch.setenv(kernel_common.BAND_ENV, band)
     monkeypatch.setenv(attention_bwd.BACKWARD_ENV, backward)
+    launches = record_launches(monkeypatch)
     check(case, dtype)
+    names = {name for name, _ in launches}  # the switches reached the kernels
+    assert names == ({"fwd", "dkdv", "dq"} if backward == "split" else {"fwd", "dkdv"}), names
+    assert all(k["ORIENTED"] == (band == "oriented") for _, k in launches)
 
 
 @pytest.mark.parametrize("band", ["gather", "oriented"])
@@ -122,12 +128,15 @@ def test_prefetch_changes_no_result(band, monkeypatch):
     tensors, mask = make_inputs(case, device=DEVICE, strided=True)
     grad_out = torch.randn(case.B, case.H, case.N, case.D, device=DEVICE, dtype=torch.bfloat16)
     results = {}
+    launches = record_launches(monkeypatch)
     for value in ("1", "0"):
         monkeypatch.setenv(kernel_common.PREFETCH_ENV, value)
+        first = len(launches)
         leaves = [t.detach().to(torch.bfloat16).requires_grad_(True) for t in tensors]
         out = disentangled_attention(*leaves, mask, backend="triton", **call_kwargs(case))
         out.backward(grad_out)
         results[value] = [out.detach()] + [t.grad for t in leaves]
+        assert launches[first:] and all(k["PREFETCH"] == (value == "1") for _, k in launches[first:])
     for name, a, b in zip(["out"] + GRADS, results["1"], results["0"]):
         assert torch.equal(a, b), name
 
@@ -155,7 +164,8 @@ def test_fp32_exact(case):
     check(case, torch.float32)
 
 
-def test_fp32_tf32_switch():
+def test_fp32_tf32_switch(monkeypatch):
+    launches = record_launches(monkeypatch)
     previous = torch.backends.cuda.matmul.fp32_precision
     torch.backends.cuda.matmul.fp32_precision = "tf32"
     try:
@@ -166,6 +176,7 @@ def test_fp32_tf32_switch():
         assert max_err(out, ref) < 1e-2
     finally:
         torch.backends.cuda.matmul.fp32_precision = previous
+    assert launches and all(k["PREC"] == "tf32" for _, k in launches)  # the kernels ran TF32 dots
 
 
 # --- configs ----------------------------------------------------------------------------------

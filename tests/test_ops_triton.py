@@ -31,7 +31,9 @@ from deberta_fast.backends.call import make_call  # noqa: E402
 from deberta_fast.backends.torch_backend import torch_attention  # noqa: E402
 from deberta_fast.positions import relative_position_index  # noqa: E402
 
-from attention_cases import Case, assert_within_rule, call_kwargs, make_inputs, max_err, reference  # noqa: E402
+from attention_cases import (  # noqa: E402
+    Case, assert_within_rule, call_kwargs, make_inputs, max_err, record_launches, reference,
+)
 
 triton_backend = pytest.importorskip("deberta_fast.backends.triton_backend")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -102,19 +104,6 @@ def runs_per_setting(monkeypatch, env, values, case=Case(B=2, H=2, N=97, D=32, m
         results[value] = (*run_triton(case, tensors, mask, torch.float32, grad_out),
                           launches[first:] if launches is not None else None)
     return results
-
-
-def record_launches(monkeypatch) -> list[tuple[str, dict]]:
-    """(kernel name, keyword arguments) of every attention kernel launch (forward, dK/dV, dQ) from now on: what
-    the kernels were compiled with (PREC, ORIENTED, PREFETCH, ...), so a test can tell that a switch reached them."""
-    from deberta_fast.kernels import attention_bwd, attention_fwd
-
-    launches = []
-    for module in (attention_fwd, attention_bwd):
-        original = module.launch
-        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, original=original, **k: (
-            launches.append((kernel.deberta_name, k)), original(kernel, grid, *a, **k))[1])
-    return launches
 
 
 # --- forward and gradients against the float64 reference (fp32) -------------------------------
