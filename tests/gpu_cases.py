@@ -3,6 +3,9 @@ the peak memory of one attention forward + backward, and a small bf16-friendly m
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 import torch
 
 import deberta_fast
@@ -82,3 +85,57 @@ def run_model(backend: str, dtype: torch.dtype, ids, mask):
     weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(ids.device, dtype) * mask[..., None]
     (out * weights).sum().backward()
     return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+# --- which cuda kernels ran ---------------------------------------------------------------------
+
+# A demangled kernel name of csrc/ (as the profiler reports it), e.g.
+#   void deberta_fast::attention_fwd_kernel<deberta_fast::FwdTraits<__nv_bfloat16, 64, 128, 64, 8, true, false>,
+#   false, true>(deberta_fast::FwdParams)
+# FwdTraits<T, D, BM, BN, warps, Q in registers, wgmma>, then kDropout, kStaged; BwdTraits<T, D, BR, BC, warps,
+# wgmma>, then kStaged (csrc/kernel_traits.h, attention_fwd.cuh, attention_bwd.cuh).
+_KERNEL = re.compile(r"attention_(fwd|dkdv|dq)_kernel<deberta_fast::(?:Fwd|Bwd)Traits<([^<>]*)>((?:, [^,<>]+)+)>")
+
+
+def _truth(text: str) -> bool:
+    value = text.strip()
+    if value in ("true", "(bool)1", "1"):
+        return True
+    if value in ("false", "(bool)0", "0"):
+        return False
+    raise ValueError(f"not a template bool: {text!r}")
+
+
+@dataclass(frozen=True)
+class CudaKernel:
+    """One launched kernel of the cuda backend, read off its name: which kernel, its tile (rows, columns, warps:
+    BM x BN queries x keys for the forward, BR x BC for the backward), and its compile-time switches."""
+
+    kind: str  # "fwd", "dkdv", "dq"
+    tile: tuple[int, int, int]
+    wgmma: bool
+    staged: bool
+
+
+def parse_cuda_kernel(name: str) -> CudaKernel | None:
+    """The :class:`CudaKernel` of a demangled kernel name, or None for another kernel."""
+    match = _KERNEL.search(name)
+    if match is None:
+        return None
+    kind, traits, flags = match.group(1), [t.strip() for t in match.group(2).split(",")], match.group(3)
+    flags = [f for f in flags.split(",") if f.strip()]
+    return CudaKernel(kind, (int(traits[2]), int(traits[3]), int(traits[4])), _truth(traits[-1]), _truth(flags[-1]))
+
+
+def launched_cuda_kernels(fn) -> list[CudaKernel]:
+    """The cuda backend's attention kernels ``fn`` launches (torch.profiler's kernel names), at least one."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    names = {event.name for event in prof.events()}
+    kernels = [k for k in map(parse_cuda_kernel, sorted(names)) if k is not None]
+    assert kernels, f"no attention kernel among the profiled events: {sorted(names)[:40]}"
+    return kernels

@@ -31,7 +31,9 @@ from deberta_fast.backends.call import make_call  # noqa: E402
 from deberta_fast.positions import relative_index_table  # noqa: E402
 
 from attention_cases import Case, assert_within_rule, call_kwargs, make_inputs, max_err, reference  # noqa: E402
-from gpu_cases import V3, model_batch, model_config, peak_bytes, run_model, step_without_sync  # noqa: E402
+from gpu_cases import (  # noqa: E402
+    V3, launched_cuda_kernels, model_batch, model_config, peak_bytes, run_model, step_without_sync,
+)
 
 pytestmark = pytest.mark.gpu
 DEVICE = "cuda"
@@ -252,8 +254,12 @@ def test_staged_band(case, dtype, monkeypatch):
     tensors, mask = make_inputs(case, device=DEVICE, dtype=dtype, strided=True)
     gathered = _output_and_grads(case, tensors, mask)
     monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", "staged")
-    staged = _output_and_grads(case, tensors, mask)
-    assert all(torch.equal(a, b) for a, b in zip(staged, gathered))
+    runs = []
+    kernels = launched_cuda_kernels(lambda: runs.append(_output_and_grads(case, tensors, mask)))
+    # the switch reached the kernels, where the slabs apply: position terms whose rows step by 0 or 1
+    expected = (case.c2p or case.p2c) and (case.buckets, case.max_rel) != (256, 257)
+    assert "fwd" in {k.kind for k in kernels} and all(k.staged == expected for k in kernels), kernels
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], gathered))
     check(case, dtype)
 
 
@@ -280,13 +286,17 @@ def test_staged_band_declines_a_decreasing_table(monkeypatch):
     _, _, _, unit_steps = cuda_backend.position_geometry(q, N, span, 128)
     assert not unit_steps
     runs = []
-    for band in ("gather", "staged"):
-        monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", band)
-        settings = (span, 128, D ** -0.5, 0.0, False)
+    settings = (span, 128, D ** -0.5, 0.0, False)
+
+    def run():
         out, lse = torch.ops.deberta_fast.cuda_attention_fwd(q, k, v, pos_key, pos_query, None, None, *settings)
         grads = torch.ops.deberta_fast.cuda_attention_bwd(grad, q, k, v, pos_key, pos_query, None, None, out, lse,
                                                           *settings)
         runs.append([out, lse, *grads])
+
+    run()
+    monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", "staged")
+    assert not any(kernel.staged for kernel in launched_cuda_kernels(run))
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
@@ -308,7 +318,10 @@ def test_forward_tiles(case, dtype, tiles, band, monkeypatch):
     tiling; a different mask at p = 0.3 would change the output by far more)."""
     monkeypatch.setenv("DEBERTA_FAST_CUDA_FWD_TILES", tiles)
     monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", band)
-    check(case, dtype)
+    kernels = launched_cuda_kernels(lambda: check(case, dtype))
+    rows, cols = (int(x) for x in tiles.split("x"))
+    forward = [k for k in kernels if k.kind == "fwd"]  # the switches reached the forward kernel
+    assert forward and all(k.tile == (rows, cols, 4) and k.staged == (band == "staged") for k in forward), kernels
     tensors, mask = make_inputs(case, device=DEVICE, dtype=dtype, strided=True)
     torch.manual_seed(3)
     out = disentangled_attention(*tensors, mask, dropout_p=0.3, backend="cuda", **call_kwargs(case))
@@ -350,7 +363,10 @@ def test_wgmma(case, dtype, band, monkeypatch):
     require_wgmma()
     monkeypatch.setenv("DEBERTA_FAST_CUDA_MMA", "wgmma")
     monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", band)
-    check(case, dtype)
+    kernels = launched_cuda_kernels(lambda: check(case, dtype))
+    staged = band == "staged" and (case.c2p or case.p2c)  # the switches reached all three kernels
+    assert {k.kind for k in kernels} == {"fwd", "dkdv", "dq"}, kernels
+    assert all(k.wgmma == (case.D == 64) and k.staged == staged for k in kernels), kernels
     tensors, mask = make_inputs(case, device=DEVICE, dtype=dtype, strided=True)
     got = _output_and_grads(case, tensors, mask, dropout_p=0.3)
     monkeypatch.setenv("DEBERTA_FAST_CUDA_MMA", "mma.sync")

@@ -661,6 +661,33 @@ def test_jit_plan(monkeypatch, tmp_path):
     assert cuda_backend.jit_plan()["name"] != plan["name"]  # keyed on the architectures (and sources, flags)
 
 
+def test_kernel_names_tell_the_gpu_tests_which_kernels_ran():
+    """The GPU module reads which kernels a call launched off their names (tests/gpu_cases.py, through
+    torch.profiler): parsed here from the built extension's own symbols, every tile, the staged and gathering
+    instances and the wgmma ones are told apart as csrc/kernel_traits.h configures them."""
+    module = _extension_or_skip()
+    nm = shutil_which("nm")
+    if nm is None:
+        pytest.skip("nm is not installed")
+    from gpu_cases import CudaKernel, parse_cuda_kernel
+
+    symbols = subprocess.run([nm, "-C", module.__file__], capture_output=True, text=True, check=True).stdout
+    names = [line.split(" ", 2)[2] for line in symbols.splitlines() if "_kernel<deberta_fast::" in line]
+    kernels = {parse_cuda_kernel(name) for name in names} - {None}
+    assert all(parse_cuda_kernel(name) is not None for name in names if "attention_" in name)
+    for staged in (False, True):
+        for tile in [(128, 64, 8), (128, 32, 4), (64, 64, 4), (64, 32, 4)]:  # fp16 / bf16 tiles, fp32's 64 x 32
+            assert CudaKernel("fwd", tile, False, staged) in kernels, tile
+        assert CudaKernel("fwd", (128, 64, 8), True, staged) in kernels  # wgmma (an sm_90a build)
+        for kind in ("dkdv", "dq"):
+            for tile in [(64, 64, 4), (64, 32, 4), (64, 16, 4)]:
+                assert CudaKernel(kind, tile, False, staged) in kernels, (kind, tile)
+            assert CudaKernel(kind, (64, 64, 4), True, staged) in kernels
+    assert parse_cuda_kernel("void deberta_fast::delta_kernel<float>(deberta_fast::DeltaParams)") is None
+    assert parse_cuda_kernel("void deberta_fast::attention_dq_kernel<deberta_fast::BwdTraits<float, 32, 64, 32, 4, "
+                             "(bool)0>, (bool)1>(deberta_fast::BwdParams)") == CudaKernel("dq", (64, 32, 4), False, True)
+
+
 def test_jit_build_hands_the_plan_to_cpp_extension(monkeypatch, tmp_path):
     """_jit_build (run in CI only by the opt-in test below) passes every part of the plan to
     torch.utils.cpp_extension.load, with CUDA_HOME and the architectures set for it; load itself is a stand-in."""
