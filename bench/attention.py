@@ -298,19 +298,6 @@ def time_fn(fn, device: torch.device, rep: int, warmup: int) -> list[float]:
     return times
 
 
-def cuda_kernel_names(fn) -> list[str]:
-    """The names of the cuda backend's attention kernels one call of ``fn`` launches (torch.profiler; demangled,
-    so their template arguments say the tile, wgmma and staged-slab switches): a row of a ``df-cuda*`` provider
-    records them, so a switch that did not reach the kernels shows in the JSON."""
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return sorted({event.name for event in prof.events() if "deberta_fast::attention_" in event.name})
-
-
 def _quantile(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
@@ -389,8 +376,6 @@ def measure(name, level, run, make_args, leaves_of, reference, shape, mode, args
                    tflops=attention_flops(shape.B, shape.H, shape.N, shape.D, mode) / (median * 1e-3) / 1e12)
         if device.type == "cuda":
             row["peak_memory_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-            if name.startswith("df-cuda"):
-                row["kernels"] = cuda_kernel_names(step)
     except Exception as exc:  # a provider that cannot run this case is reported, not fatal
         row.update(status="error", note=f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
         if args.verbose:

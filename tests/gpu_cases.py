@@ -133,6 +133,10 @@ def launched_cuda_kernels(fn) -> list[CudaKernel]:
 
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        # spare kernels first: after earlier profiler sessions in a process the first kernel records of a session
+        # can be lost (reported against torch 2.10, pytorch/pytorch#192021)
+        for _ in range(64):
+            torch.cuda._sleep(1)
         fn()
         torch.cuda.synchronize()
     names = {event.name for event in prof.events()}
