@@ -167,7 +167,8 @@ const Geometry& geometry(int64_t seq_len, int64_t buckets, int64_t max_rel, cons
   Tensor r_hi = at::where(pos != 2 * span - 1, after, at::zeros_like(after)).max();
   Tensor r_lo = at::where(neg != 0, after, at::zeros_like(after)).max();
   Tensor steps = geo.table.slice(0, 1) - geo.table.slice(0, 0, -1);
-  Tensor read = at::stack({r_hi, r_lo, steps.min().to(at::kLong), steps.max().to(at::kLong)}).cpu();  // the one host read per setting and device
+  // the one host read per setting and device
+  Tensor read = at::stack({r_hi, r_lo, steps.min().to(at::kLong), steps.max().to(at::kLong)}).cpu();
   geo.r_hi = read[0].item<int64_t>();
   geo.r_lo = read[1].item<int64_t>();
   geo.unit_steps = read[2].item<int64_t>() >= 0 && read[3].item<int64_t>() <= 1;
