@@ -501,8 +501,9 @@ class DebertaV2Tokenizer:
         that ``first second`` become with ``first`` alone: a CR LF pair, which it normalizes as one unit (a
         grapheme cluster, Unicode's rule GB3) by the rule of its CR. (SentencePiece normalizes the two apart,
         two spaces folded into one: the same pieces.)"""
-        rules = bool(self._info.normalizer.precompiled_charsmap)
-        return first == "\r" and second == "\n" and rules and self._is_space("\r")
+        if first != "\r" or second != "\n":  # (called at every word boundary: the cheap test first)
+            return False
+        return bool(self._info.normalizer.precompiled_charsmap) and self._is_space("\r")
 
     def _is_space(self, char: str) -> bool:
         """Whether SentencePiece treats ``char`` as a word boundary (whitespace) or deletes it."""

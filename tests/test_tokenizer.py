@@ -154,10 +154,11 @@ def _parity_texts(hf_tokenizer, sp, texts, lower=False):
     without the model's rules, also without a CR LF: it aligns the space a CR LF becomes with the LF, where
     transformers with the rules and deberta_fast align it with the CR (test_crlf_offsets_follow_the_model_rules)."""
     special = re.compile(r"\[(MASK|SEP|CLS|PAD|UNK)\]")
+    rules = _with_model_rules(hf_tokenizer)
     keep = []
     for text in texts:
         plain = special.sub(" ", text)
-        if "\r\n" in text and not _with_model_rules(hf_tokenizer):
+        if "\r\n" in text and not rules:
             continue
         if _hf_normalized(hf_tokenizer, plain) == sp.normalize(plain.lower() if lower else plain):
             keep.append(text)
