@@ -23,11 +23,24 @@ def attention_span(position_buckets: int, max_relative_positions: int) -> int:
     return position_buckets if position_buckets > 0 else max_relative_positions
 
 
-def check_position_settings(position_buckets: int, max_relative_positions: int) -> None:
-    """Raise ValueError for settings under which the relative-position map is undefined."""
+def check_position_types(position_buckets: int, max_relative_positions: int) -> None:
+    """Raise ValueError unless both settings are ints (what the ops' schemas take)."""
     for name, value in (("position_buckets", position_buckets), ("max_relative_positions", max_relative_positions)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name} must be an int, got {type(value).__name__}")
+
+
+def check_position_settings(position_buckets: int, max_relative_positions: int, seq_len: int | None = None) -> None:
+    """Raise ValueError for settings under which the relative-position map is undefined.
+
+    Log bucketing (``position_buckets`` >= 2) keeps distances up to ``position_buckets // 2`` and is undefined
+    beyond them unless ``max_relative_positions - 1 > position_buckets // 2`` (transformers' formula then divides
+    by zero, or takes the log of a ratio below one and runs its buckets backwards). Given ``seq_len``, such
+    settings are refused only where a sequence of that length has a distance beyond ``position_buckets // 2``:
+    shorter ones get the plain distances, as in transformers (a tiny config with buckets 256 and 32
+    positions, say).
+    """
+    check_position_types(position_buckets, max_relative_positions)
     if max_relative_positions < 1:
         raise ValueError(
             f"max_relative_positions must be >= 1, got {max_relative_positions} "
@@ -35,11 +48,15 @@ def check_position_settings(position_buckets: int, max_relative_positions: int) 
         )
     if position_buckets == 1:
         raise ValueError("position_buckets must be >= 2 (or <= 0 to turn bucketing off), got 1")
-    if position_buckets > 1 and max_relative_positions - 1 <= position_buckets // 2:
-        raise ValueError(
-            f"log bucketing needs max_relative_positions - 1 > position_buckets // 2, got "
-            f"max_relative_positions={max_relative_positions}, position_buckets={position_buckets}"
-        )
+    mid = position_buckets // 2
+    if position_buckets <= 0 or max_relative_positions - 1 > mid or (seq_len is not None and seq_len - 1 <= mid):
+        return
+    reach = "" if seq_len is None else f" (a sequence of {seq_len} tokens has distances up to {seq_len - 1})"
+    raise ValueError(
+        f"log bucketing needs max_relative_positions - 1 > position_buckets // 2 for distances beyond "
+        f"position_buckets // 2 = {mid}, got max_relative_positions={max_relative_positions}, "
+        f"position_buckets={position_buckets}{reach}"
+    )
 
 
 def log_bucket_position(relative_pos: torch.Tensor, position_buckets: int, max_relative_positions: int) -> torch.Tensor:
@@ -110,7 +127,7 @@ def relative_position_index(
         int64 ``[seq_len, seq_len]``; entry (i, j) is the row of ``pos_key`` / ``pos_query`` (2S rows)
         that query i and key j use: ``clamp(f(i - j) + S, 0, 2S - 1)``.
     """
-    check_position_settings(position_buckets, max_relative_positions)
+    check_position_settings(position_buckets, max_relative_positions, seq_len)
     table = relative_index_table(seq_len, position_buckets, max_relative_positions, device)
     pos = torch.arange(seq_len, device=table.device)
     return table[pos[:, None] - pos[None, :] + (seq_len - 1)].to(torch.int64)

@@ -391,6 +391,18 @@ def test_position_geometry_says_where_the_staged_slabs_apply(buckets, max_rel):
     assert unit_steps == ((buckets, max_rel) in [(256, 512), (8, 32), (-1, 24)])
 
 
+@pytest.mark.parametrize("buckets,max_rel", [(64, 16), (64, 33)])
+def test_position_geometry_of_short_sequences_under_settings_undefined_far(buckets, max_rel):
+    """Log settings undefined beyond buckets // 2 (max_rel - 1 <= buckets // 2; the front end takes them for a
+    sequence that never reaches past it): the plain distances, no clamping, and no staged slabs (the whole
+    cached table holds the undefined region)."""
+    _extension_or_skip()
+    n = buckets // 2 + 1
+    table, r_hi, r_lo, unit_steps = cuda_backend.position_geometry(torch.empty(0), n, buckets, max_rel)
+    assert torch.equal(table, torch.arange(-(n - 1), n, dtype=torch.int32) + buckets)
+    assert (r_hi, r_lo, unit_steps) == (n, n, False)
+
+
 def test_position_table_is_exact_over_the_long_range():
     """Every distance |i - j| < 65536 (the full cached table) for DeBERTa-v3 settings."""
     _extension_or_skip()

@@ -116,6 +116,9 @@ CASES = [
     Case(N=17, D=48, mask="right"),
     Case(N=17, D=64, mask="left", masked_rows="zero"),
     Case(N=17, D=32, buckets=-1, max_rel=3, mask="mixed"),  # tiny span: most pairs clamp
+    # log settings undefined beyond distance 32 (max_rel - 1 <= buckets // 2) that N 17 never reaches: the plain
+    # distances, while the kernels' saturation distances come from a longer table holding that region
+    Case(N=17, D=32, buckets=64, max_rel=16, mask="right"),
     # N = 97: saturated-high, band and saturated-low tiles, partial last tiles
     Case(N=97, D=32),
     Case(N=97, D=32, mask="right"),

@@ -49,10 +49,25 @@ def test_table_slices_agree_across_lengths():
 
 
 @pytest.mark.parametrize(
-    "buckets,max_rel,match",
-    [(1, 512, "position_buckets must be >= 2"), (8, 0, "max_relative_positions must be >= 1"),
-     (256, 100, "log bucketing needs"), (8.0, 32, "position_buckets must be an int")],
+    "n,buckets,max_rel,match",
+    [(4, 1, 512, "position_buckets must be >= 2"), (4, 8, 0, "max_relative_positions must be >= 1"),
+     (130, 256, 100, r"log bucketing needs .* distances up to 129"), (6, 8, 5, "log bucketing needs"),
+     (4, 8.0, 32, "position_buckets must be an int")],
 )
-def test_bad_position_settings(buckets, max_rel, match):
+def test_bad_position_settings(n, buckets, max_rel, match):
     with pytest.raises(ValueError, match=match):
-        relative_position_index(4, buckets, max_rel)
+        relative_position_index(n, buckets, max_rel)
+
+
+@pytest.mark.parametrize("buckets,max_rel", [(256, 100), (256, 32), (8, 5), (64, 16)])
+def test_log_settings_undefined_far_are_fine_near(buckets, max_rel):
+    """Log settings undefined beyond buckets // 2 (max_rel - 1 <= buckets // 2) give the plain distances to a
+    sequence that never reaches past it, as transformers' index does (a tiny config with buckets 256 and 32
+    positions); one token longer is refused."""
+    n = buckets // 2 + 1  # distances up to buckets // 2
+    rel = torch.arange(n)[:, None] - torch.arange(n)[None, :]
+    expected = transformers_deberta.make_log_bucket_position(rel, buckets, max_rel).to(torch.int64)
+    assert torch.equal(expected, rel)
+    assert torch.equal(relative_position_index(n, buckets, max_rel), rel + buckets)
+    with pytest.raises(ValueError, match="log bucketing needs"):
+        relative_position_index(n + 1, buckets, max_rel)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..positions import attention_span, check_position_settings
+from ..positions import attention_span, check_position_settings, check_position_types
 
 __all__ = ["AttentionCall", "check_not_additive", "make_call", "MASKED_ROWS"]
 
@@ -118,7 +118,10 @@ def make_call(
             raise ValueError(f"{name} must have the shape of query {tuple(query.shape)} [B, H, N, D], got {tuple(t.shape)}")
     if N < 1 or D < 1 or B < 1 or H < 1:
         raise ValueError(f"query must have non-empty dims [B, H, N, D], got {tuple(query.shape)}")
-    check_position_settings(position_buckets, max_relative_positions)
+    if pos_key is not None or pos_query is not None:
+        check_position_settings(position_buckets, max_relative_positions, N)
+    else:  # the map is never read (the model passes its config's settings either way)
+        check_position_types(position_buckets, max_relative_positions)
     span = attention_span(position_buckets, max_relative_positions)
     for name, t in (("pos_key", pos_key), ("pos_query", pos_query)):
         if t is None:
