@@ -24,14 +24,44 @@ def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
+def _gelu_python(x: torch.Tensor) -> torch.Tensor:
+    # the erf form written out (transformers' "gelu_python"); F.gelu may round differently
+    return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def _gelu_python_tanh(x: torch.Tensor) -> torch.Tensor:
+    # the tanh approximation with the factors in transformers' "gelu_python_tanh" order
+    return x * 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _gelu_accurate(x: torch.Tensor) -> torch.Tensor:
+    # transformers' "gelu_accurate" (MEGA): the tanh approximation with an integer cube
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
+
+
+def _laplace(x: torch.Tensor, mu: float = 0.707107, sigma: float = 0.282095) -> torch.Tensor:
+    # MEGA's Laplace activation: the normal CDF at (x - mu) / sigma
+    return 0.5 * (1.0 + torch.erf((x - mu).div(sigma * math.sqrt(2.0))))
+
+
+def _relu2(x: torch.Tensor) -> torch.Tensor:
+    return torch.square(F.relu(x))
+
+
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
-    "gelu_python": F.gelu,
+    "gelu_10": lambda x: torch.clip(F.gelu(x), -10, 10),
+    "gelu_python": _gelu_python,
     "gelu_new": _gelu_new,
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_python_tanh": _gelu_python_tanh,
+    "gelu_accurate": _gelu_accurate,
     "gelu_fast": _gelu_fast,
     "quick_gelu": _quick_gelu,
+    "hardswish": F.hardswish,
+    "laplace": _laplace,
     "relu": F.relu,
+    "relu2": _relu2,
     "relu6": F.relu6,
     "leaky_relu": F.leaky_relu,
     "silu": F.silu,
@@ -39,8 +69,11 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mish": F.mish,
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
+    "sqrtsoftplus": lambda x: F.softplus(x).sqrt(),
     "linear": lambda x: x,
 }
+# transformers' activations with learned parameters (they would be weights of the checkpoint): not supported
+_WITH_PARAMETERS = ("prelu", "xielu")
 
 
 def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -48,4 +81,9 @@ def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
         return _ACTIVATIONS[name]
     except (KeyError, TypeError):
+        if name in _WITH_PARAMETERS:
+            raise ValueError(
+                f"activation {name!r} has learned parameters, which deberta_fast's models do not hold; supported: "
+                f"{', '.join(sorted(_ACTIVATIONS))}"
+            ) from None
         raise ValueError(f"unknown activation {name!r}; supported: {', '.join(sorted(_ACTIVATIONS))}") from None

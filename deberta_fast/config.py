@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from .io import atomic_write_text
 from .positions import attention_span
 
 __all__ = ["DebertaV2Config", "CONFIG_NAME"]
+
+logger = logging.getLogger("deberta_fast")
 
 CONFIG_NAME = "config.json"
 
@@ -78,7 +81,9 @@ class DebertaV2Config:
     """Configuration of a DeBERTa-v2/v3 model, read from and written to transformers' ``config.json``.
 
     Every key transformers writes is an attribute; keys this class does not know are kept as attributes
-    and written back unchanged. ``pos_att_type`` accepts a list or the ``"p2c|c2p"`` string form.
+    and written back unchanged. ``pos_att_type`` accepts a list or the ``"p2c|c2p"`` string form, read as
+    transformers reads it: the string lower-cased and split at ``|``, a list's entries as they are; the model
+    uses the entries ``"c2p"`` and ``"p2c"`` and, like transformers, ignores any other (with a warning).
     ``num_labels`` is derived from ``id2label`` (default 2 labels), as in transformers.
 
     deberta_fast adds ``attn_backend`` (``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"``) and
@@ -113,12 +118,14 @@ class DebertaV2Config:
         self.validate()
 
     @staticmethod
-    def _parse_pos_att_type(value) -> list[str]:
+    def _parse_pos_att_type(value) -> list:
+        """As transformers: a string lower-cased, split at ``|`` and stripped; a list's entries unchanged (its
+        modeling code matches them exactly, so ``["C2P"]`` names no term there, nor here)."""
         if value is None:
             return []
         if isinstance(value, str):
-            value = [x.strip() for x in value.lower().split("|") if x.strip()]
-        return [str(x).strip().lower() for x in value]
+            return [x.strip() for x in value.lower().split("|")]
+        return list(value)
 
     # --- derived values --------------------------------------------------------------------
 
@@ -158,9 +165,12 @@ class DebertaV2Config:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) is not a multiple of num_attention_heads ({self.num_attention_heads})"
             )
-        unknown = [t for t in self.pos_att_type if t not in ("c2p", "p2c")]
-        if unknown:
-            raise ValueError(f"pos_att_type may contain only 'c2p' and 'p2c', got {unknown}")
+        ignored = [t for t in self.pos_att_type if t not in ("c2p", "p2c", "", "none")]
+        if ignored:
+            logger.warning(
+                "pos_att_type %r: the model uses the entries 'c2p' and 'p2c' only (exact, lower case, as in "
+                "transformers) and ignores %r", self.pos_att_type, ignored,
+            )
         if self.problem_type not in _PROBLEM_TYPES:
             raise ValueError(f"problem_type must be one of {_PROBLEM_TYPES}, got {self.problem_type!r}")
         if self.problem_type == "single_label_classification" and self.num_labels == 1:

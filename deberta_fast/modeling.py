@@ -159,7 +159,9 @@ class DisentangledSelfAttention(nn.Module):
             self.max_relative_positions = config.resolved_max_relative_positions
         # transformers counts the position terms named in pos_att_type even when relative_attention is off
         scale_factor = 1 + ("c2p" in self.pos_att_type) + ("p2c" in self.pos_att_type)
-        self.scale = (self.attention_head_size * scale_factor) ** -0.5
+        # sqrt(D * factor) taken in float32, as transformers takes it (its float64 models too: 1e-8 relative)
+        size = torch.tensor(self.attention_head_size * scale_factor, dtype=torch.float32, device="cpu")
+        self.scale = 1.0 / size.sqrt().item()
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -292,12 +294,30 @@ class ConvLayer(nn.Module):
         """hidden_states (layer input) and residual_states (layer output) ``[B, N, hidden]``; input_mask ``[B, N]``."""
         out = self.conv(hidden_states.transpose(1, 2)).transpose(1, 2)
         if input_mask is not None:
-            out = out.masked_fill((input_mask == 0).unsqueeze(-1), 0)
+            # as transformers, which zeroes where (1 - mask).bool(): every value but 1 (the attention reads any
+            # nonzero value as a token, and the output below is scaled by the value)
+            padding = ~input_mask if input_mask.dtype == torch.bool else input_mask != 1
+            out = out.masked_fill(padding.unsqueeze(-1), 0)
         out = self.conv_act(self.dropout(out))
         output = self.LayerNorm(residual_states + out)
         if input_mask is not None:
             output = output * input_mask.unsqueeze(2).to(output.dtype)
         return output
+
+
+_PROBES: dict[tuple, torch.Tensor] = {}
+
+
+def _probe_weights(p: torch.Tensor) -> torch.Tensor:
+    """Fixed random weights in [-1, 1) for a parameter's values (1-D, its numel, its dtype and device); one
+    vector per dtype and device, drawn from a fixed seed and sliced."""
+    key = (p.dtype, p.device)
+    weights = _PROBES.get(key)
+    if weights is None or weights.numel() < p.numel():
+        generator = torch.Generator().manual_seed(20261207)
+        weights = (torch.rand(p.numel(), generator=generator, dtype=torch.float64) * 2 - 1).to(p.device, p.dtype)
+        _PROBES[key] = weights
+    return weights[: p.numel()]
 
 
 class DebertaV2Encoder(nn.Module):
@@ -335,20 +355,25 @@ class DebertaV2Encoder(nn.Module):
         return params
 
     def _table_key(self, params: list[torch.Tensor]) -> tuple | None:
-        """Storage, version counter and an exact float64 sum of each parameter. The sums catch writes that
-        bypass the version counter (``p.data.copy_(...)``, as EMA updates do); None: do not cache."""
+        """Storage, version counter, a float64 sum and a random projection of each parameter; None: do not cache.
+
+        The sum and the projection catch writes that bypass the version counter (through ``.data``, as EMA
+        updates do): the sum the smallest change of a value, the projection (a dot with fixed random weights)
+        a change that keeps the sum, such as two rows swapped."""
         try:
             ids = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         except RuntimeError:  # inference tensors have no version counter
             return None
-        return ids, torch.stack([p.detach().sum(dtype=torch.float64) for p in params])
+        sums = [p.detach().sum(dtype=torch.float64) for p in params]
+        dots = [torch.dot(p.detach().reshape(-1), _probe_weights(p)).double() for p in params]
+        return ids, torch.stack(sums + dots)
 
     def position_tables(self) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
         """Each layer's (pos_key, pos_query) ``[H, 2S, D]``.
 
         They depend on parameters only, not on the inputs. For a CPU model in eval mode without autograd
         they are computed once and reused while every parameter they depend on is unchanged (same storage,
-        version counter and sum); this saves two [2S, hidden] x [hidden, hidden] GEMMs per layer and
+        version counter, sum and random projection); this saves two [2S, hidden] x [hidden, hidden] GEMMs per layer and
         forward. Training, autograd, torch.compile and GPU models always recompute them (cheap there).
         """
         if not self.relative_attention:

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import pytest
 
@@ -50,9 +51,24 @@ def test_num_labels_and_string_pos_att_type():
 
 
 @pytest.mark.parametrize(
+    "value,want",
+    [("C2P | p2c", ["c2p", "p2c"]), ("p2c|c2p", ["p2c", "c2p"]), ("none", ["none"]), ("", [""]), (None, []),
+     (["C2P", "p2c"], ["C2P", "p2c"]), (["c2p "], ["c2p "]), ("c2p|p2c|p2p", ["c2p", "p2c", "p2p"])],
+)
+def test_pos_att_type_is_read_as_transformers_reads_it(value, want, caplog):
+    """A string lower-cased, split and stripped, a list's entries unchanged; transformers' models match the
+    entries exactly and ignore others, so do ours (tests/test_model_parity.py), with a warning naming them."""
+    hf = tf.DebertaV2Config(pos_att_type=value)
+    with caplog.at_level(logging.WARNING, logger="deberta_fast"):
+        cfg = DebertaV2Config(pos_att_type=value)
+    assert cfg.pos_att_type == want == (hf.pos_att_type or [])
+    ignored = [t for t in want if t not in ("c2p", "p2c", "", "none")]
+    assert ("ignores" in caplog.text) == bool(ignored) and all(repr(t) in caplog.text for t in ignored)
+
+
+@pytest.mark.parametrize(
     "kwargs,match",
     [(dict(hidden_size=30, num_attention_heads=4), "not a multiple of num_attention_heads"),
-     (dict(pos_att_type=["c2c"]), "pos_att_type may contain only"),
      (dict(problem_type="ranking"), "problem_type must be one of"),
      (dict(problem_type="single_label_classification", num_labels=1), "needs num_labels > 1"),
      (dict(masked_rows="none"), "masked_rows must be"),

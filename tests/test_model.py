@@ -221,10 +221,17 @@ def test_eval_position_tables_are_cached_until_a_parameter_changes():
         assert model.deberta.encoder._cached_tables[1] is tables  # reused, not recomputed
         torch.testing.assert_close(again, first, rtol=0, atol=0)
         # every parameter the tables depend on invalidates them: in-place updates, writes through .data
-        # (which bypass the version counter, as EMA code does) and load_state_dict
+        # (which bypass the version counter, as EMA code does; a swap of two rows keeps the sum too) and
+        # load_state_dict
+        span = model.config.attention_span
+
+        def swap_rows(w):  # the rows of distances 0 and 1
+            w.data[[span, span + 1]] = w.data[[span + 1, span]].clone()
+
         for module, update in ((model.deberta.encoder.rel_embeddings, lambda w: w.add_(0.05)),
                                (model.deberta.encoder.LayerNorm, lambda w: w.data.mul_(0.9)),
-                               (model.deberta.encoder.layer[1].attention.self.key_proj, lambda w: w.data.add_(0.05))):
+                               (model.deberta.encoder.layer[1].attention.self.key_proj, lambda w: w.data.add_(0.05)),
+                               (model.deberta.encoder.rel_embeddings, swap_rows)):
             update(module.weight)
             changed = model(ids, attention_mask=mask).logits
             fresh = _model(df.DebertaV2ForMaskedLM).eval()

@@ -175,3 +175,64 @@ def test_sequence_classification_loss_branches(num_labels, problem_type, labels,
     got = ours(ids, attention_mask=mask, labels=labels)
     assert_rel_close(got.logits, want.logits, "logits")
     assert_rel_close(got.loss, want.loss, "loss")
+
+
+# Settings transformers takes that the grid above does not hold, in float64 (outputs equal to rounding: the
+# attention scale's square root is taken in float32 by both). pos_att_type as transformers reads it: list entries
+# exactly ("C2P" names no term), other entries ignored; log-bucket settings undefined beyond buckets // 2 on
+# sequences that never reach it (N = 24 here) or with no position term to read them; transformers' activations.
+EDGE_CONFIGS = {
+    "list-upper-case": dict(pos_att_type=["C2P", "p2c"]),
+    "list-upper-case-shared": dict(pos_att_type=["C2P", "p2c"], share_att_key=True),
+    "list-padded-entry": dict(pos_att_type=["c2p "]),
+    "string-none": dict(pos_att_type="none"),
+    "string-empty": dict(pos_att_type=""),
+    "unknown-entry": dict(pos_att_type="c2p|p2c|p2p"),
+    "buckets-beyond-positions": dict(position_buckets=256, max_position_embeddings=32, share_att_key=True),
+    "degenerate-buckets-unread": dict(relative_attention=False, position_buckets=8, max_relative_positions=5),
+    "degenerate-buckets-no-term": dict(pos_att_type=None, position_buckets=8, max_relative_positions=4),
+    "buckets-one-unread": dict(relative_attention=False, position_buckets=1),
+    "act-gelu_10": dict(hidden_act="gelu_10", conv_kernel_size=3, conv_act="laplace"),
+    "act-gelu_accurate": dict(hidden_act="gelu_accurate", conv_kernel_size=3, conv_act="sqrtsoftplus"),
+    "act-relu2": dict(hidden_act="relu2", conv_kernel_size=3, conv_act="hardswish"),
+    "act-gelu_python_tanh": dict(hidden_act="gelu_python_tanh", conv_kernel_size=1, conv_act="gelu_python"),
+}
+
+
+def _build_pair64(cfg: dict, head: str, tmp_path):
+    torch.manual_seed(0)
+    ref = getattr(tf, head)(tf.DebertaV2Config(**cfg)).double().eval()
+    ref.save_pretrained(tmp_path / "hf")
+    ours = getattr(df, head).from_pretrained(tmp_path / "hf", attn_backend="torch", dtype=torch.float64).eval()
+    return ref, ours
+
+
+@pytest.mark.parametrize("name", list(EDGE_CONFIGS))
+def test_edge_configs_match_transformers_in_float64(name, tmp_path):
+    cfg = dict(BASE, **EDGE_CONFIGS[name])
+    ref, ours = _build_pair64(cfg, "DebertaV2ForSequenceClassification", tmp_path)
+    assert {k for k, _ in ours.named_parameters()} == {k for k, _ in ref.named_parameters()}
+    ids, mask, types = make_batch(cfg)
+    with torch.no_grad():
+        want = ref(ids, attention_mask=mask, output_hidden_states=True)
+        got = ours(ids, attention_mask=mask, output_hidden_states=True)
+    for i, (a, b) in enumerate(zip(got.hidden_states, want.hidden_states)):
+        assert_rel_close(a, b, f"hidden_states[{i}]", rtol=1e-12, atol=1e-12)
+    assert_rel_close(got.logits, want.logits, "logits", rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("value", [2, 0.5])
+def test_conv_layer_reads_mask_values_as_transformers(value, tmp_path):
+    """transformers' conv layer zeroes its output wherever the mask is not 1 (and scales by the mask after its
+    LayerNorm); the attention reads any nonzero value as a token. A mask with other values gets the same."""
+    cfg = dict(BASE, **CONFIGS["nGiE-conv"])
+    ref, ours = _build_pair64(cfg, "DebertaV2Model", tmp_path)
+    ids, mask, _ = make_batch(cfg)
+    mask = mask.to(torch.float64 if isinstance(value, float) else torch.long)
+    mask[2, 3:9] = value
+    with torch.no_grad():
+        want = ref(ids, attention_mask=mask).last_hidden_state
+        got = ours(ids, attention_mask=mask).last_hidden_state
+        ones = ours(ids, attention_mask=(mask != 0).long()).last_hidden_state
+    assert_rel_close(got, want, "last_hidden_state", rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(got[2], ones[2])  # the value matters (not read as a plain 0/1 mask)
