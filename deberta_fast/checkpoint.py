@@ -1,7 +1,7 @@
 """Reading and writing Hugging Face checkpoint directories.
 
 Reads ``model.safetensors``, ``pytorch_model.bin`` (``torch.load(weights_only=True)``) and sharded
-checkpoints with their ``*.index.json``; writes ``model.safetensors`` atomically. Key matching against a
+checkpoints with their ``*.index.json``; writes ``model.safetensors`` or ``pytorch_model.bin``. Key matching against a
 model (prefix handling, renames, ignored keys, shape checks) is :func:`match_state_dict`.
 """
 
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from .io import atomic_write_with
 
 __all__ = [
     "SAFE_WEIGHTS_NAME",
@@ -26,7 +25,8 @@ __all__ = [
     "load_state_dict",
     "match_state_dict",
     "resolve_model_dir",
-    "save_state_dict",
+    "stale_weight_files",
+    "write_weights",
 ]
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -110,14 +110,36 @@ def load_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_state_dict(state: dict[str, torch.Tensor], directory: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """Write ``model.safetensors`` (contiguous CPU copies) into ``directory``, atomically."""
-    from safetensors.torch import save_file
-
-    target = Path(directory) / SAFE_WEIGHTS_NAME
+def write_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, safe_serialization: bool = True) -> None:
+    """Write ``state`` (contiguous CPU copies) to ``path`` as safetensors, or with torch.save (not atomic: give
+    it a temporary path)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    atomic_write_with(target, lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {"format": "pt"}))
-    return target
+    if safe_serialization:
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    else:
+        torch.save(tensors, path)
+
+
+def stale_weight_files(directory: str | os.PathLike, written: str) -> list[Path]:
+    """The weight files of an earlier save in ``directory`` that a save writing the single file ``written``
+    leaves behind: the other format's single file, both shard indexes and the shards they list. Loaders prefer
+    ``model.safetensors`` and its index to ``pytorch_model.bin``, so one left beside a new ``pytorch_model.bin``
+    would be read in its place."""
+    directory = Path(directory)
+    stale = [directory / name for name in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME) if name != written]
+    for index in (SAFE_WEIGHTS_NAME + ".index.json", WEIGHTS_NAME + ".index.json"):
+        path = directory / index
+        if not path.is_file():
+            continue
+        stale.append(path)
+        try:
+            shards = set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values())
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            continue  # an unreadable index: its shards are not known, only the index goes
+        stale += [directory / shard for shard in sorted(shards) if Path(shard).name == shard and shard != written]
+    return [path for path in stale if path.is_file()]
 
 
 @dataclass

@@ -26,13 +26,17 @@ from .backends import prepare_backends
 from .backends.call import check_not_additive, make_call
 from .backends.torch_backend import torch_attention
 from .checkpoint import (
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_NAME,
     CheckpointError,
     load_state_dict,
     match_state_dict,
     resolve_model_dir,
-    save_state_dict,
+    stale_weight_files,
+    write_weights,
 )
-from .config import DebertaV2Config
+from .config import CONFIG_NAME, DebertaV2Config
+from .io import atomic_path
 from .outputs import (
     BaseModelOutput,
     MaskedLMOutput,
@@ -613,22 +617,27 @@ class DebertaV2PreTrainedModel(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike, *, safe_serialization: bool = True) -> Path:
         """Write ``model.safetensors`` (or ``pytorch_model.bin``) and ``config.json`` that transformers loads.
 
-        Each file is written to a temporary name and renamed, so a failure leaves nothing half-written.
+        Both files are written to temporary names first and renamed into place once both are whole, so a
+        failure while writing leaves the directory as it was. The weight files of an earlier save that this one
+        does not overwrite (the other format, shards and their indexes) are removed, with a warning: one left
+        beside it could be read in its place (loaders prefer ``model.safetensors`` to ``pytorch_model.bin``).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tied = self.tied_weights()
         state = {k: v for k, v in self.state_dict().items() if k not in tied}
-        if safe_serialization:
-            save_state_dict(state, directory)
-        else:
-            from .io import atomic_write_with
-
-            cpu_state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-            atomic_write_with(directory / "pytorch_model.bin", lambda tmp: torch.save(cpu_state, tmp))
+        weights_name = SAFE_WEIGHTS_NAME if safe_serialization else WEIGHTS_NAME
         self.config.architectures = [type(self).__name__]
         self.config.dtype = str(self.dtype).removeprefix("torch.")
-        self.config.save_pretrained(directory)
+        with atomic_path(directory / weights_name) as weights_tmp, atomic_path(directory / CONFIG_NAME) as config_tmp:
+            write_weights(state, weights_tmp, safe_serialization)
+            config_tmp.write_text(self.config.to_json_string(), encoding="utf-8")
+            stale = stale_weight_files(directory, weights_name)
+            if stale:  # before the renames: a save cut short here leaves no weights, not the old ones
+                logger.warning("save_pretrained: removing the weight files of an earlier save in %s: %s",
+                               directory, [path.name for path in stale])
+                for path in stale:
+                    path.unlink(missing_ok=True)
         return directory
 
 

@@ -2,6 +2,8 @@
 
 import json
 import logging
+import os
+import stat
 import sys
 
 import pytest
@@ -159,6 +161,73 @@ def test_failed_save_leaves_nothing_half_written(tmp_path, hf_dir, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     saved = json.loads((out / "config.json").read_text())
     assert saved["architectures"] == ["DebertaV2Model"] and "attn_backend" not in saved
+
+
+def test_save_writes_both_files_or_neither(tmp_path, hf_dir, monkeypatch):
+    """A failure while writing config.json leaves the earlier save's weights too: the two files are renamed
+    into place once both are whole, and no temporary file is left."""
+    _, path = hf_dir
+    model = df.DebertaV2Model.from_pretrained(path)
+    out = tmp_path / "out"
+    model.save_pretrained(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+
+    def broken(self):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(df.DebertaV2Config, "to_json_string", broken)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_pretrained(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_save_removes_the_weight_files_it_does_not_replace(tmp_path, hf_dir, caplog):
+    """A pytorch_model.bin saved where a model.safetensors (or a sharded safetensors checkpoint) was would be
+    shadowed by it (loaders prefer safetensors): the save removes them, with a warning, and the files of a
+    safetensors save replace an earlier .bin save's likewise. Other files stay."""
+    _, path = hf_dir
+    model = df.DebertaV2Model.from_pretrained(path)
+    out = tmp_path / "out"
+    model.save_pretrained(out)
+    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors",
+                                                                                 "b": "model-00002-of-00002.safetensors"}}))
+    for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "notes.txt"):
+        (out / shard).write_bytes(b"x")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+    with caplog.at_level(logging.WARNING, logger="deberta_fast"):
+        model.save_pretrained(out, safe_serialization=False)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt", "pytorch_model.bin"]
+    assert "model.safetensors" in caplog.text and "model-00002-of-00002.safetensors" in caplog.text
+    back = df.DebertaV2Model.from_pretrained(out)
+    for (name, a), b in zip(model.state_dict().items(), back.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+    model.save_pretrained(out)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
+
+
+@pytest.mark.skipif(not hasattr(os, "umask") or sys.platform == "win32", reason="POSIX file modes")
+def test_saved_files_get_the_modes_of_plain_files(tmp_path, hf_dir):
+    """Files written through a temporary file get a new file's mode under the umask (not the temporary file's
+    owner-only 0600), or the mode of the file they replace."""
+    _, path = hf_dir
+    model = df.DebertaV2Model.from_pretrained(path)
+    old = os.umask(0o022)
+    try:
+        model.save_pretrained(tmp_path / "a")
+        os.umask(0o027)
+        model.save_pretrained(tmp_path / "b")
+        os.chmod(tmp_path / "b" / "config.json", 0o600)
+        model.save_pretrained(tmp_path / "b")
+    finally:
+        os.umask(old)
+    modes = {f"{d}/{p.name}": stat.S_IMODE(p.stat().st_mode) for d in "ab" for p in (tmp_path / d).iterdir()}
+    assert modes == {"a/config.json": 0o644, "a/model.safetensors": 0o644,
+                     "b/config.json": 0o600, "b/model.safetensors": 0o640}
 
 
 def test_pytorch_model_bin_save_round_trip(tmp_path, hf_dir):
