@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -104,8 +105,10 @@ def plot_attention(rows: list[dict], target: Path) -> list[Path]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+")
-    p.add_argument("--plot", action="store_true")
+    p.add_argument("--plot", action="store_true", help="also write PNG plots of attention results (needs matplotlib)")
     args = p.parse_args(argv)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        p.error("--plot needs matplotlib, which is not installed (pip install matplotlib)")
     for name in args.files:
         path = Path(name)
         record = json.loads(path.read_text())

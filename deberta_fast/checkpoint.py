@@ -38,27 +38,30 @@ class CheckpointError(ValueError):
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike, **hub_kwargs) -> Path:
-    """A local directory as is; otherwise a hub id fetched with huggingface_hub when it is installed."""
-    path = Path(name_or_path)
+    """A local directory as is (``~`` expanded); otherwise a hub id (``name`` or ``owner/name``) fetched with
+    huggingface_hub when it is installed. A path no hub id can be (``./x``, ``/x``, ``x/``, ``a/b/c``) that
+    does not exist is an error naming the directory looked for."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
     if path.is_dir():
         return path
     if path.exists():
         raise CheckpointError(f"{path} is a file; from_pretrained expects a checkpoint directory")
-    text = str(name_or_path)
-    if text.startswith((".", "/", "~")) or text.count("/") > 1:
-        raise CheckpointError(f"no checkpoint directory at {path}")
+    if text.startswith((".", "/", "~")) or text.endswith(("/", os.sep)) or text.count("/") > 1:
+        raise CheckpointError(f"no checkpoint directory at {path} ({path.absolute()})")
+    local = f"{text!r} is not a local directory (no {path.absolute()})"
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise CheckpointError(
-            f"{text!r} is not a local directory, and fetching it from the Hugging Face hub needs the "
-            "huggingface_hub package (pip install huggingface_hub), or download it yourself and pass the directory"
+            f"{local}, and fetching it from the Hugging Face hub needs the huggingface_hub package (pip install "
+            "huggingface_hub), or download it yourself and pass the directory"
         ) from None
     patterns = ["*.json", "*.safetensors", "*.bin", "*.model"]
     try:
         return Path(snapshot_download(text, allow_patterns=patterns, **hub_kwargs))
     except Exception as exc:
-        raise CheckpointError(f"could not fetch {text!r} from the Hugging Face hub: {exc}") from exc
+        raise CheckpointError(f"{local}, and could not fetch {text!r} from the Hugging Face hub: {exc}") from exc
 
 
 def find_weight_files(directory: Path) -> list[Path]:

@@ -30,11 +30,17 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _package_version() -> str:
+    from deberta_fast.version import __version__
+
+    return __version__
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     import deberta_fast
-    from deberta_fast.backends import available_backends
+    from deberta_fast.backends import BACKEND_ENV, available_backends, env_backend
 
     print(f"deberta_fast   {deberta_fast.__version__}")
     print(f"python         {platform.python_version()} ({platform.machine()})")
@@ -46,6 +52,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"device         cuda: {props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB)")
     else:
         print(f"device         cpu ({torch.get_num_threads()} threads); no CUDA device")
+    try:
+        auto = env_backend()
+    except ValueError as exc:
+        auto = f"invalid ({exc})"
+    else:
+        auto = f"{auto} ({BACKEND_ENV})" if auto != "auto" else f"auto: chosen per call ({BACKEND_ENV} unset)"
+    print(f"'auto' means    {auto}")
     print("backends:")
     for name, reasons in available_backends().items():
         print(f"  {name:<8} " + ("available" if not reasons else "unavailable: " + "; ".join(reasons)))
@@ -63,15 +76,22 @@ def cmd_info(args: argparse.Namespace) -> int:
             line = f"built but not loadable: {status['error']}"
         else:
             line = "not built"
-        band = os.environ.get("DEBERTA_FAST_CUDA_BAND") or "gather"
-        tiles = os.environ.get("DEBERTA_FAST_CUDA_FWD_TILES") or "128x64"
-        mma = os.environ.get("DEBERTA_FAST_CUDA_MMA") or "mma.sync"
+        band = _cuda_switch("DEBERTA_FAST_CUDA_BAND", ("gather", "staged"))
+        tiles = _cuda_switch("DEBERTA_FAST_CUDA_FWD_TILES", ("128x64", "128x32", "64x64"))
+        mma = _cuda_switch("DEBERTA_FAST_CUDA_MMA", ("mma.sync", "wgmma"))
         print(f"cuda extension {line}; just-in-time build {status['jit']}")
         print(f"cuda switches  band tiles {band} (DEBERTA_FAST_CUDA_BAND: gather or staged); fp16 / bf16 forward "
               f"tiles {tiles} (DEBERTA_FAST_CUDA_FWD_TILES: 128x64, 128x32 or 64x64); products by {mma} "
               "(DEBERTA_FAST_CUDA_MMA: mma.sync or wgmma, head dim 64, an sm_90a build)")
     print(f"triton configs {_triton_settings()}")
     return 0
+
+
+def _cuda_switch(env: str, values: tuple[str, ...]) -> str:
+    """A cuda switch's value as the extension reads it (csrc/attention.cpp env_choice: unset or empty = the
+    first value; any other value makes each call raise)."""
+    value = os.environ.get(env) or values[0]
+    return value if value in values else f"invalid ({value!r}: calls will raise)"
 
 
 def _triton_settings() -> str:
@@ -289,6 +309,7 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deberta-fast", description="deberta_fast: fused DeBERTa-v2/v3 for PyTorch")
+    parser.add_argument("--version", action="version", version=f"deberta-fast {_package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, device, and which attention backends can run here (and why not)")
     p = sub.add_parser("parity", help="check every available backend and the model against the float64 reference")

@@ -701,6 +701,10 @@ class DebertaV2Model(DebertaV2PreTrainedModel):
             raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
         if input_ids is None and inputs_embeds is None:
             raise ValueError("You have to specify either input_ids or inputs_embeds")
+        for name, value in (("input_ids", input_ids), ("inputs_embeds", inputs_embeds)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__} (a tokenizer called with "
+                                "return_tensors='pt' returns tensors)")
         if input_ids is not None and input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, N], got shape {tuple(input_ids.shape)}")
         if inputs_embeds is not None and inputs_embeds.dim() != 3:

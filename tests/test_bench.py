@@ -58,6 +58,18 @@ def test_report_tables_the_cpu_model_and_tokenizer_runs():
     assert tok["environment"]["git_sha"] in header and tok["environment"]["torch"] in header  # its "environment"
 
 
+def test_report_plot_without_matplotlib_says_so():
+    """--plot needs matplotlib, which the package does not depend on: a clear usage error, not a traceback
+    after the tables."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        pytest.skip("matplotlib is installed here")
+    proc = subprocess.run([sys.executable, str(BENCH / "report.py"), str(BENCH / "results" / "cpu_model.json"), "--plot"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--plot needs matplotlib" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_attention_benchmark_rejects_unknown_providers(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "attention.py"), "--seqlens", "16", "--op-providers",
                            "df-torch,df-cuda-stagged", "--out", str(tmp_path / "a.json")],

@@ -27,6 +27,26 @@ def test_info_reports_the_cuda_switches(capsys, monkeypatch):
     assert "products by mma.sync" in lines[""]
     assert "band tiles staged" in lines["staged"] and "forward tiles 64x64" in lines["staged"]
     assert "products by wgmma" in lines["staged"]
+    monkeypatch.setenv("DEBERTA_FAST_CUDA_BAND", "xx")  # what the extension refuses at each call
+    assert main(["info"]) == 0
+    assert "band tiles invalid ('xx': calls will raise)" in capsys.readouterr().out
+
+
+def test_info_reports_what_auto_means(capsys, monkeypatch):
+    for value, want in (("", "auto: chosen per call (DEBERTA_FAST_BACKEND unset)"),
+                        ("torch", "torch (DEBERTA_FAST_BACKEND)"),
+                        ("nope", "invalid (DEBERTA_FAST_BACKEND='nope' names no backend")):
+        monkeypatch.setenv("DEBERTA_FAST_BACKEND", value)
+        assert main(["info"]) == 0
+        assert f"'auto' means    {want}" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    import deberta_fast
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"deberta-fast {deberta_fast.__version__}"
 
 
 def test_info_reports_the_triton_settings(capsys, monkeypatch):

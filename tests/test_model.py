@@ -30,6 +30,8 @@ def test_input_errors():
         model(ids, attention_mask=(mask.float() - 1) * 1e4)
     with pytest.raises(ValueError, match=r"input_ids must be \[B, N\]"):
         model(ids[0])
+    with pytest.raises(TypeError, match="input_ids must be a torch.Tensor, got list"):
+        model(ids.tolist())
     absolute = _model(position_biased_input=True)
     with pytest.raises(ValueError, match="exceeds max_position_embeddings 64"):
         absolute(torch.ones(1, 65, dtype=torch.long))
@@ -89,6 +91,24 @@ def test_unusable_backend_is_an_error_not_a_fallback(monkeypatch):
         df.DebertaV2Model(config, attn_backend="nope")
     assert config.attn_backend == "auto"  # the caller's config is left as it was
     df.DebertaV2Model(config)  # and still builds a model
+
+
+def test_backend_variable_overrides_auto_only(monkeypatch):
+    """DEBERTA_FAST_BACKEND stands in for "auto": a model with an explicit backend ignores it (even a bad value),
+    one on "auto" is refused with the variable named; a non-string backend is a ValueError either way."""
+    monkeypatch.setenv("DEBERTA_FAST_BACKEND", "nope")
+    ids, mask, _ = make_batch(CFG)
+    model = _model(attn_backend="torch")
+    model(ids, attention_mask=mask)
+    with pytest.raises(ValueError, match="DEBERTA_FAST_BACKEND='nope' names no backend"):
+        model.set_attn_backend("auto")
+    assert model.config.attn_backend == "torch"
+    with pytest.raises(ValueError, match="DEBERTA_FAST_BACKEND='nope' names no backend"):
+        _model()
+    for value in ("nope", "torch"):
+        monkeypatch.setenv("DEBERTA_FAST_BACKEND", value)
+        with pytest.raises(ValueError, match="backend must be a string"):
+            model.set_attn_backend(None)
 
 
 def test_masked_rows_zero_changes_only_padding_rows(monkeypatch):

@@ -118,6 +118,21 @@ def test_corrupt_safetensors_and_missing_files(tmp_path, hf_dir):
         df.DebertaV2Model.from_pretrained(tmp_path / "does" / "not" / "exist")
 
 
+def test_missing_local_paths_are_named(tmp_path, hf_dir, monkeypatch):
+    """A path no hub id can be ("out/", "./out") is looked for locally only, and the error names the directory;
+    "~" is expanded; a name that may be a hub id says it is not a local directory either."""
+    _, path = hf_dir
+    monkeypatch.chdir(tmp_path)
+    for name in ("out/", "./out", "out/a/b"):
+        with pytest.raises(CheckpointError, match=f"no checkpoint directory at .*{tmp_path / 'out'}"):
+            df.DebertaV2Model.from_pretrained(name)
+    monkeypatch.setenv("HOME", str(path.parent))
+    assert df.DebertaV2Model.from_pretrained(f"~/{path.name}").config.hidden_size == BASE["hidden_size"]
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    with pytest.raises(CheckpointError, match=f"'out' is not a local directory \\(no {tmp_path / 'out'}\\)"):
+        df.DebertaV2Model.from_pretrained("out")
+
+
 def test_hub_id_without_huggingface_hub(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(CheckpointError, match="needs the huggingface_hub package"):

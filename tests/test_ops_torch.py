@@ -365,11 +365,15 @@ def test_float_padding_masks_are_accepted():
 
 
 def test_backend_env_override(monkeypatch):
+    """DEBERTA_FAST_BACKEND overrides "auto" only; an unknown name is an error that names the variable."""
     monkeypatch.setenv("DEBERTA_FAST_BACKEND", "nope")
-    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+    with pytest.raises(ValueError, match="DEBERTA_FAST_BACKEND='nope' names no backend"):
         disentangled_attention(**_good())
+    assert disentangled_attention(**_good(backend="torch")).shape == (2, 3, 5, 4)  # explicit: not overridden
     monkeypatch.setenv("DEBERTA_FAST_BACKEND", "torch")
     assert disentangled_attention(**_good()).shape == (2, 3, 5, 4)
+    with pytest.raises(ValueError, match="backend must be a string"):
+        disentangled_attention(**_good(backend=None))
 
 
 def test_explicit_backend_that_cannot_serve_raises_with_reasons():

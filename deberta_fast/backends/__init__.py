@@ -32,6 +32,7 @@ __all__ = [
     "BACKEND_ENV",
     "available_backends",
     "backend_names",
+    "env_backend",
     "get_backend",
     "prepare_backends",
     "register_backend",
@@ -102,13 +103,34 @@ def get_backend(name: str) -> Backend:
     return entry  # type: ignore[return-value]
 
 
+def env_backend() -> str:
+    """What ``"auto"`` stands for: the environment variable DEBERTA_FAST_BACKEND, ``"auto"`` where unset or
+    empty; ValueError naming the variable if it names no backend."""
+    value = os.environ.get(BACKEND_ENV, "auto") or "auto"
+    if value != "auto" and value not in _REGISTRY:
+        raise ValueError(
+            f"{BACKEND_ENV}={value!r} names no backend; registered backends: {', '.join(_REGISTRY)} (or 'auto'); "
+            "unset it to let 'auto' choose"
+        )
+    return value
+
+
+def _check_name(requested) -> None:
+    if not isinstance(requested, str):
+        raise ValueError(
+            f"backend must be a string, one of {', '.join(_REGISTRY)} or 'auto', got {type(requested).__name__}"
+        )
+
+
 def prepare_backends(requested: str = "auto") -> None:
     """Import the backend modules that calls with ``backend=requested`` may dispatch to.
 
     Models call this when they are built or switched, so the first forward inside ``torch.compile`` finds
-    every backend loaded (dynamo cannot trace an import). Unknown names raise ValueError here already.
+    every backend loaded (dynamo cannot trace an import). Unknown names, and an unknown DEBERTA_FAST_BACKEND
+    where ``requested`` is ``"auto"`` (the only name it overrides), raise ValueError here already.
     """
-    names = {requested, os.environ.get(BACKEND_ENV, "auto") or "auto"}
+    _check_name(requested)
+    names = {requested if requested != "auto" else env_backend()}
     if "auto" in names:
         names.discard("auto")
         if torch.cuda.is_available():  # "auto" uses the fused backends on CUDA tensors only
@@ -148,8 +170,9 @@ def select_backend(call: AttentionCall, requested: str = "auto") -> Backend:
     nearest measured shape first (:mod:`.selection`), else cuda -> triton -> torch; torch elsewhere;
     skipping backends with ``auto_select = False``.
     """
+    _check_name(requested)
     if requested == "auto":
-        requested = os.environ.get(BACKEND_ENV, "auto") or "auto"
+        requested = env_backend()
     if requested != "auto":
         backend = get_backend(requested)
         reasons = backend.not_supported_reasons(call)
