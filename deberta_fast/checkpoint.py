@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-
 __all__ = [
     "SAFE_WEIGHTS_NAME",
     "WEIGHTS_NAME",

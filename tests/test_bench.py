@@ -65,8 +65,8 @@ def test_report_plot_without_matplotlib_says_so():
 
     if importlib.util.find_spec("matplotlib") is not None:
         pytest.skip("matplotlib is installed here")
-    proc = subprocess.run([sys.executable, str(BENCH / "report.py"), str(BENCH / "results" / "cpu_model.json"), "--plot"],
-                          capture_output=True, text=True, timeout=120)
+    command = [sys.executable, str(BENCH / "report.py"), str(BENCH / "results" / "cpu_model.json"), "--plot"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--plot needs matplotlib" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -207,10 +207,10 @@ def test_save_removes_the_weight_files_it_does_not_replace(tmp_path, hf_dir, cap
     model = df.DebertaV2Model.from_pretrained(path)
     out = tmp_path / "out"
     model.save_pretrained(out)
-    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors",
-                                                                                 "b": "model-00002-of-00002.safetensors"}}))
-    for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "notes.txt"):
-        (out / shard).write_bytes(b"x")
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": dict(zip("ab", shards))}))
+    for name in [*shards, "notes.txt"]:
+        (out / name).write_bytes(b"x")
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(0.5)
