@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deberta-fast", description="deberta_fast: fused DeBERTa-v2/v3 for PyTorch")
     parser.add_argument("--version", action="version", version=f"deberta-fast {_package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="versions, device, and which attention backends can run here (and why not)")
+    i = sub.add_parser("info", help="versions, device, and which attention backends can run here (and why not)")
     p = sub.add_parser("parity", help="check every available backend and the model against the float64 reference")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where the backends run (cuda: every backend that can run on the GPU; default: cpu)")
@@ -329,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             b.print_help()
             return 0
         return cmd_bench(args, extra)
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # the subcommand's usage line with the error, not the top level's
+        {"info": i, "parity": p}[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     return {"info": cmd_info, "parity": cmd_parity}[args.command](args)
 
 

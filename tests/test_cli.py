@@ -41,6 +41,13 @@ def test_info_reports_what_auto_means(capsys, monkeypatch):
         assert f"'auto' means    {want}" in capsys.readouterr().out
 
 
+def test_unknown_option_shows_the_subcommand_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["parity", "--devcie", "cpu"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "usage: deberta-fast parity" in err and "unrecognized arguments: --devcie" in err
+
+
 def test_version(capsys):
     import deberta_fast
 
