@@ -58,9 +58,9 @@ struct FwdConfig<float, D> {
   using Traits = FwdTraits<float, D, 64, 32, 4, false>;
 };
 
-// Opt-in forward tiles for float16 / bfloat16 (DEBERTA_FAST_CUDA_FWD_TILES, attention.cpp), not yet timed (128 x 32 was,
-// with the gathers, in the sixth GPU run: slower) against
-// FwdConfig's 128 x 64 under 8 warps (one CTA per multiprocessor, 16 query rows per warp). ptxas, sm_90, bf16, D 64,
+// Opt-in forward tiles for float16 / bfloat16 (DEBERTA_FAST_CUDA_FWD_TILES, attention.cpp), not yet timed with the
+// staged band slabs (128 x 32 was, with the gathers, in the sixth GPU run: slower) against FwdConfig's 128 x 64 under
+// 8 warps (one CTA per multiprocessor, 16 query rows per warp). ptxas, sm_90, bf16, D 64,
 // without dropout, with the staged band slabs: 128 x 32 under 4 warps (32 rows per warp: each K / V fragment read by
 // ldmatrix feeds two mma.sync) 238 registers, no spills, 72 KB of shared memory (two CTAs per multiprocessor);
 // gathering, 255 and 56 bytes of spills. 64 x 64 under 4 warps (16 rows per warp, two CTAs of 4 warps instead of one

@@ -29,16 +29,6 @@ def _gelu_python(x: torch.Tensor) -> torch.Tensor:
     return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
-def _gelu_python_tanh(x: torch.Tensor) -> torch.Tensor:
-    # the tanh approximation with the factors in transformers' "gelu_python_tanh" order
-    return x * 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
-
-
-def _gelu_accurate(x: torch.Tensor) -> torch.Tensor:
-    # transformers' "gelu_accurate" (MEGA): the tanh approximation with an integer cube
-    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
-
-
 def _laplace(x: torch.Tensor, mu: float = 0.707107, sigma: float = 0.282095) -> torch.Tensor:
     # MEGA's Laplace activation: the normal CDF at (x - mu) / sigma
     return 0.5 * (1.0 + torch.erf((x - mu).div(sigma * math.sqrt(2.0))))
@@ -54,8 +44,10 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu_python": _gelu_python,
     "gelu_new": _gelu_new,
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_python_tanh": _gelu_python_tanh,
-    "gelu_accurate": _gelu_accurate,
+    # transformers' "gelu_python_tanh" and "gelu_accurate" write gelu_new's operations (x * 0.5 for 0.5 * x, an exact
+    # scaling; an integer cube): the same values, bit for bit
+    "gelu_python_tanh": _gelu_new,
+    "gelu_accurate": _gelu_new,
     "gelu_fast": _gelu_fast,
     "quick_gelu": _quick_gelu,
     "hardswish": F.hardswish,

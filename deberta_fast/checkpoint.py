@@ -63,6 +63,15 @@ def resolve_model_dir(name_or_path: str | os.PathLike, **hub_kwargs) -> Path:
         raise CheckpointError(f"{local}, and could not fetch {text!r} from the Hugging Face hub: {exc}") from exc
 
 
+def _index_shards(index: Path) -> list[str]:
+    """The shard file names a ``*.index.json`` lists, sorted; CheckpointError if it is not a valid index."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{index} is not a valid shard index: {exc}") from None
+
+
 def find_weight_files(directory: Path) -> list[Path]:
     """The weight files of a checkpoint directory, preferring safetensors; shards listed by their index."""
     for single, index in (
@@ -72,11 +81,7 @@ def find_weight_files(directory: Path) -> list[Path]:
         if (directory / single).is_file():
             return [directory / single]
         if (directory / index).is_file():
-            try:
-                weight_map = json.loads((directory / index).read_text(encoding="utf-8"))["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise CheckpointError(f"{directory / index} is not a valid shard index: {exc}") from None
-            shards = sorted(set(weight_map.values()))
+            shards = _index_shards(directory / index)
             missing = [s for s in shards if not (directory / s).is_file()]
             if missing:
                 raise CheckpointError(f"{directory / index} lists shards that are missing: {missing}")
@@ -137,10 +142,10 @@ def stale_weight_files(directory: str | os.PathLike, written: str) -> list[Path]
             continue
         stale.append(path)
         try:
-            shards = set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values())
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            shards = _index_shards(path)
+        except CheckpointError:
             continue  # an unreadable index: its shards are not known, only the index goes
-        stale += [directory / shard for shard in sorted(shards) if Path(shard).name == shard and shard != written]
+        stale += [directory / shard for shard in shards if Path(shard).name == shard and shard != written]
     return [path for path in stale if path.is_file()]
 
 

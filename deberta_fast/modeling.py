@@ -312,14 +312,14 @@ class ConvLayer(nn.Module):
 _PROBES: dict[tuple, torch.Tensor] = {}
 
 
-def _probe_weights(p: torch.Tensor) -> torch.Tensor:
-    """Fixed random weights in [-1, 1) for a parameter's values (1-D, its numel, its dtype and device); one
-    vector per dtype and device, drawn from a fixed seed and sliced."""
+def _probe_weights(p: torch.Tensor, size: int) -> torch.Tensor:
+    """Fixed random weights in [-1, 1) for a parameter's values (1-D, its numel, its dtype and device): a slice of
+    one vector per dtype and device of at least ``size`` values (the largest parameter), drawn from a fixed seed."""
     key = (p.dtype, p.device)
     weights = _PROBES.get(key)
-    if weights is None or weights.numel() < p.numel():
+    if weights is None or weights.numel() < size:
         generator = torch.Generator().manual_seed(20261207)
-        weights = (torch.rand(p.numel(), generator=generator, dtype=torch.float64) * 2 - 1).to(p.device, p.dtype)
+        weights = (torch.rand(size, generator=generator, dtype=torch.float64) * 2 - 1).to(p.device, p.dtype)
         _PROBES[key] = weights
     return weights[: p.numel()]
 
@@ -369,7 +369,8 @@ class DebertaV2Encoder(nn.Module):
         except RuntimeError:  # inference tensors have no version counter
             return None
         sums = [p.detach().sum(dtype=torch.float64) for p in params]
-        dots = [torch.dot(p.detach().reshape(-1), _probe_weights(p)).double() for p in params]
+        size = max(p.numel() for p in params)  # one vector for all (drawn again only for a larger model)
+        dots = [torch.dot(p.detach().reshape(-1), _probe_weights(p, size)).double() for p in params]
         return ids, torch.stack(sums + dots)
 
     def position_tables(self) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
